@@ -1,0 +1,72 @@
+# lungbench: every target a user types. `make help` lists them.
+# Public variables (keep them working): DATA DATA_ROOT DATA_OUT BACKBONE SOLVER RUN_DIR
+# EXPERIMENT SWEEP_DIR SWEEP ARGS
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_SYS ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.lungbench-stamp
+WORK       ?= work
+
+DATA       ?= phantom
+DATA_ROOT  ?=
+DATA_OUT   ?= $(WORK)/data/$(DATA)
+BACKBONE   ?= r50_fpn
+SOLVER     ?= smoke
+RUN_DIR    ?= $(WORK)/runs/$(BACKBONE)-$(SOLVER)
+EXPERIMENT ?= grid9
+SWEEP_DIR  ?= $(WORK)/sweeps/$(EXPERIMENT)
+SWEEP      ?=
+ARGS       ?=
+
+.PHONY: help setup data download train sweep report demo test test-fast perf clean
+
+help: ## List the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# The venv is rebuilt when the dependency files change (the stamp is older than them).
+$(STAMP): pyproject.toml benchmark/build_detectron2.py
+	@echo "==> setting up $(VENV) (torch, detectron2, ...): a few minutes the first time"
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 'setuptools>=70.1' wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m benchmark.build_detectron2 --install
+	touch $(STAMP)
+
+setup: $(STAMP) ## Create/refresh .venv with torch, detectron2 (pure-Python build) and the rest
+
+data: $(STAMP) ## Convert NIfTI to COCO: DATA=phantom|covid19_ct_seg [DATA_ROOT=raw dir] DATA_OUT=dir
+	$(PY) -m converters.convert data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) out=$(DATA_OUT) $(ARGS)
+
+download: $(STAMP) ## Fetch + verify + extract the Zenodo archives into DATA_ROOT (default work/raw/covid19_ct_seg)
+	$(PY) -m converters.download --dest $(or $(DATA_ROOT),$(WORK)/raw/covid19_ct_seg)
+
+train: $(STAMP) ## One run: BACKBONE=r50_fpn SOLVER=paper|smoke DATA_OUT=dir RUN_DIR=dir -> RUN_DIR/result.json
+	$(PY) -m benchmark.train backbone=$(BACKBONE) solver=$(SOLVER) dataset_dir=$(DATA_OUT) hydra.run.dir=$(RUN_DIR) $(ARGS)
+
+sweep: $(STAMP) ## Multirun EXPERIMENT=grid9|table3|smoke over DATA_OUT into SWEEP_DIR; non-zero if a run failed
+	$(PY) -m benchmark.sweep +experiment=$(EXPERIMENT) dataset_dir=$(DATA_OUT) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
+
+report: $(STAMP) ## Build SWEEP/report/ (CSV, Markdown, plots, report.html); default: the latest sweep
+	$(PY) -m reports.build $(if $(SWEEP),$(SWEEP),--latest $(WORK)/sweeps)
+
+demo: $(STAMP) ## Phantom -> COCO -> nine-backbone smoke sweep on CPU -> report.html
+	$(MAKE) --no-print-directory data DATA=phantom DATA_OUT=$(WORK)/data/phantom
+	$(MAKE) --no-print-directory sweep EXPERIMENT=demo DATA_OUT=$(WORK)/data/phantom SWEEP_DIR=$(WORK)/sweeps/demo || true
+	$(MAKE) --no-print-directory report SWEEP=$(WORK)/sweeps/demo
+
+test: $(STAMP) ## Every test tier (what CI runs)
+	$(PY) -m pytest $(ARGS)
+
+test-fast: $(STAMP) ## Tests without the slow tier (training, sweeps, Slurm, browser)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+perf: $(STAMP) ## Speed benchmarks -> perf/RESULTS.md and perf/results.json
+	$(PY) -m perf.run $(ARGS)
+
+clean: ## Remove generated data and runs (work/); keeps .venv
+	rm -rf $(WORK)
