@@ -1,0 +1,247 @@
+"""Hydra run config -> detectron2 CfgNode, and which weights a run starts from.
+
+The model is always detectron2's own model-zoo config for the backbone cell (``zoo_config`` +
+``_<schedule>.yaml``), changed by a short list of deltas that go through
+``CfgNode.merge_from_list``, so a misspelt key fails instead of being ignored. ``build_d2_cfg``
+is pure (no files read except the packed zoo config, nothing downloaded); ``fetch_weights``
+is the one step that may touch the network, and runs before training starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+
+DETECTRON2_PREFIX = "detectron2://"
+DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
+CLASSES = ("left_lung", "right_lung", "infection")
+
+
+class ConfigError(ValueError):
+    """The run's configuration cannot describe a valid run (raised before any work)."""
+
+
+class WeightsUnavailable(RuntimeError):
+    """Initial weights cannot be obtained (offline, or a missing local file)."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a run's initial weights come from.
+
+    kind: what result.json records: "zoo" | "imagenet" | "scratch" | the local path.
+    url: the https URL to fetch (zoo/imagenet), else None. path: a local file, else None.
+    note: why the choice differs from the one asked for (zoo fallback), else None.
+    """
+
+    kind: str
+    url: str | None = None
+    path: str | None = None
+    note: str | None = None
+
+
+def zoo_config_name(cfg: DictConfig) -> str:
+    """detectron2 model-zoo config of the cell, e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml."""
+    bb, schedule = cfg.backbone, cfg.schedule.name
+    if schedule not in bb.schedules:
+        raise ConfigError(
+            f"{bb.name} has no {schedule} config in detectron2's model zoo "
+            f"(it has {', '.join(bb.schedules)}): use schedule={bb.schedules[-1]}"
+        )
+    return f"{bb.zoo_config}_{schedule}.yaml"
+
+
+def to_https(url: str) -> str:
+    """detectron2://X -> https://dl.fbaipublicfiles.com/detectron2/X (other URLs unchanged)."""
+    if url.startswith(DETECTRON2_PREFIX):
+        return DETECTRON2_URL + url[len(DETECTRON2_PREFIX):]
+    return url
+
+
+def cache_dir() -> Path:
+    """iopath's download cache (what detectron2 uses): $FVCORE_CACHE, else ~/.torch/iopath_cache."""
+    return Path(os.path.expanduser(os.getenv("FVCORE_CACHE", "~/.torch/iopath_cache")))
+
+
+def cache_path(url: str) -> Path:
+    """Where iopath caches ``url`` (HTTPURLHandler: <cache>/<url path dirname>/<file name>)."""
+    parsed = urlparse(to_https(url))
+    rel = parsed.path.lstrip("/")
+    return cache_dir() / os.path.dirname(rel) / rel.split("/")[-1]
+
+
+def resolve_weights(cfg: DictConfig) -> Weights:
+    """Which weights this run starts from (no I/O). Raises ConfigError for impossible choices."""
+    w, bb = cfg.weights, cfg.backbone
+    if w.get("path"):
+        return Weights(kind=str(w.path), path=str(w.path))
+    if w.source == "scratch":
+        return Weights(kind="scratch")
+    if w.source == "imagenet":
+        return Weights(kind="imagenet", url=to_https(bb.imagenet_weights))
+    if w.source == "zoo":
+        if bb.in_zoo:
+            from detectron2 import model_zoo
+
+            return Weights(kind="zoo", url=model_zoo.get_checkpoint_url(zoo_config_name(cfg)))
+        why = f"{bb.name} is not in detectron2's model zoo: no COCO checkpoint exists"
+        if w.fallback == "imagenet":
+            return Weights(kind="imagenet", url=to_https(bb.imagenet_weights),
+                           note=f"{why}; started from the ImageNet trunk (weights.fallback=imagenet)")
+        raise ConfigError(f"{why}. Use weights=imagenet, weights=scratch or weights.path=FILE")
+    raise ConfigError(f"weights.source={w.source!r}: expected zoo, imagenet or scratch")
+
+
+def fetch_weights(weights: Weights, download: bool = True) -> str:
+    """A local file holding ``weights`` ("" for scratch). Downloads into iopath's cache unless
+    ``download`` is false. Raises WeightsUnavailable naming the URL and the cache file to place
+    it at, so an offline user can fetch it elsewhere and copy it there."""
+    if weights.path is not None:
+        p = Path(weights.path).expanduser()
+        if not p.is_file():
+            raise WeightsUnavailable(f"weights.path: no such file: {p}")
+        return str(p.resolve())
+    if weights.url is None:
+        return ""
+    target = cache_path(weights.url)
+    if target.is_file():
+        return str(target)
+    hint = (f"download {weights.url} and place it at {target} (iopath cache: $FVCORE_CACHE, "
+            f"default ~/.torch/iopath_cache), or pass weights.path=FILE")
+    if not download:
+        raise WeightsUnavailable(f"{weights.kind} weights are not in the cache and "
+                                 f"weights.download=false: {hint}")
+    from detectron2.utils.file_io import PathManager
+
+    try:
+        return PathManager.get_local_path(weights.url)
+    except Exception as e:  # noqa: BLE001 - any network/IO error means the same to the user
+        raise WeightsUnavailable(f"cannot download {weights.kind} weights ({type(e).__name__}: "
+                                 f"{e}); offline? {hint}") from e
+
+
+def resolve_device(device: str) -> str:
+    """auto -> cuda if available else cpu; cuda without CUDA is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but torch sees no CUDA device: use device=auto or cpu")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device={device!r}: expected auto, cpu or cuda")
+    return device
+
+
+def _input_sizes(input_size: Any, image_hw: Sequence[int] | None) -> list[tuple[str, Any]]:
+    if input_size == "zoo":
+        return []
+    if input_size == "dataset":
+        if image_hw is None:
+            raise ConfigError("solver.input_size=dataset needs the dataset's image size")
+        short, long = min(image_hw), max(image_hw)
+        # short side = the images' own, long-side cap = their long side: ResizeShortestEdge is a no-op
+        return [("INPUT.MIN_SIZE_TRAIN", (short,)), ("INPUT.MAX_SIZE_TRAIN", long),
+                ("INPUT.MIN_SIZE_TEST", short), ("INPUT.MAX_SIZE_TEST", long)]
+    if isinstance(input_size, int) and input_size > 0:
+        return [("INPUT.MIN_SIZE_TRAIN", (input_size,)), ("INPUT.MIN_SIZE_TEST", input_size)]
+    raise ConfigError(f"solver.input_size={input_size!r}: expected zoo, dataset or a positive int")
+
+
+def lr_steps(schedule: str, max_iter: int, zoo_steps: Sequence[int], zoo_max_iter: int) -> tuple:
+    """SOLVER.STEPS for lr_schedule ``paper`` (none: constant LR after warm-up, as the paper's
+    5000-iteration run on the zoo config had, its steps at 210k/250k never being reached) or
+    ``scaled`` (the zoo schedule's decay points at the same fractions of max_iter)."""
+    if schedule == "paper":
+        return ()
+    if schedule == "scaled":
+        return tuple(max(1, round(s * max_iter / zoo_max_iter)) for s in zoo_steps)
+    raise ConfigError(f"solver.lr_schedule={schedule!r}: expected paper or scaled")
+
+
+def d2_deltas(cfg: DictConfig, *, base, train_name: str, test_name: str, output_dir: str,
+              weights_file: str, device: str, image_hw: Sequence[int] | None) -> list[tuple[str, Any]]:
+    """The (KEY, value) changes applied to the zoo config, in order."""
+    bb, s, w = cfg.backbone, cfg.solver, cfg.weights
+    ops: list[tuple[str, Any]] = [
+        # trunk (equal to the zoo config's own values for in-zoo cells; X101-C4/DC5 get ResNeXt)
+        ("MODEL.RESNETS.DEPTH", int(bb.resnets.depth)),
+        ("MODEL.RESNETS.NUM_GROUPS", int(bb.resnets.num_groups)),
+        ("MODEL.RESNETS.WIDTH_PER_GROUP", int(bb.resnets.width_per_group)),
+        ("MODEL.RESNETS.STRIDE_IN_1X1", bool(bb.resnets.stride_in_1x1)),
+        ("MODEL.PIXEL_STD", [float(x) for x in bb.pixel_std]),
+        ("MODEL.WEIGHTS", weights_file),
+        ("MODEL.DEVICE", device),
+        ("MODEL.ROI_HEADS.NUM_CLASSES", len(CLASSES)),
+        ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", float(cfg.score_thresh)),
+        # RLE masks from the converter; never a label-keeping flip (our mapper does the swap flip)
+        ("INPUT.MASK_FORMAT", "bitmask"),
+        ("INPUT.RANDOM_FLIP", "none"),
+        ("DATASETS.TRAIN", (train_name,)),
+        ("DATASETS.TEST", (test_name,)),
+        ("DATALOADER.NUM_WORKERS", int(s.num_workers)),
+        ("DATALOADER.FILTER_EMPTY_ANNOTATIONS", bool(cfg.input.filter_empty)),
+        ("SOLVER.IMS_PER_BATCH", int(s.ims_per_batch)),
+        ("SOLVER.BASE_LR", float(s.base_lr)),
+        ("SOLVER.MAX_ITER", int(s.max_iter)),
+        ("SOLVER.STEPS", lr_steps(s.lr_schedule, int(s.max_iter), base.SOLVER.STEPS, base.SOLVER.MAX_ITER)),
+        ("SOLVER.CHECKPOINT_PERIOD", int(s.checkpoint_period)),
+        ("SOLVER.AMP.ENABLED", bool(cfg.amp)),
+        ("TEST.EVAL_PERIOD", int(cfg.eval_period)),
+        ("SEED", int(cfg.seed)),
+        ("OUTPUT_DIR", str(output_dir)),
+    ]
+    if w.norm is not None:
+        ops.append(("MODEL.RESNETS.NORM", str(w.norm)))
+    if w.freeze_at is not None:
+        ops.append(("MODEL.BACKBONE.FREEZE_AT", int(w.freeze_at)))
+    if s.warmup_iters is not None:
+        ops.append(("SOLVER.WARMUP_ITERS", int(s.warmup_iters)))
+    if s.roi_batch_size_per_image is not None:
+        ops.append(("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", int(s.roi_batch_size_per_image)))
+    if s.rpn_topk is not None:
+        k = s.rpn_topk
+        ops += [("MODEL.RPN.PRE_NMS_TOPK_TRAIN", int(k.pre_train)),
+                ("MODEL.RPN.POST_NMS_TOPK_TRAIN", int(k.post_train)),
+                ("MODEL.RPN.PRE_NMS_TOPK_TEST", int(k.pre_test)),
+                ("MODEL.RPN.POST_NMS_TOPK_TEST", int(k.post_test))]
+    ops += _input_sizes(s.input_size, image_hw)
+    return ops
+
+
+def build_d2_cfg(cfg: DictConfig, *, train_name: str, test_name: str, output_dir: str,
+                 weights_file: str = "", device: str = "cpu",
+                 image_hw: Sequence[int] | None = None):
+    """detectron2 CfgNode of the run: the cell's zoo config + ``d2_deltas`` + ``cfg.d2_opts``.
+
+    ``image_hw``: the dataset's (height, width) in pixels (needed by input_size=dataset).
+    Also adds a LUNGBENCH node (FLIP, FLIP_PROB) that our train loader reads; plain
+    detectron2 ignores it. Raises ConfigError for a bad option, KeyError for an unknown
+    detectron2 key in ``d2_opts``."""
+    from detectron2 import model_zoo
+    from detectron2.config import CfgNode, get_cfg
+
+    if cfg.input.flip not in ("none", "swap"):
+        raise ConfigError(f"input.flip={cfg.input.flip!r}: expected none or swap (a flip that "
+                          "keeps the lung labels mirrors anatomy and is not offered)")
+    d2 = get_cfg()
+    d2.merge_from_file(model_zoo.get_config_file(zoo_config_name(cfg)))
+    base = d2.clone()
+    flat: list[Any] = []
+    for key, value in d2_deltas(cfg, base=base, train_name=train_name, test_name=test_name,
+                                output_dir=output_dir, weights_file=weights_file, device=device,
+                                image_hw=image_hw):
+        flat += [key, value]
+    d2.merge_from_list(flat)
+    opts = OmegaConf.to_container(cfg.d2_opts) if cfg.d2_opts else []
+    if len(opts) % 2:
+        raise ConfigError(f"d2_opts needs KEY VALUE pairs, got an odd list: {opts}")
+    d2.merge_from_list([str(o) if i % 2 == 0 else o for i, o in enumerate(opts)])
+    d2.LUNGBENCH = CfgNode({"FLIP": str(cfg.input.flip), "FLIP_PROB": float(cfg.input.flip_prob)})
+    d2.freeze()
+    return d2

@@ -1,0 +1,175 @@
+"""The converted dataset inside detectron2: split registration and the training mapper.
+
+Splits are ``<dataset_dir>/annotations/<scheme>_f<fold>_<part>.json`` (COCO, RLE masks,
+images under ``<dataset_dir>/images``). Category ids 1 left_lung, 2 right_lung, 3 infection
+(the patient's sides); detectron2 sees them as contiguous ids 0, 1, 2 in that order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.datasets import load_coco_json
+from detectron2.data.detection_utils import read_image
+from detectron2.data.transforms import HFlipTransform
+
+from benchmark.config import CLASSES
+
+PARTS = ("train", "test")
+
+
+class DatasetError(ValueError):
+    """The converted dataset is missing a file or does not hold what a run needs."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """A registered split: detectron2 dataset name, its annotation file, a few facts."""
+
+    name: str
+    json_file: Path
+    image_root: Path
+    n_images: int
+    image_hw: tuple[int, int] | None  # the most common (height, width), pixels
+    mixed_sizes: bool
+
+
+def annotation_path(dataset_dir: str | Path, scheme: str, fold: int, part: str) -> Path:
+    """``<dataset_dir>/annotations/<scheme>_f<fold>_<part>.json``."""
+    if part not in PARTS:
+        raise ValueError(f"part {part!r} not in {PARTS}")
+    return Path(dataset_dir) / "annotations" / f"{scheme}_f{int(fold)}_{part}.json"
+
+
+def _read_coco(json_file: Path) -> dict:
+    if not json_file.is_file():
+        avail = sorted(p.name for p in json_file.parent.glob("*.json")) if json_file.parent.is_dir() else []
+        raise DatasetError(f"{json_file}: no such annotation file (converted dataset? split/fold "
+                           f"exists? found: {', '.join(avail) or 'nothing'})")
+    try:
+        coco = json.loads(json_file.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{json_file}: not valid JSON ({e})") from e
+    for key in ("images", "annotations", "categories"):
+        if key not in coco:
+            raise DatasetError(f"{json_file}: not COCO instances JSON (no {key!r})")
+    cats = {c["id"]: c["name"] for c in coco["categories"]}
+    want = {i + 1: n for i, n in enumerate(CLASSES)}
+    if cats != want:
+        raise DatasetError(f"{json_file}: categories {cats} differ from the contract {want}")
+    if not coco["images"]:
+        raise DatasetError(f"{json_file}: holds no images")
+    return coco
+
+
+def load_split(json_file: str | Path, image_root: str | Path, name: str | None = None) -> list[dict]:
+    """detectron2 dataset dicts (``load_coco_json``) plus each image's ``case_id`` and
+    ``slice_index`` (load_coco_json keeps only file_name/height/width/image_id)."""
+    json_file = Path(json_file)
+    extra = {im["id"]: im for im in _read_coco(json_file)["images"]}
+    dicts = load_coco_json(str(json_file), str(image_root), dataset_name=name)
+    for d in dicts:
+        im = extra[d["image_id"]]
+        d["case_id"] = im.get("case_id")
+        d["slice_index"] = im.get("slice_index")
+    return dicts
+
+
+def register_split(dataset_dir: str | Path, scheme: str, fold: int, part: str) -> Split:
+    """Register one split with DatasetCatalog/MetadataCatalog (idempotent: a second call with
+    the same file reuses the registration). The name carries a hash of the file's absolute
+    path, so two datasets never share a registration."""
+    dataset_dir = Path(dataset_dir).resolve()
+    json_file = annotation_path(dataset_dir, scheme, fold, part)
+    coco = _read_coco(json_file)
+    image_root = dataset_dir / "images"
+    tag = hashlib.sha1(str(json_file).encode()).hexdigest()[:8]
+    name = f"lungbench_{scheme}_f{int(fold)}_{part}_{tag}"
+    sizes = Counter((im["height"], im["width"]) for im in coco["images"])
+    hw = sizes.most_common(1)[0][0]
+    split = Split(name, json_file, image_root, len(coco["images"]), (int(hw[0]), int(hw[1])),
+                  len(sizes) > 1)
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: load_split(json_file, image_root, name))
+        MetadataCatalog.get(name).set(
+            json_file=str(json_file), image_root=str(image_root), evaluator_type="coco",
+            thing_classes=list(CLASSES),
+            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(CLASSES))},
+        )
+    return split
+
+
+def _lung_swap(thing_classes) -> dict[int, int]:
+    left, right = thing_classes.index("left_lung"), thing_classes.index("right_lung")
+    return {left: right, right: left}
+
+
+def _count_hflips(transforms) -> int:
+    return sum(isinstance(t, HFlipTransform) for t in transforms.transforms)
+
+
+class LungDatasetMapper(DatasetMapper):
+    """DatasetMapper that swaps left_lung <-> right_lung on every image it flips horizontally.
+
+    lung_swap: contiguous id -> contiguous id for the two lungs (None: never swap)."""
+
+    def __init__(self, *args, lung_swap: dict[int, int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lung_swap = lung_swap
+
+    def _transform_annotations(self, dataset_dict, transforms, image_shape):
+        # an odd number of horizontal flips mirrors the image: the patient's left lung is now
+        # on the other side of the image, but it is still the left lung
+        if self.lung_swap and _count_hflips(transforms) % 2 == 1:
+            for anno in dataset_dict["annotations"]:
+                anno["category_id"] = self.lung_swap.get(anno["category_id"], anno["category_id"])
+        super()._transform_annotations(dataset_dict, transforms, image_shape)
+
+
+def build_mapper(d2cfg, is_train: bool) -> LungDatasetMapper:
+    """detectron2's DatasetMapper with the CT-correct flip of ``d2cfg.LUNGBENCH``.
+
+    FLIP none: no flip at all (INPUT.RANDOM_FLIP is none in our configs). FLIP swap: a
+    horizontal flip with probability FLIP_PROB that also swaps left_lung <-> right_lung on
+    the flipped image. Test-time mappers never flip."""
+    kwargs = DatasetMapper.from_config(d2cfg, is_train)
+    if any(isinstance(a, T.RandomFlip) for a in kwargs["augmentations"]):
+        raise ValueError("INPUT.RANDOM_FLIP must be 'none': a label-keeping flip mirrors "
+                         "anatomy (use input.flip=swap)")
+    swap = None
+    if is_train and d2cfg.LUNGBENCH.FLIP == "swap":
+        kwargs["augmentations"] = list(kwargs["augmentations"]) + [
+            T.RandomFlip(prob=float(d2cfg.LUNGBENCH.FLIP_PROB), horizontal=True, vertical=False)]
+        swap = _lung_swap(MetadataCatalog.get(d2cfg.DATASETS.TRAIN[0]).thing_classes)
+    return LungDatasetMapper(lung_swap=swap, **kwargs)
+
+
+def dataset_name(dataset_dir: str | Path, override: str | None = None) -> str:
+    """The dataset's name: ``override``, else dataset.json's ``name`` (or config.data.name),
+    else the folder's name."""
+    if override:
+        return str(override)
+    manifest = Path(dataset_dir) / "dataset.json"
+    try:
+        m = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError):
+        m = {}
+    for cand in (m.get("name"), (m.get("config") or {}).get("data", {}).get("name")
+                 if isinstance((m.get("config") or {}).get("data"), dict) else None):
+        if isinstance(cand, str) and cand:
+            return cand
+    return Path(dataset_dir).resolve().name
+
+
+def first_image(split: Split) -> np.ndarray:
+    """The first image of a split as detectron2 reads it (HxWx3 uint8, BGR)."""
+    coco = _read_coco(split.json_file)
+    im = sorted(coco["images"], key=lambda i: i["id"])[0]
+    return read_image(str(split.image_root / im["file_name"]), format="BGR")

@@ -1,0 +1,199 @@
+"""detectron2 training, inference and measurement for one run (everything that touches torch).
+
+``Trainer`` is detectron2's ``DefaultTrainer`` with four changes: our data mapper (the
+lung-swapping flip), a checkpointer that keeps only the last checkpoint, a step timer, and
+a progress hook that tells the run where it is (for failure reports). Everything else
+(optimizer, LR schedule, writers: metrics.json and TensorBoard events in OUTPUT_DIR,
+resume) is detectron2's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, HookBase, hooks
+from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+
+from benchmark.data import build_mapper
+from benchmark.result import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+_ITER_CKPT = re.compile(r"^model_\d{7}\.pth$")
+
+
+class Progress:
+    """Where the run is, for the ``where`` of a failure ("train iter 12", "evaluate", ...)."""
+
+    def __init__(self) -> None:
+        self.where = "setup"
+
+
+class StepTimer(HookBase):
+    """Seconds per training iteration (data + forward + backward + optimizer step), measured
+    like detectron2's IterationTimer: registered first, so it spans every other hook's
+    before_step and run_step, and stops before the other hooks' after_step."""
+
+    def __init__(self, progress: Progress | None = None) -> None:
+        self.times: list[float] = []
+        self.progress = progress
+        self._t0 = 0.0
+
+    def before_step(self) -> None:
+        if self.progress is not None:
+            self.progress.where = f"train iter {self.trainer.iter}"
+        self._t0 = time.perf_counter()
+
+    def after_step(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self._t0)
+
+
+class LastCheckpointer(hooks.PeriodicCheckpointer):
+    """PeriodicCheckpointer that keeps only the newest checkpoint on disk, also across
+    resumed processes (fvcore's max_to_keep only knows the files its own process wrote)."""
+
+    def after_step(self) -> None:
+        super().after_step()
+        out = Path(self.checkpointer.save_dir)
+        if not self.checkpointer.has_checkpoint():
+            return
+        keep = Path(self.checkpointer.get_checkpoint_file()).name
+        for p in out.glob("model_*.pth"):
+            if _ITER_CKPT.match(p.name) and p.name != keep:
+                p.unlink(missing_ok=True)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer + lung-swap mapper + keep-last checkpoints + step timer (see module doc)."""
+
+    progress: Progress | None = None  # set before construction by run_training
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        # only used by eval_period > 0 (detectron2's EvalHook); the final evaluation is ours
+        out = output_folder or str(Path(cfg.OUTPUT_DIR) / "inference_periodic")
+        return COCOEvaluator(dataset_name, tasks=("bbox", "segm"), distributed=True,
+                             output_dir=out, use_fast_impl=False)
+
+    def build_hooks(self):
+        ret = []
+        for h in super().build_hooks():
+            if isinstance(h, hooks.PeriodicCheckpointer):
+                h = LastCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=1)
+            ret.append(h)
+        self.step_timer = StepTimer(self.progress)
+        return [self.step_timer] + ret
+
+
+def median_after(times: list[float], skip: int) -> float | None:
+    """Median of ``times`` without the first ``skip`` (warm-up); if that leaves nothing, of all
+    but the first; None if empty."""
+    if len(times) > skip:
+        return statistics.median(times[skip:])
+    if len(times) > 1:
+        return statistics.median(times[1:])
+    return statistics.median(times) if times else None
+
+
+def run_training(d2cfg, progress: Progress) -> dict:
+    """Train (resuming from OUTPUT_DIR's last checkpoint if any). Returns the trainer's facts:
+    start_iter, step times (this process), train_wall_s, and the trained model."""
+    Trainer.progress = progress
+    progress.where = "build model"
+    trainer = Trainer(d2cfg)
+    progress.where = "load checkpoint"
+    trainer.resume_or_load(resume=True)
+    start_iter = trainer.start_iter
+    if start_iter:
+        log.info("resuming from the checkpoint of iteration %d", start_iter - 1)
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    model = trainer.model
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return {"start_iter": start_iter, "step_times": trainer.step_timer.times,
+            "train_wall_s": wall, "model": model}
+
+
+def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress) -> dict:
+    """Run the model on every image of ``dataset_name`` (batch 1, no augmentation) and write the
+    COCO results JSON (dataset category ids, RLE masks) to ``out_json`` atomically.
+    Returns {"predictions": list, "infer_times": seconds per image, "eval_wall_s": float}."""
+    from tqdm import tqdm
+
+    loader = Trainer.build_test_loader(d2cfg, dataset_name)
+    meta = MetadataCatalog.get(dataset_name)
+    to_dataset_id = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
+    cuda = next(model.parameters()).is_cuda
+    preds, times = [], []
+    was_training = model.training
+    model.eval()
+    t_all = time.perf_counter()
+    try:
+        with torch.no_grad():
+            for i, inputs in enumerate(tqdm(loader, desc="inference", unit="img", leave=False)):
+                progress.where = f"inference image {i}"
+                t0 = time.perf_counter()
+                outputs = model(inputs)
+                if cuda:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+                for inp, out in zip(inputs, outputs):
+                    for p in instances_to_coco_json(out["instances"].to("cpu"), inp["image_id"]):
+                        p["category_id"] = to_dataset_id[p["category_id"]]
+                        preds.append(p)
+    finally:
+        model.train(was_training)
+    write_json_atomic(out_json, preds)
+    return {"predictions": preds, "infer_times": times, "eval_wall_s": time.perf_counter() - t_all}
+
+
+def count_params_m(model) -> float:
+    """Parameters in millions (all, trainable or frozen)."""
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def count_gflops(model, image_bgr) -> float:
+    """GFLOPs (fvcore's count: one fused multiply-add = one flop) of one inference on
+    ``image_bgr`` (HxWx3 uint8) at its own size, no resizing."""
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    h, w = image_bgr.shape[:2]
+    inputs = [{"image": torch.as_tensor(image_bgr.transpose(2, 0, 1).copy()), "height": h, "width": w}]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            flops = FlopCountAnalysis(model, inputs)
+            flops.unsupported_ops_warnings(False)
+            flops.uncalled_modules_warnings(False)
+            flops.tracer_warnings("none")
+            return flops.total() / 1e9
+    finally:
+        model.train(was_training)
+
+
+def peak_memory() -> dict:
+    """Peak memory of this process: GPU (torch.cuda.max_memory_allocated, MiB) and RSS (MiB)."""
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return {"peak_gpu_mb": gpu, "peak_rss_mb": rss}

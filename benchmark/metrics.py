@@ -1,0 +1,444 @@
+"""Evaluation of one run's test-split predictions: COCO AP and volumetric Dice.
+
+Pure functions over COCO data (numpy, pycocotools, faster-coco-eval; no detectron2, no
+torch), so they test fast and can re-score any saved ``coco_instances_results.json``.
+
+Inputs
+------
+``gt``
+    A COCO instances annotation file (path) or the loaded dict, as the converter writes it:
+    images carry ``case_id`` and ``slice_index``; categories are ``left_lung``,
+    ``right_lung`` and ``infection``; segmentations are compressed RLE (polygons and
+    uncompressed RLE are accepted too).
+``predictions``
+    A list of COCO result dicts, as detectron2's ``COCOEvaluator`` writes them:
+    ``image_id``, ``category_id``, ``score``, ``bbox`` ``[x, y, w, h]`` (pixels) and
+    ``segmentation`` (compressed RLE, ``counts`` as str). The list is never modified.
+
+Outputs follow result.json schema 1 (see README): AP on a 0-100 scale, Dice in [0, 1],
+infection burden error in percentage points; a value that COCO cannot define (no ground
+truth of that class or size, reported as -1 by COCOeval) is ``None`` (null in JSON).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_util
+
+log = logging.getLogger(__name__)
+
+IOU_TYPES = ("segm", "bbox")
+BACKENDS = ("auto", "faster", "pycocotools")
+LUNG_CLASSES = ("left_lung", "right_lung")
+INFECTION_CLASS = "infection"
+# COCOeval's default parameters: area ranges all/small/medium/large, maxDets 1/10/100,
+# IoU thresholds 0.50:0.05:0.95 (index 0 is 0.50, index 5 is 0.75).
+_AREA_INDEX = {"AP": 0, "APs": 1, "APm": 2, "APl": 3}
+_IOU50, _IOU75 = 0, 5
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_gt(gt: str | os.PathLike | Mapping) -> dict:
+    """Return the COCO ground-truth dict (read from ``gt`` when it is a path).
+
+    Checks what every metric here relies on, with a clear error naming the file.
+    """
+    name = str(gt) if isinstance(gt, (str, os.PathLike)) else "<ground-truth dict>"
+    if isinstance(gt, (str, os.PathLike)):
+        try:
+            with open(gt) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{name}: cannot read COCO annotations: {e}") from e
+    elif isinstance(gt, Mapping):
+        data = dict(gt)
+    else:
+        raise TypeError(f"gt must be a path or a dict, got {type(gt).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{name}: not COCO instances JSON (missing list {key!r})")
+    return data
+
+
+def _check_predictions(gt: dict, predictions: Sequence[Mapping], iou_type: str | None = None) -> None:
+    image_ids = {im["id"] for im in gt["images"]}
+    cat_ids = {c["id"] for c in gt["categories"]}
+    for i, p in enumerate(predictions):
+        for key in ("image_id", "category_id", "score"):
+            if key not in p:
+                raise ValueError(f"prediction {i}: missing {key!r}")
+        if p["image_id"] not in image_ids:
+            raise ValueError(f"prediction {i}: image_id {p['image_id']} is not in the ground truth")
+        if p["category_id"] not in cat_ids:
+            raise ValueError(f"prediction {i}: category_id {p['category_id']} is not a ground-truth category")
+        needs = "segmentation" if iou_type in ("segm", None) else None
+        if needs and needs not in p:
+            raise ValueError(f"prediction {i}: missing 'segmentation' (needed for {iou_type or 'Dice'})")
+        if iou_type == "bbox" and "bbox" not in p and "segmentation" not in p:
+            raise ValueError(f"prediction {i}: neither 'bbox' nor 'segmentation'")
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        try:
+            import faster_coco_eval  # noqa: F401
+        except ImportError:
+            return "pycocotools"
+        return "faster"
+    return backend
+
+
+# ---------------------------------------------------------------------------- COCO AP
+
+
+def _none_if_undefined(x: float) -> float | None:
+    # COCOeval marks "no ground truth here" with -1; NaN can come from empty slices.
+    x = float(x)
+    return None if (x < 0 or np.isnan(x)) else 100.0 * x
+
+
+def _mean_defined(a: np.ndarray) -> float:
+    a = a[a > -1]
+    return float(a.mean()) if a.size else -1.0
+
+
+def _results_for(predictions: Sequence[Mapping], iou_type: str) -> list[dict]:
+    """Copies of the predictions, shaped the way detectron2's COCOEvaluator feeds them.
+
+    For ``segm`` the box is dropped, so that COCO takes the instance area from the mask
+    (with a box, the API uses the box area, which moves instances across the
+    small/medium/large ranges). For ``bbox`` a missing box is derived from the mask.
+    """
+    out = []
+    for p in predictions:
+        # The COCO APIs add and replace top-level keys (id, area, iscrowd, bbox,
+        # segmentation) but never edit values in place, so a shallow copy one level down
+        # keeps the caller's list intact at a fraction of deepcopy's cost.
+        q = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in p.items()}
+        if iou_type == "segm":
+            q.pop("bbox", None)
+        elif "bbox" not in q:
+            q["bbox"] = [float(v) for v in mask_util.toBbox(q["segmentation"])]
+        out.append(q)
+    return out
+
+
+def _run_cocoeval(gt: dict, results: list[dict], iou_type: str, backend: str) -> np.ndarray:
+    """Run COCOeval; return its precision array, shape (T, R, K, A, M), categories sorted by id."""
+    # COCOeval writes into the ground-truth annotation dicts (ignore flags, decoded
+    # segmentations): give it its own copies of the records.
+    gt = {**gt, **{k: [dict(x) for x in gt[k]] for k in ("images", "annotations", "categories")}}
+    if backend == "faster":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        coco_gt = COCO(gt)
+        make_eval = lambda g, d: COCOeval_faster(g, d, iou_type, print_function=log.debug)  # noqa: E731
+    else:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        make_eval = lambda g, d: COCOeval(g, d, iou_type)  # noqa: E731
+    # pycocotools prints progress to stdout; keep the run's log readable.
+    with contextlib.redirect_stdout(io.StringIO()):
+        if backend != "faster":
+            coco_gt.createIndex()
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:
+            # loadRes cannot take an empty list (it inspects the first entry); an empty
+            # result set is still well defined: every class with ground truth scores 0.
+            coco_dt = type(coco_gt)()
+            coco_dt.dataset = {"images": list(gt["images"]), "categories": list(gt["categories"]), "annotations": []}
+            coco_dt.createIndex()
+        ev = make_eval(coco_gt, coco_dt)
+        ev.evaluate()
+        ev.accumulate()
+    precision = np.asarray(ev.eval["precision"], dtype=np.float64)
+    p = ev.params
+    if list(p.areaRngLbl) != ["all", "small", "medium", "large"] or list(p.maxDets) != [1, 10, 100]:
+        raise RuntimeError(f"unexpected COCOeval parameters: {p.areaRngLbl} {p.maxDets}")
+    if not (np.isclose(p.iouThrs[_IOU50], 0.5) and np.isclose(p.iouThrs[_IOU75], 0.75)):
+        raise RuntimeError(f"unexpected COCOeval IoU thresholds: {p.iouThrs}")
+    return precision
+
+
+def coco_metrics(
+    gt: str | os.PathLike | Mapping,
+    predictions: Sequence[Mapping],
+    iou_type: str,
+    backend: str = "auto",
+) -> dict:
+    """COCO AP for one IoU type, overall and per class.
+
+    Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class": {name: {"AP",
+    "AP50", "AP75"}}}`` on a 0-100 scale; ``None`` where COCO cannot define the value
+    (no ground truth of that class or size). All numbers are read from COCOeval's
+    precision array (IoU x recall x class x area x maxDets) at maxDets 100, which is
+    exactly how ``COCOeval.summarize`` derives its first six statistics; per class uses
+    area "all". ``backend``: ``"faster"`` (faster-coco-eval), ``"pycocotools"``, or
+    ``"auto"`` (faster-coco-eval when importable). Empty ``predictions`` score 0.
+    """
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    gt = load_gt(gt)
+    _check_predictions(gt, predictions, iou_type)
+    precision = _run_cocoeval(gt, _results_for(predictions, iou_type), iou_type, _resolve_backend(backend))
+    m = -1  # maxDets 100
+    out: dict[str, Any] = {
+        "AP": _none_if_undefined(_mean_defined(precision[:, :, :, 0, m])),
+        "AP50": _none_if_undefined(_mean_defined(precision[_IOU50, :, :, 0, m])),
+        "AP75": _none_if_undefined(_mean_defined(precision[_IOU75, :, :, 0, m])),
+    }
+    for key in ("APs", "APm", "APl"):
+        out[key] = _none_if_undefined(_mean_defined(precision[:, :, :, _AREA_INDEX[key], m]))
+    cats = sorted(gt["categories"], key=lambda c: c["id"])  # COCOeval's class axis order
+    out["per_class"] = {
+        c["name"]: {
+            "AP": _none_if_undefined(_mean_defined(precision[:, :, k, 0, m])),
+            "AP50": _none_if_undefined(_mean_defined(precision[_IOU50, :, k, 0, m])),
+            "AP75": _none_if_undefined(_mean_defined(precision[_IOU75, :, k, 0, m])),
+        }
+        for k, c in enumerate(cats)
+    }
+    return out
+
+
+# ---------------------------------------------------------------------------- volumes
+
+
+def _to_rle(segm: Any, h: int, w: int, where: str) -> dict:
+    """Compressed RLE for any COCO segmentation form (polygons, RLE with list or str counts)."""
+    if isinstance(segm, list):  # polygons
+        rles = mask_util.frPyObjects(segm, h, w)
+        return mask_util.merge(rles) if rles else mask_util.encode(np.zeros((h, w), np.uint8, order="F"))
+    if isinstance(segm, Mapping) and "counts" in segm and "size" in segm:
+        if list(segm["size"]) != [h, w]:
+            raise ValueError(f"{where}: mask size {list(segm['size'])} != image size {[h, w]}")
+        if isinstance(segm["counts"], list):
+            return mask_util.frPyObjects(dict(segm), h, w)
+        return dict(segm)
+    raise ValueError(f"{where}: unsupported segmentation {type(segm).__name__}")
+
+
+def _union(rles: list[dict], h: int, w: int) -> np.ndarray:
+    """Boolean (h, w) union of RLE masks."""
+    if not rles:
+        return np.zeros((h, w), dtype=bool)
+    rle = rles[0] if len(rles) == 1 else mask_util.merge(rles, intersect=False)
+    with warnings.catch_warnings():
+        # pycocotools' Cython decode trips numpy 2's copy-keyword DeprecationWarning on
+        # every call; it is harmless and would drown the run's log.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_util.decode(rle).astype(bool)
+
+
+def _iter_cases(
+    gt: dict, predictions: Sequence[Mapping], score_thresh: float
+) -> Iterator[tuple[str, list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]]]:
+    """Yield ``(case_id, slices)`` per case (sorted), slices ordered by ``slice_index``.
+
+    Each slice is ``(gt_masks, pred_masks)``, each ``{class name: bool (H, W)}``; masks
+    are decoded lazily per case so a whole test split never sits in memory at once.
+    """
+    if not 0.0 <= score_thresh <= 1.0:
+        raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
+    _check_predictions(gt, predictions)
+    cat_name = {c["id"]: c["name"] for c in gt["categories"]}
+    gt_by_img: dict[int, list[dict]] = defaultdict(list)
+    for a in gt["annotations"]:
+        gt_by_img[a["image_id"]].append(a)
+    pred_by_img: dict[int, list[Mapping]] = defaultdict(list)
+    for p in predictions:
+        if p["score"] >= score_thresh:
+            pred_by_img[p["image_id"]].append(p)
+
+    by_case: dict[str, list[dict]] = defaultdict(list)
+    for im in gt["images"]:
+        for key in ("case_id", "slice_index", "height", "width"):
+            if key not in im:
+                raise ValueError(f"image {im.get('id')} ({im.get('file_name')}): missing {key!r}, "
+                                 "needed to rebuild volumes")
+        by_case[str(im["case_id"])].append(im)
+
+    for case_id in sorted(by_case):
+        images = sorted(by_case[case_id], key=lambda im: im["slice_index"])
+        idx = [im["slice_index"] for im in images]
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"case {case_id}: duplicate slice_index values")
+        shapes = {(im["height"], im["width"]) for im in images}
+        if len(shapes) != 1:
+            raise ValueError(f"case {case_id}: slices of different sizes {sorted(shapes)}")
+        slices = []
+        for im in images:
+            h, w = im["height"], im["width"]
+            masks = []
+            for anns, what in ((gt_by_img[im["id"]], "annotation"), (pred_by_img[im["id"]], "prediction")):
+                rles: dict[str, list[dict]] = {name: [] for name in cat_name.values()}
+                for a in anns:
+                    where = f"{what} on image {im['id']} ({im.get('file_name')})"
+                    rles[cat_name[a["category_id"]]].append(_to_rle(a["segmentation"], h, w, where))
+                masks.append({name: _union(r, h, w) for name, r in rles.items()})
+            slices.append((masks[0], masks[1]))
+        yield case_id, slices
+
+
+def semantic_volumes(
+    gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], score_thresh: float = 0.5
+) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Rebuild per-case semantic masks from instances; yields one case at a time.
+
+    Yields ``(case_id, gt_volumes, pred_volumes)`` in sorted case order, each volume dict
+    ``{class name: bool array (S, H, W)}`` with S the case's test slices stacked by
+    ``slice_index`` (only the slices present in ``gt``: the converter keeps lung slices,
+    so volumes cover those). A class mask is the union of its instances; predictions
+    count when ``score >= score_thresh``. Use ``dict((c, (g, p)) for c, g, p in ...)``
+    to hold them all.
+    """
+    gt = load_gt(gt)
+    for case_id, slices in _iter_cases(gt, predictions, score_thresh):
+        vols = []
+        for side in (0, 1):
+            vols.append({name: np.stack([s[side][name] for s in slices]) for name in slices[0][side]})
+        yield case_id, vols[0], vols[1]
+
+
+def voxel_counts(
+    gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], score_thresh: float = 0.5
+) -> dict[str, dict[str, dict[str, int]]]:
+    """Per case, per class: ``{"gt", "pred", "inter"}`` voxel counts (additive over slices).
+
+    An extra entry ``"lung"`` counts the lung region, the union of left lung, right lung
+    and infection masks (see :func:`infection_burden_error` for why the union).
+    """
+    gt = load_gt(gt)
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for case_id, slices in _iter_cases(gt, predictions, score_thresh):
+        counts: dict[str, dict[str, int]] = defaultdict(lambda: {"gt": 0, "pred": 0, "inter": 0})
+        for g, p in slices:
+            region_g = np.zeros_like(next(iter(g.values())))
+            region_p = np.zeros_like(region_g)
+            for name in g:
+                c = counts[name]
+                c["gt"] += int(g[name].sum())
+                c["pred"] += int(p[name].sum())
+                c["inter"] += int(np.logical_and(g[name], p[name]).sum())
+                if name in LUNG_CLASSES or name == INFECTION_CLASS:
+                    region_g |= g[name]
+                    region_p |= p[name]
+            c = counts["lung"]
+            c["gt"] += int(region_g.sum())
+            c["pred"] += int(region_p.sum())
+            c["inter"] += int(np.logical_and(region_g, region_p).sum())
+        out[case_id] = dict(counts)
+    return out
+
+
+def _dice(c: Mapping[str, int]) -> float:
+    denom = c["gt"] + c["pred"]
+    # Both empty: the prediction is exactly right, so Dice is 1 (the common convention,
+    # e.g. in the COVID-19-CT-Seg benchmark code); a 0/0 NaN would poison the means.
+    return 1.0 if denom == 0 else 2.0 * c["inter"] / denom
+
+
+def _dice_from_counts(counts: Mapping[str, Mapping[str, Mapping[str, int]]], classes: Sequence[str]) -> dict:
+    per_case = {case: {name: _dice(c[name]) for name in classes} for case, c in counts.items()}
+    mean = {name: float(np.mean([d[name] for d in per_case.values()])) if per_case else None for name in classes}
+    return {"per_case": per_case, "mean": mean}
+
+
+def _burden(c: Mapping[str, int], infection: Mapping[str, int], side: str) -> float | None:
+    return None if c[side] == 0 else 100.0 * infection[side] / c[side]
+
+
+def _burden_from_counts(counts: Mapping[str, Mapping[str, Mapping[str, int]]]) -> dict:
+    per_case: dict[str, float | None] = {}
+    for case, c in counts.items():
+        b_gt = _burden(c["lung"], c[INFECTION_CLASS], "gt")
+        b_pred = _burden(c["lung"], c[INFECTION_CLASS], "pred")
+        per_case[case] = None if (b_gt is None or b_pred is None) else abs(b_pred - b_gt)
+    defined = [v for v in per_case.values() if v is not None]
+    return {"per_case": per_case, "mean": float(np.mean(defined)) if defined else None}
+
+
+def _class_names(gt: dict) -> list[str]:
+    return [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
+
+
+def dice_per_case(
+    gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], score_thresh: float = 0.5
+) -> dict:
+    """Volumetric Dice per case and class: ``{"per_case": {case: {class: d}}, "mean": {class: d}}``.
+
+    Dice = 2|G ∩ P| / (|G| + |P|) in [0, 1] over the case's stacked test slices (see
+    :func:`semantic_volumes`). By convention Dice is 1.0 when ground truth and prediction
+    are both empty. ``mean`` is the unweighted mean over cases (as the Dice-based
+    literature reports it).
+    """
+    gt = load_gt(gt)
+    return _dice_from_counts(voxel_counts(gt, predictions, score_thresh), _class_names(gt))
+
+
+def infection_burden_error(
+    gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], score_thresh: float = 0.5
+) -> dict:
+    """Absolute error of the infection burden per case: ``{"per_case": {case: pp}, "mean": pp}``.
+
+    Burden = infection voxels / lung voxels * 100 (percent of lung infected); the error is
+    |predicted - ground-truth burden| in percentage points. The lung volume is the union
+    of the left-lung, right-lung and infection masks: that equals left + right when the
+    lung masks already contain the infection (Zenodo ``Lung_Mask``), and stays right when
+    infection voxels carry their own label instead of a lung label (the combined
+    ``Lung_and_Infection_Mask``). A case whose predicted lung is empty has an undefined
+    burden: its error is ``None`` and it is left out of the mean.
+    """
+    gt = load_gt(gt)
+    return _burden_from_counts(voxel_counts(gt, predictions, score_thresh))
+
+
+# ---------------------------------------------------------------------------- all of it
+
+
+def evaluate(
+    gt_json_path: str | os.PathLike | Mapping,
+    predictions: Sequence[Mapping] | str | os.PathLike,
+    score_thresh: float = 0.5,
+    backend: str = "auto",
+) -> dict:
+    """The ``metrics`` section of result.json: segm and bbox AP, Dice, infection burden error.
+
+    ``predictions`` is the list of COCO result dicts or the path of a COCO results JSON
+    (detectron2's ``coco_instances_results.json``). ``score_thresh`` applies to the
+    volumetric metrics only (AP ranks every detection).
+    """
+    gt = load_gt(gt_json_path)
+    if isinstance(predictions, (str, os.PathLike)):
+        try:
+            with open(predictions) as f:
+                predictions = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{predictions}: cannot read COCO results: {e}") from e
+        if not isinstance(predictions, list):
+            raise ValueError("COCO results JSON must hold a list of predictions")
+    counts = voxel_counts(gt, predictions, score_thresh)
+    return {
+        "segm": coco_metrics(gt, predictions, "segm", backend),
+        "bbox": coco_metrics(gt, predictions, "bbox", backend),
+        "dice": _dice_from_counts(counts, _class_names(gt)),
+        "infection_burden_abs_error": _burden_from_counts(counts),
+    }

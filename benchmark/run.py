@@ -1,0 +1,336 @@
+"""One run's lifecycle: skip if finished, resume, train, evaluate, measure, write result.json.
+
+``run(cfg, run_dir)`` is the whole story and returns the exit status:
+
+- ``<run dir>/result.json`` with status ``ok`` -> the run is not redone (0; the file is not
+  touched). If the recorded config differs from this one, nothing is done and 2 is returned:
+  a folder holds one run.
+- otherwise result.json is written at once with status ``failed`` / ``Unfinished`` (so a run
+  killed by SIGKILL or the kernel's OOM killer still shows up as failed), then detectron2
+  trains in ``<run dir>/d2`` (resuming from its last checkpoint if a previous attempt left
+  one), predicts the test split, ``benchmark.metrics.evaluate`` scores it, and result.json
+  is rewritten with status ``ok`` (0) or ``failed`` + error (1; 130 for an interrupt or
+  SIGTERM, after which the exception is re-raised so a sweep stops too).
+- after an ``ok`` result the checkpoints are deleted unless ``keep_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark import result as R
+
+log = logging.getLogger(__name__)
+
+D2_DIR = "d2"
+PREDICTIONS = f"{D2_DIR}/inference/coco_instances_results.json"
+METRICS_LOG = f"{D2_DIR}/metrics.json"
+WORKER_OUT = f"{D2_DIR}/lungbench_worker.json"  # rank 0's facts when training runs under launch
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (e.g. Slurm time limit, `kill`): recorded like an interrupt."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The run's full config as plain data, dataset_dir made absolute (what result.json keeps)."""
+    c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    c["dataset_dir"] = str(Path(c["dataset_dir"]).expanduser().resolve())
+    return R.sanitize(c)
+
+
+def _experiment(cfg: DictConfig) -> str | None:
+    if cfg.get("experiment"):
+        return str(cfg.experiment)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get("experiment")
+    except Exception:  # noqa: BLE001 - not under Hydra (tests, perf): no experiment
+        return None
+
+
+def describe(cfg: DictConfig, config: dict) -> dict:
+    """The fields that say what the run is (every result has them, ok or failed)."""
+    bb, s = cfg.backbone, cfg.solver
+    return {
+        "schema": R.SCHEMA,
+        "backbone": bb.name, "trunk": bb.trunk, "head": bb.head, "in_zoo": bool(bb.in_zoo),
+        "schedule": cfg.schedule.name,
+        "weights": str(cfg.weights.path) if cfg.weights.get("path") else cfg.weights.source,
+        "experiment": _experiment(cfg),
+        "solver": {"name": s.name, "ims_per_batch": s.ims_per_batch, "base_lr": s.base_lr,
+                   "max_iter": s.max_iter, "lr_schedule": s.lr_schedule, "amp": bool(cfg.amp)},
+        "dataset": {"name": None, "dir": config["dataset_dir"], "split": cfg.split.scheme,
+                    "fold": cfg.split.fold, "n_train_images": None, "n_test_images": None,
+                    "image_size": None},
+        "seed": cfg.seed,
+    }
+
+
+def _git_sha() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: str | None) -> dict:
+    import detectron2
+    import torch
+
+    env = {"device": device, "torch": torch.__version__, "detectron2": detectron2.__version__,
+           "python": platform.python_version(), "git_sha": _git_sha(),
+           "hostname": socket.gethostname(), "torch_threads": torch.get_num_threads()}
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += config_diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _joblib_launcher() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return "joblib" in str(HydraConfig.get().launcher.get("_target_", "")).lower()
+    except Exception:  # noqa: BLE001 - not under Hydra
+        return False
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
+    """Run (or skip, or resume) one run into ``run_dir``; returns the exit status (see module)."""
+    run_dir = Path(run_dir).resolve()
+    config = resolved_config(cfg)
+    prev = R.read_result(run_dir)
+    if prev is not None and prev.get("status") == "ok":
+        diff = config_diff(prev.get("config"), config)
+        if diff:
+            print(f"{run_dir}: holds a finished run with a different config ({', '.join(diff)}); "
+                  "nothing done. Use another run dir (or delete this one).", file=sys.stderr)
+            return 2
+        print(f"{run_dir}: finished run (status ok), not redone")
+        return 0
+    if _joblib_launcher() and cfg.solver.num_workers:
+        # joblib's loky workers crash with DataLoader workers (hydra#964)
+        OmegaConf.update(cfg, "solver.num_workers", 0)
+        config = resolved_config(cfg)
+
+    res = describe(cfg, config) | {
+        "status": "failed",
+        "error": {"type": "Unfinished", "where": "started", "traceback": None,
+                  "message": "the run started but never finished: killed (SIGKILL, the OOM "
+                             "killer) or the machine stopped; run it again to resume"},
+        "metrics": None, "timing": None, "memory": None, "model": None,
+        "env": environment(None), "notes": [],
+        "artifacts": {"dataset_dir": config["dataset_dir"]},
+        "config": config, "started_at": _now(), "finished_at": None,
+    }
+    R.write_result(run_dir, res)
+
+    from benchmark.engine import Progress
+
+    progress = Progress()
+    interrupted: BaseException | None = None
+
+    def on_term(signum, frame):
+        raise Terminated(f"signal {signal.Signals(signum).name} received")
+
+    old_term = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+    try:
+        execute(cfg, run_dir, res, progress)
+        res.update(status="ok", error=None)
+    except (KeyboardInterrupt, Terminated) as e:
+        interrupted = e
+        res.update(status="failed", error=R.error_info(e, progress.where))
+    except Exception as e:  # noqa: BLE001 - every failure is a result
+        log.exception("run failed at %s", progress.where)
+        res.update(status="failed", error=R.error_info(e, progress.where))
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        res["finished_at"] = _now()
+        R.write_result(run_dir, res)
+    if res["status"] == "ok":
+        if not cfg.keep_checkpoint:
+            remove_checkpoints(run_dir / D2_DIR)
+        print(f"{run_dir}/result.json: ok")
+        return 0
+    err = res["error"]
+    print(f"{run_dir}/result.json: FAILED at {err['where']}: {err['type']}: {err['message']}",
+          file=sys.stderr)
+    if interrupted is not None:
+        raise interrupted
+    return 1
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def remove_checkpoints(d2_dir: Path) -> None:
+    """Delete model_*.pth and the last_checkpoint tag (a finished run never resumes)."""
+    for p in d2_dir.glob("model_*.pth"):
+        p.unlink(missing_ok=True)
+    (d2_dir / "last_checkpoint").unlink(missing_ok=True)
+
+
+def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
+    """Check inputs, train, predict, score and measure; fills ``res`` in place as it goes so a
+    failure still records everything learned before it."""
+    import torch
+
+    from benchmark import config as C
+    from benchmark import data as D
+    from benchmark.engine import median_after, peak_memory
+
+    # fail early: data, device, weights are checked before any model is built
+    progress.where = "check dataset"
+    dataset_dir = Path(res["config"]["dataset_dir"])
+    train = D.register_split(dataset_dir, cfg.split.scheme, cfg.split.fold, "train")
+    test = D.register_split(dataset_dir, cfg.split.scheme, cfg.split.fold, "test")
+    res["dataset"].update(name=D.dataset_name(dataset_dir, cfg.dataset_name),
+                          n_train_images=train.n_images, n_test_images=test.n_images,
+                          image_size=list(test.image_hw))
+    if train.mixed_sizes or test.mixed_sizes:
+        res["notes"].append("images of several sizes; image_size is the most common one")
+    res["artifacts"]["test_annotations"] = str(test.json_file)
+
+    progress.where = "check device"
+    device = C.resolve_device(cfg.device)
+    res["env"] = environment(device)
+    if cfg.amp and device != "cuda":
+        raise C.ConfigError("amp=true needs CUDA (detectron2's AMPTrainer); use amp=false on CPU")
+    if cfg.num_gpus > 1 and (device != "cuda" or torch.cuda.device_count() < cfg.num_gpus):
+        raise C.ConfigError(f"num_gpus={cfg.num_gpus} but {torch.cuda.device_count()} CUDA devices")
+
+    progress.where = "check weights"
+    weights = C.resolve_weights(cfg)
+    res["weights"] = weights.kind
+    if weights.note:
+        res["notes"].append(weights.note)
+    d2_dir = run_dir / D2_DIR
+    resuming = (d2_dir / "last_checkpoint").is_file()
+    # a resumed run loads its checkpoint, not the initial weights: do not demand a download
+    weights_file = "" if resuming and weights.url else C.fetch_weights(weights, cfg.weights.download)
+
+    progress.where = "build config"
+    d2cfg = C.build_d2_cfg(cfg, train_name=train.name, test_name=test.name, output_dir=str(d2_dir),
+                           weights_file=weights_file, device=device, image_hw=train.image_hw)
+    d2_dir.mkdir(parents=True, exist_ok=True)
+    (d2_dir / "config.yaml").write_text(d2cfg.dump())
+    res["artifacts"].update(config_yaml=f"{D2_DIR}/config.yaml", tensorboard=D2_DIR,
+                            metrics_log=METRICS_LOG)
+
+    split = (str(dataset_dir), str(cfg.split.scheme), int(cfg.split.fold))
+    if cfg.num_gpus > 1:
+        from detectron2.engine import launch
+
+        progress.where = f"train (DDP, {cfg.num_gpus} processes)"
+        launch(_worker, cfg.num_gpus, dist_url="auto",
+               args=(d2cfg, split, test.name, str(run_dir), bool(cfg.measure.flops), int(cfg.seed)))
+        out = json.loads((run_dir / WORKER_OUT).read_text())
+    else:
+        out = _worker(d2cfg, split, test.name, str(run_dir), bool(cfg.measure.flops),
+                      int(cfg.seed), progress=progress)
+
+    res["resumed_from_iter"] = out["start_iter"]
+    res["notes"] += out["notes"]
+    res["artifacts"]["predictions"] = PREDICTIONS
+    res["model"] = {"params_m": out["params_m"], "gflops": out["gflops"],
+                    "gflops_input_hw": out["gflops_input_hw"]}
+    res["timing"] = {
+        "train_s_per_iter": median_after(out["step_times"], int(cfg.measure.warmup_iters)),
+        "infer_s_per_image": median_after(out["infer_times"], 1),
+        "train_wall_s": out["train_wall_s"], "eval_wall_s": out["eval_wall_s"],
+        "train_iters_timed": max(0, len(out["step_times"]) - int(cfg.measure.warmup_iters)),
+    }
+
+    progress.where = "metrics"
+    from benchmark.metrics import evaluate
+
+    res["metrics"] = evaluate(str(test.json_file), str(run_dir / PREDICTIONS),
+                              score_thresh=float(cfg.dice_score_thresh))
+    res["memory"] = out["memory"] if cfg.num_gpus > 1 else peak_memory()
+    res["artifacts"]["checkpoint"] = f"{D2_DIR}/model_final.pth" if cfg.keep_checkpoint else None
+
+
+def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed: int,
+            progress=None) -> dict:
+    """Train + predict + measure in this process (rank r of a launch, or the only one).
+    ``split``: (dataset_dir, scheme, fold), to register the splits in spawned processes.
+    Returns the facts run() records; under a multi-process launch rank 0 writes them to
+    WORKER_OUT instead (other ranks return after training)."""
+    from detectron2.utils import comm
+    from detectron2.utils.env import seed_all_rng
+
+    from benchmark import data as D
+    from benchmark.engine import (Progress, count_gflops, count_params_m, peak_memory, predict,
+                                  run_training)
+
+    progress = progress or Progress()
+    run_dir = Path(run_dir)
+    seed_all_rng(seed + comm.get_rank())
+    if comm.get_world_size() > 1:
+        # spawned processes start with empty catalogs: register the splits again
+        for part in ("train", "test"):
+            D.register_split(*split, part)
+    trained = run_training(d2cfg, progress)
+    if not comm.is_main_process():
+        return {}
+    model = trained["model"]
+    progress.where = "inference"
+    pred = predict(model, d2cfg, test_name, run_dir / PREDICTIONS, progress)
+    notes: list[str] = []
+    progress.where = "measure"
+    gflops, hw = None, None
+    if flops:
+        try:
+            from detectron2.data import MetadataCatalog
+
+            meta = MetadataCatalog.get(test_name)
+            split = D.Split(test_name, Path(meta.json_file), Path(meta.image_root), 0, None, False)
+            image = D.first_image(split)
+            hw = list(image.shape[:2])
+            gflops = count_gflops(model, image)
+        except Exception as e:  # noqa: BLE001 - FLOPs are a nice-to-have, never a failure
+            notes.append(f"GFLOPs not counted: {type(e).__name__}: {e}")
+    out = {"start_iter": trained["start_iter"], "step_times": trained["step_times"],
+           "train_wall_s": trained["train_wall_s"], "infer_times": pred["infer_times"],
+           "eval_wall_s": pred["eval_wall_s"], "params_m": count_params_m(model),
+           "gflops": gflops, "gflops_input_hw": hw, "notes": notes, "memory": peak_memory()}
+    if comm.get_world_size() > 1:
+        R.write_json_atomic(run_dir / WORKER_OUT, out)
+    return out

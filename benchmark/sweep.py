@@ -1,0 +1,260 @@
+"""Sweeps: a Hydra multirun of `benchmark.train`, then a one-line summary of the runs' result.json.
+
+    python -m benchmark.sweep +experiment=grid9 dataset_dir=<dir> hydra.sweep.dir=<dir> [overrides]
+
+Every argument is a Hydra override, exactly as for `python -m benchmark.train -m`. The sweep
+
+1. plans: composes the config with Hydra's own machinery and expands the basic sweeper's
+   parameters (the experiment's `hydra.sweeper.params` plus comma/range overrides on the command
+   line) into the list of runs, each with its run folder `<hydra.sweep.dir>/<hydra.sweep.subdir>`;
+   the subdir is the experiment's (the backbone name) plus `_<key>=<value>` for every axis swept
+   on the command line (`split.fold=0,1` -> `R50-FPN_fold=0`), so no two runs share a folder;
+2. runs the multirun in this process through the train app's `@hydra.main` (with whichever
+   launcher is configured: basic, joblib, submitit_slurm, submitit_local). Each run records its
+   own success or failure in result.json and never raises, so one failed run does not stop the
+   others; a run whose result.json says "ok" is skipped, so re-running a sweep resumes it;
+3. reads every planned run's result.json (ok / failed / missing), writes `<sweep dir>/sweep.json`
+   (the plan with each run's status, for reports: it names MISSING runs, which have no
+   result.json), prints one summary line, e.g.
+   `9 runs: 8 ok, 1 failed (R50-C4: FloatingPointError: Loss became infinite or NaN ...)`,
+   and exits 1 if any run failed or is missing (2 if the sweep could not even be planned).
+
+Runs describe themselves in result.json; folder names are computed here from the config
+(never parsed back).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+CONFIG_NAME = "train"
+TRAIN_MODULE = "benchmark.train"
+SWEEP_FILE = "sweep.json"
+SWEEP_SCHEMA = 1
+
+# Our conf/hydra/launcher/*.yaml carry the plugins' own names so `hydra/launcher=joblib` etc.
+# pick them; Hydra then validates each against the plugin's schema and warns that this
+# "automatic schema matching" is deprecated. With hydra-core pinned (1.3.8) the note is noise.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\S+' is validated against ConfigStore schema")
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot be planned (bad override, unknown experiment, unsupported sweeper)."""
+
+
+@dataclass
+class PlannedRun:
+    label: str                 # the run's folder name below the sweep dir, e.g. "R50-FPN_fold=1"
+    run_dir: str               # absolute
+    overrides: list[str]       # the job's overrides, as Hydra passes them to the run
+    status: str = "planned"    # after collect(): ok | failed | missing
+    error: str | None = None   # "Type: message" of a failed run, or why result.json is unreadable
+
+
+@dataclass
+class SweepPlan:
+    sweep_dir: str                               # absolute
+    overrides: list[str]                         # what the multirun is called with
+    runs: list[PlannedRun] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- planning
+def _short(key: str) -> str:
+    """`split.fold` -> `fold`, `experiment/table3_rows` -> `table3_rows` (for folder names)."""
+    return key.replace("/", ".").split(".")[-1]
+
+
+def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str = CONFIG_NAME) -> SweepPlan:
+    """Expand the sweep into runs without running anything (Hydra's basic sweeper semantics)."""
+    # Hydra internals, pinned with hydra-core==1.3.8: the same calls its multirun makes.
+    from hydra import version
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    version.setbase("1.3")
+    GlobalHydra.instance().clear()
+    hyd = Hydra.create_main_hydra2(task_name=config_name,
+                                   config_search_path=create_config_search_path(str(conf_dir)))
+    try:
+        cfg = hyd.compose_config(config_name, list(overrides), run_mode=RunMode.MULTIRUN,
+                                 with_log_configuration=False)
+        sweeper = str(cfg.hydra.sweeper.get("_target_", ""))
+        if not sweeper.endswith("BasicSweeper"):
+            raise SweepError(f"hydra/sweeper {sweeper!r}: only Hydra's basic sweeper can be planned")
+        parser = OverridesParser.create(config_loader=hyd.config_loader)
+        cli = parser.parse_overrides(list(overrides))
+        params = {str(k): str(v) for k, v in (cfg.hydra.sweeper.params or {}).items()}
+        param_keys = {parser.parse_override(f"{k}={v}").key_or_group for k, v in params.items()}
+
+        # Folder per run: the configured subdir plus every axis swept on the command line
+        # (the experiment's own axes are already in its subdir), unless the user set one.
+        extra = list(overrides)
+        if not any(o.key_or_group == "hydra.sweep.subdir" for o in cli):
+            subdir = str(OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"])
+            for o in cli:
+                if o.is_sweep_override() and o.key_or_group not in param_keys and o.key_or_group != "backbone":
+                    key = o.key_or_group
+                    is_group = hyd.config_loader.repository.group_exists(key)
+                    value = f"${{hydra:runtime.choices.{key}}}" if is_group else f"${{{key}}}"
+                    subdir += f"_{_short(key)}={value}"
+            extra.append(f"hydra.sweep.subdir='{subdir}'")
+        # Resolve the sweep dir once (a ${now:} default would differ between plan and run).
+        HydraConfig.instance().set_config(cfg)
+        sweep_dir = Path(str(cfg.hydra.sweep.dir)).expanduser()
+        sweep_dir = sweep_dir if sweep_dir.is_absolute() else Path.cwd() / sweep_dir
+        extra = [o for o in extra if not o.startswith("hydra.sweep.dir=")] + [f"hydra.sweep.dir={sweep_dir}"]
+        cfg = hyd.compose_config(config_name, extra, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+
+        jobs = BasicSweeper.split_arguments(parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + extra),
+                                            None)[0]
+        plan = SweepPlan(sweep_dir=str(sweep_dir), overrides=extra)
+        for num, job in enumerate(jobs):
+            job_cfg = hyd.config_loader.load_sweep_config(cfg, list(job))
+            with open_dict(job_cfg.hydra.job):
+                job_cfg.hydra.job.num = num
+            HydraConfig.instance().set_config(job_cfg)
+            label = str(job_cfg.hydra.sweep.subdir)
+            plan.runs.append(PlannedRun(label=label, run_dir=str(sweep_dir / label), overrides=list(job)))
+        dirs = [r.run_dir for r in plan.runs]
+        dupes = sorted({d for d in dirs if dirs.count(d) > 1})
+        if dupes:
+            raise SweepError(f"several runs would share a folder ({', '.join(Path(d).name for d in dupes)}): "
+                             "set hydra.sweep.subdir to tell them apart")
+        return plan
+    except (HydraException, OmegaConfBaseException) as e:
+        raise SweepError(f"cannot plan the sweep: {type(e).__name__}: {e}") from e
+    finally:
+        GlobalHydra.instance().clear()
+
+
+# ----------------------------------------------------------------------------- collecting
+def read_status(run_dir: Path) -> tuple[str, str | None]:
+    """(status, error) of one run from its result.json: ok | failed | missing."""
+    path = Path(run_dir) / "result.json"
+    if not path.exists():
+        return "missing", None
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return "failed", f"unreadable {path}: {e}"
+    if res.get("status") == "ok":
+        return "ok", None
+    err = res.get("error") or {}
+    if isinstance(err, dict):
+        msg = f"{err.get('type') or 'Error'}: {err.get('message') or ''}".strip().rstrip(":")
+    else:
+        msg = str(err)
+    return "failed", msg or f"status {res.get('status')!r}"
+
+
+def collect(plan: SweepPlan) -> SweepPlan:
+    for run in plan.runs:
+        run.status, run.error = read_status(Path(run.run_dir))
+    return plan
+
+
+def summary_line(runs: list[PlannedRun], max_message: int = 90) -> str:
+    """`9 runs: 8 ok, 1 failed (R50-C4: FloatingPointError: ...)` (+ `, 1 missing (X101-C4)`)."""
+    ok = [r for r in runs if r.status == "ok"]
+    failed = [r for r in runs if r.status == "failed"]
+    missing = [r for r in runs if r.status == "missing"]
+
+    def short(msg: str | None) -> str:
+        first = (msg or "").strip().splitlines()[0] if (msg or "").strip() else "no error recorded"
+        return first if len(first) <= max_message else first[: max_message - 3] + "..."
+
+    line = f"{len(runs)} run{'s' if len(runs) != 1 else ''}: {len(ok)} ok"
+    if failed:
+        line += f", {len(failed)} failed (" + "; ".join(f"{r.label}: {short(r.error)}" for r in failed) + ")"
+    if missing:
+        line += f", {len(missing)} missing (" + ", ".join(r.label for r in missing) + ")"
+    return line
+
+
+def write_sweep_file(plan: SweepPlan, hydra_rc: int | None) -> Path:
+    """`<sweep dir>/sweep.json`: the planned runs and their status (temp file, then rename)."""
+    out = Path(plan.sweep_dir) / SWEEP_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"schema": SWEEP_SCHEMA, "sweep_dir": plan.sweep_dir, "overrides": plan.overrides,
+           "hydra_exit_code": hydra_rc, "summary": summary_line(plan.runs),
+           "runs": [{**asdict(r), "run_dir": os.path.relpath(r.run_dir, plan.sweep_dir)} for r in plan.runs]}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- running
+def run_multirun(overrides: list[str], module: str = TRAIN_MODULE) -> int:
+    """Run `<module>.main` (a @hydra.main app) with --multirun in this process; its exit code.
+
+    In-process rather than a subprocess so the task function is pickled by reference
+    (benchmark.train.*) for the joblib and submitit launchers.
+    """
+    app = importlib.import_module(module)
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    argv = sys.argv
+    sys.argv = [str(getattr(app, "__file__", module)), "--multirun", *overrides]
+    try:
+        app.main()
+        return 0
+    except SystemExit as e:  # Hydra exits 1 after printing a failure (or re-raising a run's)
+        return e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+
+
+def sweep(overrides: list[str], module: str = TRAIN_MODULE, conf_dir: Path = CONF_DIR) -> tuple[int, SweepPlan]:
+    """Plan, run, collect; (exit code, plan with statuses). Raises SweepError if unplannable."""
+    plan = collect(plan_sweep(overrides, conf_dir))
+    done = sum(r.status == "ok" for r in plan.runs)
+    print(f"sweep: {len(plan.runs)} runs in {plan.sweep_dir}"
+          + (f" ({done} already ok: skipped)" if done else ""), flush=True)
+    rc = run_multirun(plan.overrides, module)
+    collect(plan)
+    write_sweep_file(plan, rc)
+    for r in plan.runs:
+        if r.status != "ok":
+            print(f"  {r.status.upper()}: {r.label}  {Path(r.run_dir) / 'result.json'}"
+                  + (f"  {r.error.splitlines()[0]}" if r.error else ""))
+    ok = bool(plan.runs) and all(r.status == "ok" for r in plan.runs)
+    if rc and ok:  # every run says ok but Hydra failed after them (e.g. a launcher error)
+        print(f"sweep: Hydra exited with {rc} although every run is ok")
+    print(summary_line(plan.runs), flush=True)
+    return (0 if ok and not rc else 1), plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
+    try:
+        rc, _ = sweep(args)
+    except SweepError as e:
+        print(f"sweep: {e}", file=sys.stderr)
+        return 2
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

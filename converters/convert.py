@@ -1,0 +1,385 @@
+"""NIfTI CT volumes + lung/infection masks -> COCO instance segmentation dataset.
+
+CLI (Hydra app over conf/convert.yaml)::
+
+    python -m converters.convert data=phantom out=work/data/phantom
+    python -m converters.convert data=covid19_ct_seg data.root=<raw dir> out=<dir>
+
+Python::
+
+    from converters.convert import convert
+    convert(raw_root, out_dir, {"slices": {"keep": "all"}})   # -> out_dir
+
+Output (README.md, "Converted dataset"): ``images/<case_id>/<slice:04d>.png``,
+``annotations/all.json``, ``annotations/<scheme>_f<k>_{train,test}.json``, ``dataset.json``.
+The dataset is built in ``<out>.tmp-<pid>`` and renamed into place when complete; a re-run
+with the same sources and config does nothing; a changed config rebuilds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from . import phantom
+from .case import run_case, windows_of
+from .config import config_hash, load_config
+from .errors import ConversionError
+from .fsutil import remove_stale_temps, replace_dir, sha256_file
+from .instances import CATEGORIES, CLASSES
+from .layout import Discovery, discover
+from .splits import SLICE_RANDOM_WARNING, build_splits
+from .volume import ORIENTATION, PREWINDOW_HU
+
+SCHEMA = 1
+CONVERTER_VERSION = 1
+log = logging.getLogger("converters")
+
+
+# ---------------------------------------------------------------- up-to-date check
+def _rel(p: Path, root: Path) -> str:
+    try:
+        return str(p.relative_to(root))
+    except ValueError:
+        return str(p)
+
+
+def candidate_files(disc: Discovery) -> list[Path]:
+    """Every NIfTI file the result depends on: used cases and bad (skipped) ones."""
+    files = {p for c in disc.cases for _, p in c.files()}
+    files |= {Path(e.path) for e in disc.bad}
+    return sorted(files)
+
+
+def is_up_to_date(out: Path, chash: str, disc: Discovery) -> bool:
+    """True when ``out`` was built from the same config and the same source bytes.
+
+    Sources are compared by size + mtime first and by sha256 only when those differ,
+    so an unchanged dataset is recognised without reading the volumes.
+    """
+    try:
+        manifest = json.loads((out / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if manifest.get("config_hash") != chash:
+        return False
+    recorded = manifest.get("sources") or {}
+    current = {_rel(p, disc.root): p for p in candidate_files(disc)}
+    if set(recorded) != set(current):
+        return False
+    for rel, p in current.items():
+        rec = recorded[rel]
+        st = p.stat()
+        if st.st_size == rec.get("bytes") and st.st_mtime_ns == rec.get("mtime_ns"):
+            continue
+        if st.st_size != rec.get("bytes") or sha256_file(p) != rec.get("sha256"):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- output location
+def make_temp_dir(out: Path) -> Path:
+    """Create ``<out>.tmp-<pid>``; any failure is a ConversionError naming the folder."""
+    if out.exists() and not out.is_dir():
+        raise ConversionError(out, "output path exists and is not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConversionError(out.parent, f"cannot create the output folder: "
+                              f"{e.strerror or e}") from None
+    remove_stale_temps(out)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        (tmp / "images").mkdir()
+        (tmp / "annotations").mkdir()
+        probe = tmp / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConversionError(out.parent, f"output folder is not writable: "
+                              f"{e.strerror or e}") from None
+    return tmp
+
+
+# ---------------------------------------------------------------- running the cases
+def _pool_context():
+    # forkserver: workers fork from a clean server that has already imported the worker
+    # module (fast start, no fork of a threaded parent, nothing pickled from __main__)
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["converters.case"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def run_cases(disc: Discovery, c: dict, images_dir: Path, workers: int,
+              stop_on_error: bool) -> tuple[list[dict], list[ConversionError]]:
+    """Convert every case (pool of ``workers`` processes; 1 = in this process)."""
+    results, errors = [], []
+    cases = disc.cases
+    bar = tqdm(total=len(cases), desc="convert", unit="case", disable=None)
+
+    def take(r: dict) -> bool:
+        bar.update(1)
+        if "error" in r:
+            errors.append(r["error"])
+            return stop_on_error
+        results.append(r)
+        return False
+
+    try:
+        if workers <= 1 or len(cases) <= 1:
+            for case in cases:
+                if take(run_case(case, str(disc.root), c, str(images_dir))):
+                    break
+        else:
+            with ProcessPoolExecutor(min(workers, len(cases)), mp_context=_pool_context()) as ex:
+                futs = [ex.submit(run_case, case, str(disc.root), c, str(images_dir))
+                        for case in cases]
+                for fut in as_completed(futs):
+                    if take(fut.result()):
+                        for f in futs:
+                            f.cancel()
+                        break
+    finally:
+        bar.close()
+    return sorted(results, key=lambda r: r["case_id"]), sorted(errors, key=lambda e: e.case_id or "")
+
+
+def _bad_cases_error(errors: list[ConversionError]) -> ConversionError:
+    first = errors[0]
+    more = ""
+    if len(errors) > 1:
+        others = ", ".join(e.case_id or e.path for e in errors[1:])
+        more = f" (+{len(errors) - 1} more bad case(s): {others})"
+    return ConversionError(first.path, f"{first.problem}{more}; fix the input or pass "
+                           "on_bad_case=skip to leave bad cases out", case_id=first.case_id)
+
+
+# ---------------------------------------------------------------- COCO assembly
+def _dump(obj: Any, path: Path, indent: int | None = None) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=indent, separators=None if indent else (",", ":"))
+        if indent:
+            f.write("\n")
+
+
+def _coco(info: dict, images: list[dict], anns: list[dict]) -> dict:
+    return {"info": info, "licenses": [], "categories": CATEGORIES, "images": images,
+            "annotations": anns}
+
+
+def assemble(results: list[dict]) -> tuple[list[dict], list[dict]]:
+    """COCO images and annotations with ids assigned once, in sorted (case, slice) order."""
+    images, anns = [], []
+    flat = sorted((im for r in results for im in r["images"]),
+                  key=lambda im: (im["case_id"], im["slice_index"]))
+    for image_id, im in enumerate(flat, start=1):
+        images.append({"id": image_id, "file_name": im["file_name"], "height": im["height"],
+                       "width": im["width"], "case_id": im["case_id"],
+                       "slice_index": im["slice_index"]})
+        for a in im["annotations"]:
+            anns.append({"id": len(anns) + 1, "image_id": image_id, **a})
+    return images, anns
+
+
+def write_split_files(ann_dir: Path, splits: dict, images: list[dict], anns: list[dict],
+                      base_info: dict) -> dict:
+    """``<scheme>_f<k>_{train,test}.json`` subsets of all.json; returns their names."""
+    by_image: dict[int, list[dict]] = {}
+    for a in anns:
+        by_image.setdefault(a["image_id"], []).append(a)
+    names: dict[str, list[dict]] = {}
+    for scheme, s in splits.items():
+        names[scheme] = []
+        for k, fold in enumerate(s["folds"]):
+            entry = {}
+            for part in ("train", "test"):
+                members = set(fold[part])
+                if s["unit"] == "case":
+                    sel = [im for im in images if im["case_id"] in members]
+                else:
+                    sel = [im for im in images if im["file_name"][:-4] in members]
+                sel_anns = [a for im in sel for a in by_image.get(im["id"], [])]
+                info = {**base_info, "split": scheme, "fold": k, "part": part, "unit": s["unit"]}
+                if scheme == "slice_random":
+                    info["warning"] = SLICE_RANDOM_WARNING
+                name = f"{scheme}_f{k}_{part}.json"
+                _dump(_coco(info, sel, sel_anns), ann_dir / name)
+                entry[part] = f"annotations/{name}"
+            names[scheme].append(entry)
+    return names
+
+
+# ---------------------------------------------------------------- the conversion
+def convert(raw_root: str | Path, out_dir: str | Path, cfg: Any = None) -> Path:
+    """Convert the raw folder ``raw_root`` into the COCO dataset ``out_dir``; return it.
+
+    ``cfg``: dict or DictConfig with the keys of conf/convert.yaml (missing keys take
+    their defaults; ``out`` and ``data.root`` are ignored here). Raises ConversionError
+    (file + problem) on bad input; nothing is written to ``out_dir`` then.
+    """
+    t0 = time.perf_counter()
+    cfg = load_config(cfg)
+    c = OmegaConf.to_container(cfg, resolve=True)
+    if c["on_bad_case"] not in ("fail", "skip"):
+        raise ValueError(f"on_bad_case must be fail|skip, not {c['on_bad_case']!r}")
+    windows_of(c)  # validate window keys early
+    raw_root = Path(raw_root).absolute()
+    out = Path(out_dir).absolute()
+    fail = c["on_bad_case"] == "fail"
+
+    disc = discover(raw_root, c["layout"])
+    for ig in disc.ignored:
+        log.info("ignored %s: %s", ig["file"], ig["reason"])
+    chash = config_hash(cfg, CONVERTER_VERSION)
+    if is_up_to_date(out, chash, disc):
+        log.info("up to date: %s (same config hash %s and source files)", out, chash)
+        return out
+    if disc.bad and fail:
+        raise _bad_cases_error(disc.bad)
+    if not disc.cases:
+        raise ConversionError(raw_root, "no usable case found")
+    k = c["splits"]["patient_kfold"]["k"]
+    if fail and c["splits"]["patient_kfold"]["enabled"] and k > len(disc.cases):
+        raise ConversionError(raw_root, f"splits.patient_kfold.k={k} exceeds the number of "
+                              f"cases ({len(disc.cases)}): lower k")
+
+    tmp = make_temp_dir(out)
+    try:
+        workers = int(c["workers"] or os.cpu_count() or 1)
+        results, errors = run_cases(disc, c, tmp / "images", workers, stop_on_error=fail)
+        errors = sorted(disc.bad + errors, key=lambda e: e.case_id or "")
+        if errors and fail:
+            raise _bad_cases_error(errors)
+        for e in errors:
+            log.warning("skipped case %s: %s: %s", e.case_id, e.path, e.problem)
+            shutil.rmtree(tmp / "images" / str(e.case_id), ignore_errors=True)
+        if not results:
+            raise ConversionError(raw_root, "no usable case left after skipping bad cases")
+        case_ids = [r["case_id"] for r in results]
+        images, anns = assemble(results)
+        try:
+            splits, omitted = build_splits(case_ids, [im["file_name"][:-4] for im in images], c)
+        except ValueError as e:
+            raise ConversionError(raw_root, str(e)) from None
+        for scheme, why in omitted.items():
+            log.info("split %s left out: %s", scheme, why)
+        if "slice_random" in splits:
+            log.warning("%s", SLICE_RANDOM_WARNING)
+
+        ann_dir = tmp / "annotations"
+        info = {"description": f"lungbench COCO dataset from {raw_root.name}",
+                "converter_version": CONVERTER_VERSION, "config_hash": chash}
+        _dump(_coco({**info, "split": "all"}, images, anns), ann_dir / "all.json")
+        files = {"all": "annotations/all.json",
+                 **write_split_files(ann_dir, splits, images, anns, info)}
+
+        # sha256 of every source: the workers hashed what they read; hash the rest here
+        sources = {}
+        for r in results:
+            for s in r["record"]["sources"]:
+                sources[s["path"]] = {k: s[k] for k in ("sha256", "bytes", "mtime_ns")}
+        for p in candidate_files(disc):
+            rel = _rel(p, raw_root)
+            if rel not in sources:
+                st = p.stat()
+                sources[rel] = {"sha256": sha256_file(p), "bytes": st.st_size,
+                                "mtime_ns": st.st_mtime_ns}
+        sizes = {(im["height"], im["width"]) for im in images}
+        wall = time.perf_counter() - t0
+        manifest = {
+            "schema": SCHEMA,
+            "name": c["data"].get("name"),
+            "converter_version": CONVERTER_VERSION,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "raw_root": str(raw_root),
+            "layout": disc.layout,
+            "classes": CLASSES,
+            "window": {
+                "channels": [{"name": n, "hu": list(w)} for n, w in zip(
+                    list(c["windows"]) if c["multiwindow"] else ["lung"], windows_of(c))],
+                "image_mode": "RGB" if c["multiwindow"] else "L",
+                "prewindowed_rule": "volumes whose values all lie in 0..255 are taken as "
+                                    f"already windowed to {list(PREWINDOW_HU)} HU (Radiopaedia) "
+                                    "and kept as they are for that window",
+            },
+            "orientation": ORIENTATION,
+            "slices": dict(c["slices"]),
+            "instances": {"infection": dict(c["infection"]),
+                          "segmentation": "polygon" if c["polygons"] else "rle",
+                          "note": "one instance per lung, one per connected infection "
+                                  "component per slice; lung instances exclude infection "
+                                  "pixels (label 3 overrides the lung label)"},
+            "splits": splits,
+            "splits_omitted": omitted,
+            "annotation_files": files,
+            "n_cases": len(results),
+            "n_images": len(images),
+            "n_annotations": len(anns),
+            "image_size": list(sizes.pop()) if len(sizes) == 1 else None,
+            "cases": [r["record"] for r in results],
+            "skipped": [e.as_record() for e in errors],
+            "ignored": disc.ignored,
+            "sources": dict(sorted(sources.items())),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "config_hash": chash,
+            "stats": {"wall_s": round(wall, 3), "workers": workers,
+                      "slices_per_s": round(len(images) / wall, 2) if wall > 0 else None},
+        }
+        _dump(manifest, tmp / "dataset.json", indent=1)  # written last: marks completeness
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s: %d cases, %d images, %d annotations (%.1f s)", out, len(results),
+             len(images), len(anns), wall)
+    return out
+
+
+def run(cfg: DictConfig) -> Path:
+    """The CLI's work: generate the phantom when the data config asks, then convert."""
+    out = Path(cfg.out)
+    root = cfg.data.get("root")
+    gen = cfg.data.get("generate")
+    if gen:
+        root = Path(root) if root else out.absolute().parent / "raw" / str(cfg.data.name)
+        log.info("phantom: generating %s into %s", dict(gen), root)
+        phantom.generate(root, **OmegaConf.to_container(gen, resolve=True))
+    elif not root:
+        raise ConversionError("data.root", "not set: pass data.root=<raw data folder>")
+    return convert(root, out, cfg)
+
+
+def _hydra_main() -> None:
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="convert")
+    def main(cfg: DictConfig) -> None:
+        try:
+            out = run(cfg)
+        except ConversionError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        print(out)
+
+    main()
+
+
+if __name__ == "__main__":
+    _hydra_main()

@@ -1,0 +1,264 @@
+"""Synthetic chest CT phantom, written as NIfTI in the Zenodo layout of COVID-19-CT-Seg.
+
+It lets the whole harness run offline: a body outline in HU (fat, soft tissue, spine, ribs,
+heart), two lungs (air around -850 HU with texture and vessels) and ground-glass infection
+blobs (around -500 HU) that favour lower, posterior and peripheral lung. Masks use the
+dataset's label values: 1 left lung, 2 right lung, 3 infection (the *patient's* left and
+right; infection overrides the lung label, as in ``Lung_and_Infection_Mask``).
+
+Geometry is built in the canonical RAS+ voxel frame (index i grows towards the patient's
+right, j towards anterior, k towards superior) and then stored in the axis order and
+directions of ``axcodes`` (default ``LPS``, what ITK-written clinical NIfTI usually look
+like), with the matching affine, so the converter's orientation handling is exercised.
+
+Seeded and deterministic: the same ``(preset, seed, overrides)`` gives the same bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
+from scipy import ndimage
+
+from .fsutil import atomic_dir
+
+GENERATOR_VERSION = 1
+IMAGE_DIR = "COVID-19-CT-Seg_20cases"
+COMBINED_DIR = "Lung_and_Infection_Mask"
+LUNG_DIR = "Lung_Mask"
+INFECTION_DIR = "Infection_Mask"
+STAMP = "phantom.json"
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """Size and appearance of the generated cases.
+
+    n_cases: number of cases (ids ``phantom_000``...). size: in-plane voxels (square).
+    slices: axial slices. fov_mm: in-plane field of view (spacing = fov_mm / size).
+    z_extent_mm: cranio-caudal coverage (slice spacing = z_extent_mm / slices).
+    axcodes: storage orientation (nibabel axis codes, e.g. "LPS", "RAS", "PIR").
+    blobs: (min, max) infection blobs per case. noise_hu: Gaussian noise std in HU.
+    mask_layout: "combined" (Lung_and_Infection_Mask), "separate" (Lung_Mask +
+    Infection_Mask) or "both". n_windowed: the last n cases are stored already windowed
+    to the lung window and rescaled to 0..255, like the Radiopaedia cases.
+    """
+
+    n_cases: int
+    size: int
+    slices: int
+    fov_mm: float = 360.0
+    z_extent_mm: float = 300.0
+    axcodes: str = "LPS"
+    blobs: tuple[int, int] = (2, 5)
+    noise_hu: float = 15.0
+    mask_layout: str = "combined"
+    n_windowed: int = 0
+
+
+PRESETS: dict[str, PhantomSpec] = {
+    # tests: a few seconds end to end (5 cases -> 5 patient folds with one test case each)
+    "tiny": PhantomSpec(n_cases=5, size=64, slices=14),
+    # make demo: nine smoke trainings on a 2-core CPU must stay short
+    "default": PhantomSpec(n_cases=6, size=128, slices=24),
+}
+
+
+def spec_for(preset: str = "tiny", **overrides) -> PhantomSpec:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown phantom preset {preset!r}; choose from {sorted(PRESETS)}")
+    if "blobs" in overrides:
+        overrides["blobs"] = tuple(overrides["blobs"])
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(PhantomSpec)}
+    if unknown:
+        raise ValueError(f"unknown phantom parameter(s): {sorted(unknown)}")
+    spec = dataclasses.replace(PRESETS[preset], **overrides)
+    if spec.mask_layout not in ("combined", "separate", "both"):
+        raise ValueError(f"mask_layout must be combined|separate|both, not {spec.mask_layout!r}")
+    return spec
+
+
+def case_id(i: int) -> str:
+    return f"phantom_{i:03d}"
+
+
+def make_case(spec: PhantomSpec, seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One case in the canonical RAS+ frame.
+
+    Returns ``(hu, labels, whole_lungs, affine)``: ``hu`` float32 (X, Y, Z) in HU,
+    ``labels`` uint8 (X, Y, Z) with 0 background, 1 left lung, 2 right lung, 3 infection
+    (infection overrides the lung label), ``whole_lungs`` the same without infection
+    (infected voxels keep their lung's label), and the 4x4 RAS+ affine (mm).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    X = Y = spec.size
+    Z = spec.slices
+    sx = spec.fov_mm / X
+    sz = spec.z_extent_mm / Z
+    # Normalised coordinates: u in [-1, 1] (patient left -> right), v in [-1, 1]
+    # (posterior -> anterior), w in [0, 1] (inferior -> superior).
+    u = np.linspace(-1, 1, X, dtype=np.float32)[:, None, None]
+    v = np.linspace(-1, 1, Y, dtype=np.float32)[None, :, None]
+    w = ((np.arange(Z, dtype=np.float32) + 0.5) / Z)[None, None, :]
+    # a little anatomical variation per case
+    jitter = lambda s: float(rng.uniform(1 - s, 1 + s))  # noqa: E731
+    body_a, body_b = 0.92 * jitter(0.04), 0.68 * jitter(0.06)
+
+    hu = np.full((X, Y, Z), -1000.0, dtype=np.float32)
+    body_r2 = (u / body_a) ** 2 + (v / body_b) ** 2
+    body = np.broadcast_to(body_r2 <= 1.0, hu.shape)
+    hu[body] = -90.0  # subcutaneous fat
+    muscle = np.broadcast_to(body_r2 <= 0.88**2, hu.shape)
+    hu[muscle] = 45.0
+    # ribs: bright arcs in a ring, only in some slices (they run obliquely)
+    angle = np.arctan2(v, u)
+    ring = (body_r2 > 0.80**2) & (body_r2 <= 0.86**2) & (np.sin(angle * 14) > 0.55)
+    rib_slices = np.sin(w * Z * 1.3) > 0.2
+    hu[np.broadcast_to(ring & rib_slices, hu.shape)] = 450.0
+    # spine (posterior, midline) and heart (anterior, slightly to the patient's left)
+    spine = ((u / 0.13) ** 2 + ((v + 0.50) / 0.15) ** 2) <= 1.0
+    hu[np.broadcast_to(spine, hu.shape)] = 650.0
+    heart = (((u + 0.12) / 0.30) ** 2 + ((v - 0.22) / 0.26) ** 2 <= 1.0) & (w > 0.22) & (w < 0.62)
+
+    labels = np.zeros((X, Y, Z), dtype=np.uint8)
+    lungs = np.zeros((X, Y, Z), dtype=bool)
+    rn2_all = np.zeros((X, Y, Z), dtype=np.float32)  # normalised in-plane lung radius^2
+    # left lung: u < 0 (patient's left); the right lung is a bit larger, its dome higher
+    for label, uc, a, base in ((1, -0.42, 0.29, 0.14), (2, 0.42, 0.31, 0.20)):
+        uc, a = uc * jitter(0.03), a * jitter(0.05)
+        vc, b = 0.03, 0.45 * jitter(0.05)
+        apex = 0.94
+        rn2 = ((u - uc) / a) ** 2 + ((v - vc) / b) ** 2
+        t = np.clip((w - base) / (apex - base), 0, 1)
+        taper = np.sqrt(np.clip(1 - t**6, 0, 1))  # narrows to the apex
+        dome = base + 0.16 * (1 - np.clip(rn2, 0, 1))  # diaphragm dome: periphery goes lowest
+        lung = (rn2 <= taper**2) & (w >= dome) & (w <= apex) & ~heart
+        labels[lung] = label
+        lungs |= lung
+        rn2_all = np.where(lung, np.broadcast_to(rn2, hu.shape), rn2_all)
+    hu[np.broadcast_to(heart, hu.shape)] = 40.0
+
+    # lung parenchyma: air with smooth texture, plus a vessel network (tubes where two
+    # smooth random fields are both near zero)
+    tex = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 1.2)
+    tex *= 25.0 / max(float(tex.std()), 1e-6)
+    f1 = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 2.0)
+    f2 = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 2.0)
+    e1, e2 = 0.12 * f1.std(), 0.12 * f2.std()
+    vessels = (np.abs(f1) < e1) & (np.abs(f2) < e2)
+    hu[lungs] = -850.0 + tex[lungs]
+    hu[lungs & vessels] = 30.0 + tex[lungs & vessels]
+
+    # infection: ground-glass blobs; centres drawn from lung voxels, weighted towards
+    # lower (w small), posterior (v small) and peripheral (rn2 large) lung
+    lx, ly, lz = np.nonzero(lungs)
+    n_blobs = int(rng.integers(spec.blobs[0], spec.blobs[1] + 1))
+    infection = np.zeros(hu.shape, dtype=bool)
+    if len(lx) and n_blobs:
+        wt = (np.exp(-2.5 * w[0, 0, lz]) * np.exp(-1.2 * (v[0, ly, 0] + 1))
+              * (0.15 + rn2_all[lx, ly, lz]))
+        wt = wt / wt.sum()
+        rough = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 1.5)
+        rough /= max(float(rough.std()), 1e-6)
+        xmm = (np.arange(X, dtype=np.float32) * sx)[:, None, None]
+        ymm = (np.arange(Y, dtype=np.float32) * sx)[None, :, None]
+        zmm = (np.arange(Z, dtype=np.float32) * sz)[None, None, :]
+        for c in rng.choice(len(lx), size=n_blobs, p=wt):
+            r = rng.uniform(12.0, 40.0, size=3)  # semi-axes in mm
+            d2 = (((xmm - lx[c] * sx) / r[0]) ** 2 + ((ymm - ly[c] * sx) / r[1]) ** 2
+                  + ((zmm - lz[c] * sz) / r[2]) ** 2)
+            infection |= (d2 + 0.25 * rough) <= 1.0
+        infection &= lungs
+    whole_lungs = labels.copy()  # 1/2 only: what Lung_Mask holds
+    ggo = infection & ~vessels  # vessels stay visible through ground glass
+    hu[ggo] = -500.0 + 1.2 * tex[ggo]
+    labels[infection] = 3
+
+    hu += rng.normal(0.0, spec.noise_hu, size=hu.shape).astype(np.float32)
+    np.clip(hu, -1024, 3071, out=hu)
+
+    affine = np.diag([sx, sx, sz, 1.0])
+    affine[:3, 3] = [-(X - 1) / 2 * sx, -(Y - 1) / 2 * sx - 40.0, -(Z - 1) / 2 * sz - 150.0]
+    return hu, labels, whole_lungs, affine
+
+
+def reorient(arr: np.ndarray, affine: np.ndarray, axcodes: str) -> tuple[np.ndarray, np.ndarray]:
+    """Re-store a RAS+ array in the axis order/directions of ``axcodes`` (same world)."""
+    t = ornt_transform(axcodes2ornt(("R", "A", "S")), axcodes2ornt(tuple(axcodes)))
+    out = apply_orientation(arr, t)
+    return np.ascontiguousarray(out), affine @ inv_ornt_aff(t, arr.shape)
+
+
+def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    img = nib.Nifti1Image(arr, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(path))
+
+
+def write_case(root: Path, spec: PhantomSpec, seed: int, index: int) -> None:
+    hu, labels, whole_lungs, affine = make_case(spec, seed, index)
+    cid = case_id(index)
+    if index >= spec.n_cases - spec.n_windowed:
+        # like Radiopaedia: lung window [-1250, 250] HU rescaled to 0..255
+        vol = np.round(np.clip((hu + 1250.0) / 1500.0 * 255.0, 0, 255)).astype(np.int16)
+    else:
+        vol = np.round(hu).astype(np.int16)
+    vol, aff = reorient(vol, affine, spec.axcodes)
+    _save(vol, aff, root / IMAGE_DIR / f"{cid}.nii.gz")
+    if spec.mask_layout in ("combined", "both"):
+        _save(reorient(labels, affine, spec.axcodes)[0], aff, root / COMBINED_DIR / f"{cid}.nii.gz")
+    if spec.mask_layout in ("separate", "both"):
+        _save(reorient(whole_lungs, affine, spec.axcodes)[0], aff, root / LUNG_DIR / f"{cid}.nii.gz")
+        infection = (labels == 3).astype(np.uint8)
+        _save(reorient(infection, affine, spec.axcodes)[0], aff, root / INFECTION_DIR / f"{cid}.nii.gz")
+
+
+def generate(out_dir: str | Path, preset: str = "tiny", seed: int = 0, **overrides) -> Path:
+    """Write a Zenodo-layout raw folder of phantom cases into ``out_dir``; return it.
+
+    ``out_dir`` gets ``COVID-19-CT-Seg_20cases/phantom_XXX.nii.gz`` plus the mask folders
+    chosen by ``mask_layout`` and a ``phantom.json`` stamp. A folder already holding the
+    same (preset, seed, overrides, generator version) is left as it is; otherwise it is
+    rebuilt atomically (temp folder, then rename).
+    """
+    out_dir = Path(out_dir)
+    spec = spec_for(preset, **overrides)
+    stamp = {"generator_version": GENERATOR_VERSION, "preset": preset, "seed": int(seed),
+             "spec": dataclasses.asdict(spec)}
+    stamp["spec"]["blobs"] = list(spec.blobs)
+    try:
+        if json.loads((out_dir / STAMP).read_text()) == stamp:
+            return out_dir
+    except (OSError, ValueError):
+        pass
+    with atomic_dir(out_dir) as tmp:
+        dirs = [IMAGE_DIR]
+        dirs += [COMBINED_DIR] if spec.mask_layout in ("combined", "both") else []
+        dirs += [LUNG_DIR, INFECTION_DIR] if spec.mask_layout in ("separate", "both") else []
+        for d in dirs:
+            (tmp / d).mkdir()
+        for i in range(spec.n_cases):
+            write_case(tmp, spec, seed, i)
+        (tmp / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out_dir")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    print(generate(a.out_dir, a.preset, a.seed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Read, verify, orient and window one case's volumes.
+
+Axis conventions (pinned by tests):
+
+* Volumes are brought to nibabel's closest canonical orientation, RAS+: array index
+  ``i`` grows towards the patient's Right, ``j`` towards Anterior, ``k`` towards Superior.
+  ``slice_index`` in the COCO files is ``k`` (0 = the most inferior slice of the volume).
+* Each axial slice is shown in the radiological display: ``D = A[::-1, ::-1, k].T``, so
+  image rows run anterior (top) -> posterior and columns run from the patient's right
+  (image left) to the patient's left (image right).
+
+The same transform is applied to image and masks.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import aff2axcodes, apply_orientation, inv_ornt_aff, io_orientation
+
+from .errors import ConversionError
+
+# The Radiopaedia cases of the release are already windowed to this lung window and
+# rescaled to 0..255 (shared/data/covid19_ct_seg.json, "intensity").
+PREWINDOW_HU = (-1250.0, 250.0)
+ORIENTATION = {
+    "canonical": "RAS+ (nibabel as_closest_canonical): i -> patient right, j -> anterior, "
+                 "k -> superior",
+    "slice_index": "k in the canonical volume (0 = most inferior slice)",
+    "display": "radiological: image = A[::-1, ::-1, k].T; rows anterior (top) -> posterior, "
+               "columns patient right (image left) -> patient left (image right)",
+    "same_transform_for_masks": True,
+}
+
+
+@dataclass
+class Volume:
+    """One NIfTI file, read once: data as stored, plus what the manifest records."""
+
+    path: Path
+    data: np.ndarray  # as stored (scaling applied), original axis order
+    affine: np.ndarray
+    sha256: str
+    nbytes: int
+    mtime_ns: int
+
+    def source_record(self, root: Path, role: str) -> dict:
+        try:
+            rel = str(self.path.relative_to(root))
+        except ValueError:
+            rel = str(self.path)
+        return {"role": role, "path": rel, "sha256": self.sha256, "bytes": self.nbytes,
+                "mtime_ns": self.mtime_ns}
+
+
+def read_volume(path: Path) -> Volume:
+    """Read a .nii or .nii.gz file fully, hashing the bytes on the way.
+
+    Any read/parse failure (truncated gzip, bad header, short data) becomes a
+    ConversionError naming the file.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConversionError(path, f"cannot read file: {e.strerror or e}") from None
+    sha = hashlib.sha256(raw).hexdigest()
+    try:
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as e:
+        raise ConversionError(path, f"truncated or corrupt gzip stream ({e})") from None
+    img = None
+    errors = []
+    for cls in (nib.Nifti1Image, nib.Nifti2Image):
+        try:
+            img = cls.from_bytes(raw)
+            break
+        except Exception as e:  # nibabel raises several types for a bad header
+            errors.append(str(e))
+    if img is None:
+        raise ConversionError(path, f"not a readable NIfTI file ({errors[0]})")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:
+        raise ConversionError(path, f"truncated or unreadable voxel data ({e})") from None
+    return Volume(path=path, data=data, affine=np.asarray(img.affine, dtype=np.float64),
+                  sha256=sha, nbytes=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+def squeeze_3d(vol: Volume, case_id: str) -> np.ndarray:
+    """The 3-D array of ``vol``; trailing singleton axes (X, Y, Z, 1) are dropped."""
+    data = vol.data
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        kind = f"{data.ndim}-D" if data.ndim != 4 else "4-D (time series?)"
+        raise ConversionError(vol.path, f"{kind} volume of shape {tuple(vol.data.shape)}; "
+                              "expected a 3-D volume", case_id=case_id)
+    return data
+
+
+def check_geometry(image: Volume, image_shape: tuple, mask: Volume, mask_shape: tuple,
+                   affine_atol: float, case_id: str) -> None:
+    """Mask and image must have the same shape and (within ``affine_atol`` mm) affine."""
+    if tuple(mask_shape) != tuple(image_shape):
+        raise ConversionError(mask.path, f"shape {tuple(mask_shape)} does not match the image "
+                              f"{image.path.name} shape {tuple(image_shape)}", case_id=case_id)
+    diff = float(np.max(np.abs(mask.affine - image.affine)))
+    if not diff <= affine_atol:
+        raise ConversionError(
+            mask.path, f"affine differs from the image {image.path.name} by up to {diff:.4g} "
+            f"(tolerance verify.affine_atol={affine_atol}); image and mask are not aligned",
+            case_id=case_id)
+
+
+def check_finite(vol: Volume, data: np.ndarray, case_id: str) -> None:
+    if np.issubdtype(data.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise ConversionError(vol.path, f"{bad} non-finite voxel(s) (NaN or Inf)",
+                                  case_id=case_id)
+
+
+def check_labels(vol: Volume, data: np.ndarray, allowed: tuple[int, ...], case_id: str) -> np.ndarray:
+    """Return the mask as uint8 after checking every value is one of ``allowed``."""
+    check_finite(vol, data, case_id)
+    values = np.unique(data)
+    unknown = [v for v in values.tolist() if v not in allowed]
+    if unknown:
+        shown = ", ".join(f"{v:g}" for v in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
+        raise ConversionError(vol.path, f"unknown label value(s) {shown}; expected only "
+                              f"{list(allowed)}", case_id=case_id)
+    return data.astype(np.uint8, copy=False)
+
+
+def canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+    """Reorient ``data`` to RAS+; returns ``(view, canonical affine, ornt as list)``."""
+    ornt = io_orientation(affine)
+    return (apply_orientation(data, ornt), affine @ inv_ornt_aff(ornt, data.shape),
+            ornt.tolist())
+
+
+def axcodes(affine: np.ndarray) -> str:
+    return "".join(c or "?" for c in aff2axcodes(affine))
+
+
+def display_slice(vol_ras: np.ndarray, k: int) -> np.ndarray:
+    """Axial slice ``k`` of a RAS+ volume in radiological display, shape (rows=Y, cols=X)."""
+    return vol_ras[::-1, ::-1, k].T
+
+
+def is_prewindowed(data: np.ndarray) -> bool:
+    """True for volumes already mapped to 0..255 (the Radiopaedia cases), not HU.
+
+    A CT in HU always holds air (about -1000) outside the body, so a volume whose values
+    all lie in [0, 255] has been windowed already.
+    """
+    return float(data.min()) >= 0.0 and float(data.max()) <= 255.0
+
+
+def window_slice(sl: np.ndarray, windows: list[tuple[float, float]], prewindowed: bool) -> np.ndarray:
+    """uint8 image of one slice: (H, W) for one window, (H, W, C) for several.
+
+    HU are mapped linearly so that ``lo`` -> 0 and ``hi`` -> 255, clipped, rounded.
+    Pre-windowed 0..255 slices are kept as they are for the release's own lung window,
+    and mapped back to HU (inverse of that window) for any other window.
+    """
+    chans = []
+    x = sl.astype(np.float32, copy=False)
+    for lo, hi in windows:
+        if prewindowed:
+            if (float(lo), float(hi)) == PREWINDOW_HU:
+                chans.append(np.clip(np.rint(x), 0, 255).astype(np.uint8))
+                continue
+            hu = x * np.float32((PREWINDOW_HU[1] - PREWINDOW_HU[0]) / 255.0) + np.float32(PREWINDOW_HU[0])
+        else:
+            hu = x
+        scaled = (hu - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+        chans.append(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+    return chans[0] if len(chans) == 1 else np.stack(chans, axis=-1)

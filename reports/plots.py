@@ -1,0 +1,301 @@
+"""PNG plots of the runs table (matplotlib's object API with the Agg canvas: no pyplot state,
+no display needed). Every function returns a :class:`Plot`; when the data for a plot is
+absent it returns one with ``png=None`` and a note saying why, and the report shows the note."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from .schema import CLASS_COLORS, CLASS_LABELS, CLASSES, HEADS, TRUNKS
+from .tables import SEGM_AP, class_col, group_label, iter_groups, load_paper, stats
+
+DPI = 110
+TRUNK_COLORS = {"R50": "#4c72b0", "R101": "#dd8452", "X101": "#55a868"}
+HEAD_MARKERS = {"C4": "s", "DC5": "^", "FPN": "o"}
+
+
+@dataclass
+class Plot:
+    """One figure of the report: file name, title, a caption, PNG bytes (None: skipped, see note)."""
+    name: str
+    title: str
+    caption: str
+    png: bytes | None = None
+    note: str | None = None
+
+
+def to_png(fig: Figure, tight: bool = True) -> bytes:
+    """PNG bytes; ``tight=False`` for figures laid out by hand (saves a second full draw)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None, facecolor="white")
+    return buf.getvalue()
+
+
+def per_class_bars(df: pd.DataFrame) -> Plot:
+    """Grouped bars: segm (top) and bbox (bottom) AP per class for each backbone group,
+    error bars = std over folds/seeds, the paper's numbers as markers."""
+    p = Plot("per_class_ap.png", "Per-class AP by backbone",
+             "COCO AP per class (mean over folds/seeds, error bar = std). Diamonds: the paper's Table 2 "
+             "(R50-FPN); black x: the paper's Table 3 value (assumed to be infection AP).")
+    groups = [(k, g) for k, g in iter_groups(df) if (g["status"] == "ok").any()]
+    if not groups:
+        p.note = "no successful run: nothing to plot"
+        return p
+    labels = [group_label(k) for k, _ in groups]
+    x = np.arange(len(groups))
+    width = 0.8 / len(CLASSES)
+    fig = Figure(figsize=(max(8.0, 1.15 * len(groups) + 2), 8.2))
+    axes = fig.subplots(2, 1, sharex=True)
+    paper = load_paper()
+    from .tables import paper_table3
+    for ax, task in zip(axes, ("segm", "bbox")):
+        for j, c in enumerate(CLASSES):
+            st = [stats(g, class_col(c, task)) for _, g in groups]
+            means = np.array([s[0] for s in st])
+            stds = np.array([0.0 if math.isnan(s[1]) else s[1] for s in st])
+            xs = x + (j - 1) * width
+            ax.bar(xs, np.nan_to_num(means), width, yerr=stds, color=CLASS_COLORS[c], label=CLASS_LABELS[c],
+                   capsize=2, error_kw={"elinewidth": 0.8}, alpha=0.9)
+            if len(groups) <= 12:  # beyond that the labels collide; the CSV has the numbers
+                for xi, m, sd in zip(xs, means, stds):
+                    if not math.isnan(m):
+                        ax.text(xi, m + sd + 0.8, f"{m:.0f}", ha="center", va="bottom", fontsize=7)
+            if task == "segm":
+                for gi, (k, _) in enumerate(groups):
+                    if k["backbone"] == "R50-FPN":
+                        ax.plot(xs[gi], paper["table2_r50_fpn"][c], "D", color=CLASS_COLORS[c],
+                                markeredgecolor="black", markersize=7, zorder=5)
+                    if c == "infection":
+                        v, _ = paper_table3(str(k["backbone"]), k["schedule"])
+                        if v is not None:
+                            ax.plot(xs[gi], v, "x", color="black", markersize=8, mew=2, zorder=6)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel(f"{task} AP")
+        ax.set_title("mask (segm) AP" if task == "segm" else "box (bbox) AP", fontsize=11, loc="left")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    handles = [Patch(color=CLASS_COLORS[c], label=CLASS_LABELS[c]) for c in CLASSES] + [
+        Line2D([], [], marker="D", ls="", color="grey", markeredgecolor="black", label="paper Table 2 (R50-FPN)"),
+        Line2D([], [], marker="x", ls="", color="black", mew=2, label="paper Table 3")]
+    axes[0].legend(handles=handles, ncol=5, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
+    axes[1].set_xticks(x, labels, rotation=30, ha="right")
+    fig.tight_layout()
+    p.png = to_png(fig)
+    return p
+
+
+def trunk_head_heatmap(df: pd.DataFrame) -> Plot:
+    """3x3 trunk x head grid of mean segm AP and infection segm AP, one pair per schedule."""
+    p = Plot("heatmap_trunk_head.png", "Trunk x head",
+             "Mean over folds/seeds of the segm AP (left: mean of the three classes; right: infection). "
+             "Grey: no successful run.")
+    ok = df[df["status"] == "ok"] if not df.empty else df
+    if ok.empty:
+        p.note = "no successful run: nothing to plot"
+        return p
+    scheds = sorted({s if isinstance(s, str) else None for s in ok["schedule"]}, key=lambda s: (s is None, str(s)))
+    metrics = [("mean segm AP", SEGM_AP), ("infection segm AP", class_col("infection"))]
+    fig = Figure(figsize=(9.0, 3.6 * len(scheds)))
+    axes = np.atleast_2d(fig.subplots(len(scheds), 2, squeeze=False))
+    vals = {}
+    for si, s in enumerate(scheds):
+        sub = df[df["schedule"].map(lambda v: (v if isinstance(v, str) else None) == s)]
+        for mi, (_, col) in enumerate(metrics):
+            for ti, t in enumerate(TRUNKS):
+                for hi, h in enumerate(HEADS):
+                    cell = sub[(sub["trunk"] == t) & (sub["head"] == h)]
+                    vals[si, mi, ti, hi] = (stats(cell, col), len(cell))
+    finite = [v[0][0] for v in vals.values() if v[0][2]]
+    vmin, vmax = (min(finite), max(finite)) if finite else (0, 100)
+    if vmax - vmin < 1:
+        vmin, vmax = vmin - 1, vmax + 1
+    for si, s in enumerate(scheds):
+        for mi, (mname, _) in enumerate(metrics):
+            ax = axes[si, mi]
+            grid = np.full((3, 3), np.nan)
+            for ti in range(3):
+                for hi in range(3):
+                    (m, sd, n), nrun = vals[si, mi, ti, hi]
+                    if n:
+                        grid[ti, hi] = m
+            ax.set_facecolor("#d9d9d9")
+            im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=vmin, vmax=vmax)
+            for ti in range(3):
+                for hi in range(3):
+                    (m, sd, n), nrun = vals[si, mi, ti, hi]
+                    if n:
+                        frac = (m - vmin) / (vmax - vmin)
+                        txt = f"{m:.1f}" + (f"\n±{sd:.1f} n={n}" if n > 1 else "")
+                        color = "black" if frac > 0.6 else "white"
+                    else:
+                        txt, color = ("failed" if nrun else "missing"), "#333333"
+                    ax.text(hi, ti, txt, ha="center", va="center", fontsize=9, color=color)
+            ax.set_xticks(range(3), HEADS)
+            ax.set_yticks(range(3), TRUNKS)
+            ax.set_title(f"{mname}" + (f" ({s})" if s else ""), fontsize=10)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="AP")
+    p.png = to_png(fig)
+    return p
+
+
+def ap_vs_cost(df: pd.DataFrame) -> Plot:
+    """Mean segm AP against train s/iter, inference s/image and parameters (one point per group)."""
+    p = Plot("ap_vs_cost.png", "AP against cost",
+             "Mean segm AP (three classes) against training time per iteration, inference time per image "
+             "and parameter count; colour = trunk, marker = head. Up and left is better.")
+    xs = [("timing.train_s_per_iter", "train s / iter"), ("timing.infer_s_per_image", "inference s / image"),
+          ("model.params_m", "parameters (M)")]
+    pts = []
+    for k, g in iter_groups(df):
+        ap = stats(g, SEGM_AP)
+        if ap[2]:
+            pts.append((k, ap, [stats(g, c) for c, _ in xs], g))
+    if not pts:
+        p.note = "no successful run with metrics: nothing to plot"
+        return p
+    fig = Figure(figsize=(13.5, 4.4))
+    axes = fig.subplots(1, 3, sharey=True)
+    for ax, (col, xlabel), ci in zip(axes, xs, range(3)):
+        any_pt = False
+        for k, ap, cs, g in pts:
+            mx = cs[ci]
+            if not mx[2]:
+                continue
+            any_pt = True
+            t, h = g["trunk"].iloc[0], g["head"].iloc[0]
+            ax.errorbar(mx[0], ap[0], yerr=0 if math.isnan(ap[1]) else ap[1],
+                        xerr=0 if math.isnan(mx[1]) else mx[1], fmt=HEAD_MARKERS.get(h, "o"),
+                        color=TRUNK_COLORS.get(t, "grey"), markersize=8, capsize=2)
+            ax.annotate(group_label(k), (mx[0], ap[0]), textcoords="offset points", xytext=(5, 4), fontsize=7.5)
+        if not any_pt:
+            ax.text(0.5, 0.5, f"no {xlabel} recorded", transform=ax.transAxes, ha="center", color="grey")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean segm AP")
+    handles = [Line2D([], [], marker="o", ls="", color=c, label=t) for t, c in TRUNK_COLORS.items()] + [
+        Line2D([], [], marker=m, ls="", color="grey", label=h) for h, m in HEAD_MARKERS.items()]
+    fig.legend(handles=handles, ncol=6, loc="upper center", bbox_to_anchor=(0.5, 1.06), frameon=False, fontsize=9)
+    fig.tight_layout()
+    p.png = to_png(fig)
+    return p
+
+
+def read_metrics_log(path: Path) -> dict[str, np.ndarray]:
+    """detectron2's metrics.json (JSON lines) -> {"iteration": array, "total_loss": array, "loss_*": array}.
+
+    Only training rows (with total_loss) count; a torn last line (a run killed mid-write) and
+    evaluation-only lines are skipped. Arrays are aligned on iteration (NaN where a row lacks a key),
+    sorted by iteration."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(d, dict) and "total_loss" in d and "iteration" in d:
+                rows.append(d)
+    rows.sort(key=lambda d: d["iteration"])
+    keys = ["total_loss"] + sorted({k for d in rows for k in d if k.startswith("loss_")})
+    out = {"iteration": np.array([d["iteration"] for d in rows], dtype=float)}
+    for k in keys:
+        out[k] = np.array([_float(d.get(k)) for d in rows], dtype=float)
+    return out
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _smooth(y: np.ndarray) -> np.ndarray:
+    """Running median for long logs (detectron2 logs every 20 iterations: 250 points at 5000);
+    short smoke logs stay raw."""
+    if len(y) <= 40:
+        return y
+    return pd.Series(y).rolling(max(3, len(y) // 30), min_periods=1, center=True).median().to_numpy()
+
+
+def loss_curves(df: pd.DataFrame, sweep_dir: Path) -> Plot:
+    """Training losses against iteration, one colour per backbone group. A group with one or two
+    runs shows each run; with more (folds/seeds) its median over runs and the min-max band."""
+    p = Plot("loss_curves.png", "Training loss",
+             "detectron2's training log (metrics.json): total loss and its parts against iteration. One colour "
+             "per backbone; with several folds/seeds: the median over runs and a band from min to max. "
+             "Dashed: a failed run's log.")
+    groups, missing = [], []
+    for k, g in iter_groups(df):
+        logs = []
+        for _, r in g.iterrows():
+            rel = r.get("artifacts.metrics_log")
+            where = f"{group_label(k)} ({r['run_dir']})"
+            if not isinstance(rel, str):
+                missing.append(f"{where}: no artifacts.metrics_log")
+                continue
+            path = Path(sweep_dir) / r["run_dir"] / rel
+            if not path.is_file():
+                missing.append(f"{where}: {rel} not found")
+                continue
+            log = read_metrics_log(path)
+            if not len(log["iteration"]):
+                missing.append(f"{where}: no training rows in {rel}")
+                continue
+            logs.append((r["status"] != "ok", log))
+        if logs:
+            groups.append((group_label(k), logs))
+    if missing:
+        p.note = f"{len(missing)} run(s) without a training log: " + "; ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
+    if not groups:
+        p.note = p.note or "no training logs"
+        return p
+    found = {key for _, logs in groups for _, log in logs for key in log if key != "iteration"}
+    keys = ["total_loss"] + sorted(found - {"total_loss"})
+    keys = keys[:6]
+    ncol = 3
+    nrow = math.ceil(len(keys) / ncol)
+    fig = Figure(figsize=(13.5, 3.3 * nrow + 0.5))
+    axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
+    for ax, key in zip(axes, keys):
+        for gi, (label, logs) in enumerate(groups):
+            color = f"C{gi % 10}"
+            ok = [log for failed, log in logs if not failed and key in log]
+            for failed, log in logs:
+                if key in log and (failed or len(ok) <= 2):
+                    ax.plot(log["iteration"], _smooth(log[key]), color=color, lw=1.3, ls="--" if failed else "-")
+            if len(ok) > 2:
+                it = np.unique(np.concatenate([log["iteration"] for log in ok]))
+                ys = np.vstack([np.interp(it, log["iteration"], _smooth(log[key]), left=np.nan, right=np.nan) for log in ok])
+                with warnings.catch_warnings():  # an iteration no run logged is NaN, not a warning
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    lo, hi, med = np.nanmin(ys, 0), np.nanmax(ys, 0), np.nanmedian(ys, 0)
+                ax.fill_between(it, lo, hi, color=color, alpha=0.18, lw=0)
+                ax.plot(it, med, color=color, lw=1.6)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=f"C{gi % 10}", lw=2, label=f"{label} (n={len(logs)})" if len(logs) > 1 else label)
+               for gi, (label, logs) in enumerate(groups)]
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    fig.legend(handles=handles, loc="upper center", ncol=min(5, len(handles)), frameon=False, fontsize=9,
+               bbox_to_anchor=(0.5, 1.0))
+    p.png = to_png(fig)
+    return p

@@ -1,0 +1,278 @@
+"""report.html: one self-contained page (CSS inline, PNGs as base64 data URIs, no script),
+readable at a glance: warnings, the winner per class, Table 3 beside the paper, failures,
+the plots, then the details (per-class table, settings, environment, every run)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from html import escape
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .plots import Plot
+from .schema import BACKBONES, CLASS_LABELS, CLASSES
+from .tables import (SEGM_AP, class_col, fmt, fmt_pm, group_label, iter_groups, load_paper, stats,
+                     table3_display)
+
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Roboto,'DejaVu Sans',Arial,sans-serif;margin:0;color:#1d232a;background:#f4f6f8}
+main{max-width:1280px;margin:0 auto;padding:18px 26px 60px;background:#fff}
+h1{font-size:26px;margin:6px 0 2px} h2{font-size:20px;margin:30px 0 8px;border-bottom:2px solid #e3e7eb;padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 4px}
+.sub{color:#5b6670;font-size:13px}
+.banner{border-radius:6px;padding:12px 16px;margin:12px 0;font-size:15px}
+.smoke{background:#fff1e6;border:2px solid #e8590c;color:#7a2e00;font-size:17px;font-weight:600}
+.notes{background:#fff9db;border:1px solid #f0c36d}
+.bad{background:#fff0f0;border:1px solid #e5a0a0}
+.summary{display:flex;gap:10px;flex-wrap:wrap;margin:10px 0}
+.pill{padding:6px 12px;border-radius:14px;background:#eef2f6;font-size:14px}
+.pill.ok{background:#e6f4ea;color:#1e6b34} .pill.fail{background:#fde8e8;color:#9b1c1c} .pill.miss{background:#f1f1f1;color:#555}
+.cards{display:flex;gap:12px;flex-wrap:wrap}
+.card{flex:1 1 220px;border:1px solid #dde3e8;border-radius:8px;padding:10px 14px;border-top:5px solid var(--c)}
+.card .what{font-size:13px;color:#5b6670;text-transform:uppercase;letter-spacing:.04em}
+.card .who{font-size:21px;font-weight:700;margin:3px 0}
+.card .val{font-size:14px} .card .more{font-size:12px;color:#5b6670;margin-top:3px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0 4px}
+th,td{border:1px solid #d5dbe0;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#eef2f6}
+th.grp{text-align:center;background:#e2e8ee}
+#per-class td,#per-class th{font-size:12.5px;padding:3px 6px}
+td:first-child{white-space:nowrap}
+tr:nth-child(even) td{background:#fafbfc}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.best{font-weight:700;background:#e6f4ea!important}
+tr.missing td{color:#888;font-style:italic} tr.failed td{background:#fff0f0!important}
+.pos{color:#1e6b34} .neg{color:#9b1c1c}
+figure{margin:10px 0 22px} figure img{max-width:100%;border:1px solid #e3e7eb}
+figcaption{font-size:13px;color:#5b6670;margin-top:4px}
+.skip{color:#8a5a00;font-size:13px;background:#fff9db;padding:6px 10px;border-radius:4px}
+ul{margin:4px 0 4px 20px;padding:0} li{margin:2px 0;font-size:14px}
+details{margin:8px 0} summary{cursor:pointer;font-weight:600}
+.wide{overflow-x:auto}
+code{background:#eef2f6;padding:1px 4px;border-radius:3px;font-size:12.5px}
+"""
+
+_CLASS_CSS = {"left lung": "#1f77b4", "right lung": "#2ca02c", "infection": "#d62728", "mean of 3 classes": "#6c757d"}
+
+
+def _table(df: pd.DataFrame, *, table_id: str | None = None, num_cols: Iterable[str] = (),
+           row_class: list[str] | None = None, best: dict[str, int] | None = None,
+           header_groups: list[tuple[str, int]] | None = None, labels: dict[str, str] | None = None) -> str:
+    """An HTML table of strings; ``best`` marks one row index per column in bold green;
+    ``header_groups`` adds a first header row of (label, column span); ``labels`` renames headers."""
+    num_cols, best, labels = set(num_cols), best or {}, labels or {}
+    head = "".join(f"<th>{escape(str(labels.get(c, c)))}</th>" for c in df.columns)
+    if header_groups:
+        top = "".join(f"<th colspan='{n}' class='grp'>{escape(g)}</th>" for g, n in header_groups)
+        head = f"{top}</tr><tr>{head}"
+    body = []
+    for i, row in enumerate(df.itertuples(index=False, name=None)):
+        cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
+        tds = []
+        for c, v in zip(df.columns, row):
+            k = (["num"] if c in num_cols else []) + (["best"] if best.get(c) == i else [])
+            text = escape(str(v))
+            if c.startswith("Δ") and text not in ("-", ""):
+                text = f'<span class="{"pos" if not text.startswith("-") else "neg"}">{text}</span>'
+            tds.append(f'<td class="{" ".join(k)}">{text}</td>' if k else f"<td>{text}</td>")
+        body.append(f"<tr{cls}>{''.join(tds)}</tr>")
+    tid = f' id="{table_id}"' if table_id else ""
+    return f'<div class="wide"><table{tid}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _distinct(df: pd.DataFrame, col: str) -> str:
+    if col not in df.columns:
+        return "-"
+    vals = df[col].map(lambda v: "-" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
+    counts = vals.value_counts()
+    if len(counts) == 1:
+        return counts.index[0]
+    return ", ".join(f"{v} ({n} runs)" for v, n in counts.items())
+
+
+SETTINGS = [
+    ("experiment", "experiment"), ("solver", "solver.name"), ("images / iteration", "solver.ims_per_batch"),
+    ("base LR", "solver.base_lr"), ("max iterations", "solver.max_iter"), ("LR schedule", "solver.lr_schedule"),
+    ("AMP", "solver.amp"), ("weights", "weights"), ("schedule", "schedule"), ("dataset", "dataset.name"),
+    ("dataset dir", "dataset.dir"), ("split", "dataset.split"), ("folds", "dataset.fold"), ("seeds", "seed"),
+    ("train images", "dataset.n_train_images"), ("test images", "dataset.n_test_images"),
+    ("image size", "dataset.image_size"),
+]
+ENV = [("device", "env.device"), ("torch", "env.torch"), ("detectron2", "env.detectron2"),
+       ("python", "env.python"), ("git sha", "env.git_sha"), ("host", "env.hostname"),
+       ("schema", "schema"), ("started", "started_at"), ("finished", "finished_at")]
+
+
+def _kv_table(df: pd.DataFrame, items: list[tuple[str, str]]) -> str:
+    rows = []
+    for label, col in items:
+        if col in ("started_at", "finished_at") and col in df.columns:
+            v = [str(x) for x in df[col] if isinstance(x, str)]
+            val = (min(v) if col == "started_at" else max(v)) if v else "-"
+            label = "first start" if col == "started_at" else "last finish"
+        else:
+            val = _distinct(df, col)
+        rows.append({"setting": label, "value": val})
+    return _table(pd.DataFrame(rows))
+
+
+def _per_class_wide(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """One row per backbone group: segm AP, bbox AP and Dice per class (mean ± std over runs)."""
+    rows, raw = [], []
+    cols = ([(f"segm AP {CLASS_LABELS[c]}", class_col(c)) for c in CLASSES]
+            + [(f"bbox AP {CLASS_LABELS[c]}", class_col(c, "bbox")) for c in CLASSES]
+            + [(f"Dice {CLASS_LABELS[c]}", f"metrics.dice.mean.{c}") for c in CLASSES]
+            + [("burden abs err (pp)", "metrics.infection_burden_abs_error.mean")])
+    for k, g in iter_groups(df):
+        row, rv = {"backbone": group_label(k)}, {}
+        for name, col in cols:
+            m, s, n = stats(g, col)
+            digits = 3 if name.startswith("Dice") else 1
+            row[name] = "-" if not n else (f"{m:.{digits}f}" + (f" ±{s:.{digits}f}" if n > 1 else ""))
+            rv[name] = m
+        rows.append(row)
+        raw.append(rv)
+    out = pd.DataFrame(rows)
+    best = {}
+    if raw:
+        r = pd.DataFrame(raw)
+        for name, _ in cols:
+            v = pd.to_numeric(r[name], errors="coerce")
+            if v.notna().any():
+                best[name] = int(v.idxmin() if name.startswith("burden") else v.idxmax())
+    return out, best
+
+
+def _fmt_num(v: Any, digits: int | None) -> str:
+    """Numbers with a fixed number of decimals per column; integers (fold, seed) as integers."""
+    if digits is None:
+        if isinstance(v, float) and not pd.isna(v) and v.is_integer():
+            return str(int(v))
+        return fmt(v)
+    return fmt(v, digits)
+
+
+def _runs_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    cols = [("backbone", "backbone"), ("schedule", "schedule"), ("fold", "dataset.fold"), ("seed", "seed"),
+            ("status", "status"), ("segm AP", SEGM_AP), ("infection AP", class_col("infection")),
+            ("bbox AP", "metrics.bbox.AP"), ("Dice infection", "metrics.dice.mean.infection"),
+            ("train s/iter", "timing.train_s_per_iter"), ("infer s/image", "timing.infer_s_per_image"),
+            ("peak RSS MB", "memory.peak_rss_mb"), ("peak GPU MB", "memory.peak_gpu_mb"),
+            ("params M", "model.params_m"), ("run dir", "run_dir"), ("schema note", "schema_note")]
+    digits = {"segm AP": 2, "infection AP": 2, "bbox AP": 2, "Dice infection": 3, "train s/iter": 3,
+              "infer s/image": 3, "peak RSS MB": 0, "peak GPU MB": 0, "params M": 1}
+    out = pd.DataFrame({label: [_fmt_num(v, digits.get(label)) for v in df[c]] if c in df.columns else ["-"] * len(df)
+                        for label, c in cols})
+    return out, ["failed" if s != "ok" else "" for s in df["status"]] if not df.empty else []
+
+
+def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[dict[str, Any]],
+           failed: pd.DataFrame, missing: list[dict[str, Any]], plots: list[Plot], notes: list[str],
+           files: list[str]) -> str:
+    """The whole page as one string."""
+    paper = load_paper()
+    n, n_ok = len(df), int((df["status"] == "ok").sum()) if not df.empty else 0
+    present = set(df["backbone"]) if not df.empty else set()
+    n_miss_bb = sum(b not in present for b in BACKBONES)
+    smoke = (not df.empty and "solver.name" in df.columns and (df["solver.name"] == "smoke").any())
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+             f"<title>lungbench report: {escape(str(sweep_dir))}</title><style>{CSS}</style></head><body><main>"]
+    parts.append("<h1>lungbench: Mask R-CNN backbones on CT lung + COVID-19 infection</h1>")
+    parts.append(f"<div class='sub'>Sweep <code>{escape(str(sweep_dir))}</code> · built "
+                 f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</div>")
+    parts.append("<div class='summary'>"
+                 f"<span class='pill'>{n} run(s)</span><span class='pill ok'>{n_ok} ok</span>"
+                 f"<span class='pill fail'>{n - n_ok} FAILED</span>"
+                 f"<span class='pill miss'>{len(missing)} MISSING ({n_miss_bb} of 9 backbones without any run)</span></div>")
+    if smoke:
+        parts.append("<div class='banner smoke' id='smoke-warning'>SMOKE RUN: these models trained for only a few "
+                     "iterations (solver 'smoke') to check that the pipeline works. Their numbers are NOT comparable "
+                     "to the paper or to each other.</div>")
+    if notes:
+        parts.append("<div class='banner notes'><b>Notes</b><ul>" + "".join(f"<li>{escape(x)}</li>" for x in notes) + "</ul></div>")
+    if n - n_ok or missing:
+        parts.append(f"<div class='banner bad'><b>{n - n_ok} FAILED, {len(missing)} MISSING</b>: see "
+                     "<a href='#failures'>failed and missing runs</a>.</div>")
+
+    parts.append("<h2>Winner per class</h2><div class='cards'>")
+    for w in winners:
+        color = _CLASS_CSS.get(w["what"], "#888")
+        if w["winner"] is None:
+            parts.append(f"<div class='card' style='--c:{color}'><div class='what'>{escape(w['what'])}</div>"
+                         "<div class='who'>-</div><div class='val'>no successful run</div></div>")
+            continue
+        more = (f"ahead of {escape(w['runner_up'])} by {w['margin']:.2f} AP" if w["runner_up"] else "the only one")
+        parts.append(f"<div class='card' style='--c:{color}'><div class='what'>{escape(w['what'])}</div>"
+                     f"<div class='who'>{escape(w['winner'])}</div>"
+                     f"<div class='val'>segm AP {escape(fmt_pm(w['AP'], w['std'], w['n']))}</div>"
+                     f"<div class='more'>{more}</div></div>")
+    parts.append("</div>")
+
+    disp = table3_display(t3)
+    row_class = ["missing" if r == 0 else ("failed" if ok == 0 else "") for r, ok in zip(t3["n_runs"], t3["n_ok"])]
+    best = {}
+    for col, raw in (("Ours: infection AP (segm)", "infection_AP"), ("Ours: mean segm AP (3 classes)", "mean_AP")):
+        v = pd.to_numeric(t3[raw], errors="coerce")
+        if v.notna().any():
+            best[col] = int(v.idxmax())
+    parts.append("<h2>Table 3: ours beside the paper</h2>")
+    parts.append(_table(disp, table_id="table3", row_class=row_class, best=best,
+                        num_cols=[c for c in disp.columns if c.startswith(("Ours", "Paper", "Δ"))]))
+    parts.append("<details open><summary>How ours is compared with the paper</summary><ul>"
+                 + "".join(f"<li>{escape(a)}</li>" for a in paper["assumptions"])
+                 + f"<li>Paper: {escape(paper['source'])}. Metric: {escape(paper['metric'])}.</li>"
+                 + "<li>Ours: mean ± sample std over folds/seeds with n successful runs; bold green = best.</li></ul></details>")
+
+    parts.append("<h2 id='failures'>Failed and missing runs</h2>")
+    if failed.empty and not missing:
+        parts.append("<p>None: every expected backbone has a result and every run succeeded.</p>")
+    if not failed.empty:
+        parts.append(f"<h3>FAILED ({len(failed)})</h3>")
+        fr = failed.rename(columns={"error_reason": "reason", "dataset.fold": "fold", "run_dir": "run dir"})
+        parts.append(_table(fr.map(lambda v: fmt(v)), table_id="failed"))
+    if missing:
+        parts.append(f"<h3>MISSING ({len(missing)})</h3>")
+        parts.append(_table(pd.DataFrame(missing).rename(columns={"what": "missing"}), table_id="missing"))
+
+    parts.append("<h2>Plots</h2>")
+    for p in plots:
+        parts.append(f"<figure><h3>{escape(p.title)}</h3>")
+        if p.png is not None:
+            parts.append(_img(p.png, p.title) + f"<figcaption>{escape(p.caption)}</figcaption>")
+        if p.note:
+            parts.append(f"<div class='skip'>{'Skipped: ' if p.png is None else 'Note: '}{escape(p.note)}</div>")
+        parts.append("</figure>")
+
+    wide, best_pc = _per_class_wide(df)
+    parts.append("<h2>Per-class results (Table 2 mirror)</h2>")
+    if wide.empty:
+        parts.append("<p>No runs.</p>")
+    else:
+        short = {c: c.removeprefix("segm AP ").removeprefix("bbox AP ").removeprefix("Dice ") for c in wide.columns}
+        short["burden abs err (pp)"] = "abs error (pp)"
+        groups = [("", 1), ("mask (segm) AP", 3), ("box (bbox) AP", 3), ("Dice (mean per case)", 3), ("infection burden", 1)]
+        parts.append(_table(wide, table_id="per-class", best=best_pc, header_groups=groups, labels=short,
+                            num_cols=[c for c in wide.columns if c != "backbone"]))
+        t2 = paper["table2_r50_fpn"]
+        parts.append("<div class='sub'>Paper, Table 2 (R50-FPN, mask AP): "
+                     + ", ".join(f"{CLASS_LABELS[c]} {t2[c]}" for c in CLASSES)
+                     + ". AP75/AP50 and every fold are in <code>per_class_ap.csv</code>.</div>")
+
+    parts.append("<h2>Run settings and environment</h2><div class='cards'>"
+                 f"<div style='flex:1 1 420px'><h3>Settings</h3>{_kv_table(df, SETTINGS)}</div>"
+                 f"<div style='flex:1 1 420px'><h3>Environment</h3>{_kv_table(df, ENV)}</div></div>")
+
+    runs, rc = _runs_table(df)
+    parts.append(f"<h2>Every run ({len(df)})</h2>")
+    parts.append(_table(runs, table_id="runs", row_class=rc,
+                        num_cols=[c for c in runs.columns if c not in ("backbone", "schedule", "status", "run dir", "schema note")]))
+    parts.append("<h2>Files</h2><ul>" + "".join(f"<li><code>{escape(f)}</code></li>" for f in files) + "</ul>")
+    parts.append("</main></body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,313 @@
+"""Views of the runs table: Table 3 beside the paper, the per-class (Table 2) mirror,
+winners, failed and missing runs. Pure functions of DataFrames; no I/O except reading
+``paper.json`` (packaged next to this file)."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from .schema import (AP_METRICS, BACKBONES, CLASS_LABELS, CLASSES, NOT_IN_ZOO, REPLICATE_KEYS,
+                     TASKS, VARYING_GROUP_KEYS, backbone_order, schedule_order)
+
+PAPER_PATH = Path(__file__).with_name("paper.json")
+SEGM_AP = "metrics.segm.AP"
+
+
+def class_col(c: str, task: str = "segm", metric: str = "AP") -> str:
+    """Column of the runs table holding one per-class metric."""
+    return f"metrics.{task}.per_class.{c}.{metric}"
+
+
+@lru_cache(maxsize=1)
+def load_paper() -> dict[str, Any]:
+    """The paper's published numbers (Tables 2 and 3) and our reading assumptions."""
+    return json.loads(PAPER_PATH.read_text())
+
+
+def paper_table3(backbone: str, schedule: Any) -> tuple[float | None, str | None]:
+    """The paper's Table 3 AP for one backbone+schedule, and a note when it cannot be matched.
+
+    An exact schedule match wins; a paper row without schedule matches any of ours.
+    """
+    rows = [r for r in load_paper()["table3"] if r["backbone"] == backbone]
+    if not rows:
+        return None, None
+    exact = [r for r in rows if r["schedule"] is not None and r["schedule"] == schedule]
+    loose = [r for r in rows if r["schedule"] is None]
+    if exact:
+        return exact[0]["ap"], f"paper row {exact[0]['row']} ({schedule})"
+    if loose:
+        return loose[0]["ap"], f"paper row {loose[0]['row']} (schedule unstated)"
+    scheds = "/".join(str(r["schedule"]) for r in rows)
+    return None, f"paper has {backbone} only for {scheds}"
+
+
+def paper_table2(backbone: str, task: str, c: str, metric: str) -> float | None:
+    """The paper's Table 2 (R50-FPN, mask AP per class); None where it has no number."""
+    if backbone == "R50-FPN" and task == "segm" and metric == "AP":
+        return load_paper()["table2_r50_fpn"].get(c)
+    return None
+
+
+def _norm(v: Any) -> Any:
+    """Grouping value: NaN and None both become None."""
+    try:
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+    except TypeError:
+        return v
+
+
+def group_keys(df: pd.DataFrame) -> list[str]:
+    """backbone, schedule, plus every non-replicate axis that varies within this sweep."""
+    keys = ["backbone", "schedule"]
+    for k in VARYING_GROUP_KEYS:
+        if k in df.columns and len({_norm(v) for v in df[k]}) > 1:
+            keys.append(k)
+    return keys
+
+
+def iter_groups(df: pd.DataFrame, keys: list[str] | None = None) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
+    """(key values, rows) per backbone group, in report order (the nine first, 1x before 3x)."""
+    keys = group_keys(df) if keys is None else keys
+    if df.empty:
+        return
+    tuples = [tuple(_norm(v) for v in row) for row in df[keys].itertuples(index=False, name=None)]
+    index: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tuples):
+        index.setdefault(t, []).append(i)
+
+    def order(t: tuple) -> tuple:
+        return (backbone_order(t[0]), schedule_order(t[1]), *(str(x) for x in t[2:]))
+
+    for t in sorted(index, key=order):
+        yield dict(zip(keys, t)), df.iloc[index[t]]
+
+
+def group_label(key: dict[str, Any]) -> str:
+    """'R50-FPN 3x' plus the values of any other varying axis, e.g. 'R50-FPN 3x (scratch)'."""
+    label = str(key["backbone"]) + (f" {key['schedule']}" if key.get("schedule") else "")
+    extra = [str(v) for k, v in key.items() if k not in ("backbone", "schedule") and v is not None]
+    return label + (f" ({', '.join(extra)})" if extra else "")
+
+
+def ok_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["status"] == "ok"]
+
+
+def stats(rows: pd.DataFrame, col: str) -> tuple[float, float, int]:
+    """(mean, sample std, n) of a numeric column over the ok runs; NaN where undefined."""
+    if col not in rows.columns:
+        return math.nan, math.nan, 0
+    v = pd.to_numeric(ok_rows(rows)[col], errors="coerce").dropna()
+    n = int(v.size)
+    mean = float(v.mean()) if n else math.nan
+    std = float(v.std(ddof=1)) if n > 1 else math.nan
+    return mean, std, n
+
+
+def _first(rows: pd.DataFrame, col: str) -> Any:
+    if col not in rows.columns:
+        return None
+    v = [x for x in rows[col] if _norm(x) is not None]
+    return v[0] if v else None
+
+
+def _status_note(rows: pd.DataFrame) -> list[str]:
+    n, n_ok = len(rows), int((rows["status"] == "ok").sum())
+    if n_ok == 0:
+        return [f"all {n} run(s) failed"]
+    if n_ok < n:
+        return [f"{n - n_ok} of {n} run(s) failed"]
+    return []
+
+
+def table3(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per backbone+schedule (plus any varying axis); each of the nine at least once.
+
+    Ours: segm infection AP (compared with the paper, see paper.json 'assumptions') and the
+    segm AP over the three classes, each as mean, std and n over folds/seeds (ok runs only).
+    """
+    keys = group_keys(df)
+    rows = []
+    seen = set()
+    for key, g in iter_groups(df, keys):
+        seen.add(key["backbone"])
+        inf = stats(g, class_col("infection"))
+        mean_ap = stats(g, SEGM_AP)
+        paper, pnote = paper_table3(str(key["backbone"]), key["schedule"])
+        notes = (["not in zoo"] if key["backbone"] in NOT_IN_ZOO else []) + _status_note(g)
+        if pnote and paper is None:
+            notes.append(pnote)
+        rows.append({
+            **key, "trunk": _first(g, "trunk"), "head": _first(g, "head"),
+            "in_zoo": key["backbone"] not in NOT_IN_ZOO if key["backbone"] in BACKBONES else _first(g, "in_zoo"),
+            "n_runs": len(g), "n_ok": int((g["status"] == "ok").sum()),
+            "n_failed": int((g["status"] != "ok").sum()),
+            "infection_AP": inf[0], "infection_AP_std": inf[1], "infection_AP_n": inf[2],
+            "mean_AP": mean_ap[0], "mean_AP_std": mean_ap[1], "mean_AP_n": mean_ap[2],
+            "paper_AP": paper, "delta_AP": (inf[0] - paper) if paper is not None and inf[2] else math.nan,
+            "paper_source": pnote if paper is not None else None, "note": "; ".join(notes) or None,
+        })
+    for b in BACKBONES:
+        if b not in seen:
+            paper, pnote = paper_table3(b, None)
+            t, h = b.split("-")
+            rows.append({
+                "backbone": b, "schedule": None, "trunk": t, "head": h, "in_zoo": b not in NOT_IN_ZOO,
+                "n_runs": 0, "n_ok": 0, "n_failed": 0,
+                "infection_AP": math.nan, "infection_AP_std": math.nan, "infection_AP_n": 0,
+                "mean_AP": math.nan, "mean_AP_std": math.nan, "mean_AP_n": 0,
+                "paper_AP": paper, "delta_AP": math.nan,
+                "paper_source": pnote if paper is not None else None,
+                "note": "; ".join((["not in zoo"] if b in NOT_IN_ZOO else []) + ["MISSING: no result.json"]),
+            })
+    cols = ["backbone", "trunk", "head", "schedule", *keys[2:], "in_zoo", "n_runs", "n_ok", "n_failed",
+            "infection_AP", "infection_AP_std", "infection_AP_n", "mean_AP", "mean_AP_std", "mean_AP_n",
+            "paper_AP", "delta_AP", "paper_source", "note"]
+    out = pd.DataFrame(rows, columns=cols)
+    order = sorted(range(len(out)), key=lambda i: (backbone_order(out.at[i, "backbone"]),
+                                                   schedule_order(_norm(out.at[i, "schedule"]))))
+    return out.iloc[order].reset_index(drop=True)
+
+
+def per_class_ap(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 2 mirror for every backbone group, long format.
+
+    Columns: backbone, trunk, head, schedule, [varying axes], task (segm|bbox), class,
+    metric (AP|AP50|AP75), mean, std, n (ok runs with a value), paper (Table 2), delta.
+    """
+    keys = group_keys(df)
+    rows = []
+    for key, g in iter_groups(df, keys):
+        for task in TASKS:
+            for c in CLASSES:
+                for m in AP_METRICS:
+                    mean, std, n = stats(g, class_col(c, task, m))
+                    paper = paper_table2(str(key["backbone"]), task, c, m)
+                    rows.append({**key, "trunk": _first(g, "trunk"), "head": _first(g, "head"),
+                                 "task": task, "class": c, "metric": m, "mean": mean, "std": std, "n": n,
+                                 "paper": paper, "delta": mean - paper if paper is not None and n else math.nan})
+    cols = ["backbone", "trunk", "head", "schedule", *keys[2:], "task", "class", "metric",
+            "mean", "std", "n", "paper", "delta"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def winners(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Best backbone group per class (segm AP, mean over replicates) and for the mean segm AP."""
+    targets = [(CLASS_LABELS[c], class_col(c)) for c in CLASSES] + [("mean of 3 classes", SEGM_AP)]
+    out = []
+    groups = list(iter_groups(df))
+    for what, col in targets:
+        scored = []
+        for key, g in groups:
+            mean, std, n = stats(g, col)
+            if n:
+                scored.append((mean, std, n, group_label(key)))
+        scored.sort(key=lambda s: -s[0])  # stable: ties keep report order
+        if scored:
+            best = scored[0]
+            out.append({"what": what, "winner": best[3], "AP": best[0], "std": best[1], "n": best[2],
+                        "runner_up": scored[1][3] if len(scored) > 1 else None,
+                        "margin": best[0] - scored[1][0] if len(scored) > 1 else math.nan})
+        else:
+            out.append({"what": what, "winner": None, "AP": math.nan, "std": math.nan, "n": 0,
+                        "runner_up": None, "margin": math.nan})
+    return out
+
+
+def failed_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs whose status is not ok, with the one-line reason."""
+    cols = ["backbone", "schedule", "dataset.fold", "seed", "status", "error_reason", "run_dir"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    bad = df[df["status"] != "ok"]
+    return bad[[c for c in cols if c in bad.columns]].reset_index(drop=True)
+
+
+def missing_runs(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Expected runs without a result.json: each of the nine backbones that has none, and,
+    when the sweep has several folds/seeds, each backbone group lacking a fold/seed others have."""
+    out = []
+    present = set(df["backbone"]) if not df.empty else set()
+    for b in BACKBONES:
+        if b not in present:
+            out.append({"backbone": b, "what": "no result.json for this backbone"})
+    if df.empty:
+        return out
+    rep = [k for k in REPLICATE_KEYS if k in df.columns]
+    combos = {tuple(_norm(v) for v in r) for r in df[rep].itertuples(index=False, name=None)}
+    if len(combos) > 1:
+        for key, g in iter_groups(df):
+            have = {tuple(_norm(v) for v in r) for r in g[rep].itertuples(index=False, name=None)}
+            for c in sorted(combos - have, key=str):
+                what = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in zip(rep, c))
+                out.append({"backbone": group_label(key), "what": f"no result.json for {what}"})
+    return out
+
+
+def fmt(v: Any, digits: int = 2) -> str:
+    """A number for humans: '-' for missing."""
+    v = _norm(v)
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def fmt_pm(mean: float, std: float, n: int) -> str:
+    """'41.20' for one run, '41.20 ± 1.30 (n=5)' for several, '-' for none."""
+    if not n or _norm(mean) is None:
+        return "-"
+    if n == 1 or _norm(std) is None:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {std:.2f} (n={n})"
+
+
+def fmt_delta(v: Any) -> str:
+    v = _norm(v)
+    return "-" if v is None else f"{v:+.2f}"
+
+
+def table3_display(t3: pd.DataFrame) -> pd.DataFrame:
+    """Table 3 as strings for Markdown/HTML: one column per idea, '-' where there is nothing."""
+    extra = [c for c in t3.columns if c in VARYING_GROUP_KEYS]
+    out = pd.DataFrame({
+        "Backbone": t3["backbone"],
+        "Schedule": [fmt(s) for s in t3["schedule"]],
+        **{c: [fmt(v) for v in t3[c]] for c in extra},
+        "Ours: infection AP (segm)": [fmt_pm(m, s, n) for m, s, n in zip(t3["infection_AP"], t3["infection_AP_std"], t3["infection_AP_n"])],
+        "Paper AP": [fmt(v) for v in t3["paper_AP"]],
+        "Δ (ours − paper)": [fmt_delta(v) for v in t3["delta_AP"]],
+        "Ours: mean segm AP (3 classes)": [fmt_pm(m, s, n) for m, s, n in zip(t3["mean_AP"], t3["mean_AP_std"], t3["mean_AP_n"])],
+        "Runs ok/total": [f"{a}/{b}" for a, b in zip(t3["n_ok"], t3["n_runs"])],
+        "Note": [fmt(v) for v in t3["note"]],
+    })
+    return out
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (all cells as text, pipes escaped)."""
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+    head = "| " + " | ".join(cell(c) for c in table.columns) + " |"
+    sep = "| " + " | ".join("---" for _ in table.columns) + " |"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False, name=None)]
+    return "\n".join([head, sep, *body]) + "\n"
+
+
+def table3_markdown(t3: pd.DataFrame, notes: list[str]) -> str:
+    """table3.md: the table, then the assumptions behind the paper comparison and any notes."""
+    paper = load_paper()
+    lines = ["# Table 3: our Mask R-CNN backbones beside Gaikwad & Joshi (2020)", "",
+             to_markdown(table3_display(t3)), "Assumptions:", ""]
+    lines += [f"- {a}" for a in paper["assumptions"]]
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
