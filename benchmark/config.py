@@ -204,6 +204,8 @@ def d2_deltas(cfg: DictConfig, *, base, train_name: str, test_name: str, output_
         ops.append(("SOLVER.WARMUP_ITERS", int(s.warmup_iters)))
     if s.roi_batch_size_per_image is not None:
         ops.append(("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", int(s.roi_batch_size_per_image)))
+    if s.detections_per_image is not None:
+        ops.append(("TEST.DETECTIONS_PER_IMAGE", int(s.detections_per_image)))
     if s.rpn_topk is not None:
         k = s.rpn_topk
         ops += [("MODEL.RPN.PRE_NMS_TOPK_TRAIN", int(k.pre_train)),
@@ -221,8 +223,8 @@ def build_d2_cfg(cfg: DictConfig, *, train_name: str, test_name: str, output_dir
 
     ``image_hw``: the dataset's (height, width) in pixels (needed by input_size=dataset).
     Also adds a LUNGBENCH node (FLIP, FLIP_PROB) that our train loader reads; plain
-    detectron2 ignores it. Raises ConfigError for a bad option, KeyError for an unknown
-    detectron2 key in ``d2_opts``."""
+    detectron2 ignores it. Raises ConfigError for a bad option or an unknown detectron2 key
+    in ``d2_opts``."""
     from detectron2 import model_zoo
     from detectron2.config import CfgNode, get_cfg
 
@@ -241,7 +243,10 @@ def build_d2_cfg(cfg: DictConfig, *, train_name: str, test_name: str, output_dir
     opts = OmegaConf.to_container(cfg.d2_opts) if cfg.d2_opts else []
     if len(opts) % 2:
         raise ConfigError(f"d2_opts needs KEY VALUE pairs, got an odd list: {opts}")
-    d2.merge_from_list([str(o) if i % 2 == 0 else o for i, o in enumerate(opts)])
+    try:
+        d2.merge_from_list([str(o) if i % 2 == 0 else o for i, o in enumerate(opts)])
+    except (AssertionError, KeyError, ValueError) as e:  # yacs asserts on unknown keys
+        raise ConfigError(f"d2_opts: {e}") from e
     d2.LUNGBENCH = CfgNode({"FLIP": str(cfg.input.flip), "FLIP_PROB": float(cfg.input.flip_prob)})
     d2.freeze()
     return d2

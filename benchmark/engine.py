@@ -96,6 +96,10 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         ret = []
         for h in super().build_hooks():
+            if isinstance(h, hooks.EvalHook) and self.cfg.TEST.EVAL_PERIOD <= 0:
+                # v0.6's EvalHook evaluates after training whatever the period; the run's
+                # own evaluation follows, so this would only do the work twice
+                continue
             if isinstance(h, hooks.PeriodicCheckpointer):
                 h = LastCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=1)
             ret.append(h)
@@ -172,18 +176,34 @@ def count_params_m(model) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
-def count_gflops(model, image_bgr) -> float:
-    """GFLOPs (fvcore's count: one fused multiply-add = one flop) of one inference on
-    ``image_bgr`` (HxWx3 uint8) at its own size, no resizing."""
-    from detectron2.utils.analysis import FlopCountAnalysis
+class _FlatInference(torch.nn.Module):
+    """GeneralizedRCNN inference on one CHW image tensor, outputs as a tuple of tensors, so
+    fvcore's tracer can follow it (detectron2's own FlopCountAnalysis needs caffe2)."""
 
-    h, w = image_bgr.shape[:2]
-    inputs = [{"image": torch.as_tensor(image_bgr.transpose(2, 0, 1).copy()), "height": h, "width": w}]
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        inst = self.model.inference([{"image": image}], do_postprocess=False)[0]
+        out = [inst.pred_boxes.tensor, inst.scores, inst.pred_classes]
+        if inst.has("pred_masks"):
+            out.append(inst.pred_masks)
+        return tuple(out)
+
+
+def count_gflops(model, image_bgr) -> float:
+    """GFLOPs (fvcore's count: one fused multiply-add = one flop) of one inference of
+    ``model`` on ``image_bgr`` (HxWx3 uint8) at its own size, no resizing. The RoI heads'
+    share depends on how many proposals/detections the model makes on that image."""
+    from fvcore.nn import FlopCountAnalysis
+
+    image = torch.as_tensor(image_bgr.transpose(2, 0, 1).copy()).to(next(model.parameters()).device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            flops = FlopCountAnalysis(model, inputs)
+            flops = FlopCountAnalysis(_FlatInference(model), (image,))
             flops.unsupported_ops_warnings(False)
             flops.uncalled_modules_warnings(False)
             flops.tracer_warnings("none")

@@ -44,6 +44,19 @@ class Terminated(BaseException):
     """SIGTERM arrived (e.g. Slurm time limit, `kill`): recorded like an interrupt."""
 
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The run config from conf/train.yaml + Hydra overrides, outside a Hydra app (tests,
+    perf, notebooks). Unknown keys and bad choices raise, as on the command line."""
+    from hydra import compose as _compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return _compose("train", overrides=list(overrides))
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 

@@ -30,7 +30,7 @@ import json
 import os
 import sys
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +57,9 @@ class PlannedRun:
     overrides: list[str]       # the job's overrides, as Hydra passes them to the run
     status: str = "planned"    # after collect(): ok | failed | missing
     error: str | None = None   # "Type: message" of a failed run, or why result.json is unreadable
+    # the run's resolved config as benchmark.run records it (None if it cannot be computed here);
+    # an "ok" result.json with a different config is not this run's result
+    config: dict | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -118,7 +121,9 @@ def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str
         HydraConfig.instance().set_config(cfg)
         sweep_dir = Path(str(cfg.hydra.sweep.dir)).expanduser()
         sweep_dir = sweep_dir if sweep_dir.is_absolute() else Path.cwd() / sweep_dir
-        extra = [o for o in extra if not o.startswith("hydra.sweep.dir=")] + [f"hydra.sweep.dir={sweep_dir}"]
+        extra = [o for o in extra if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
+        # hydra.mode=MULTIRUN is what `-m` adds: the run returns its status instead of exiting.
+        extra += [f"hydra.sweep.dir={sweep_dir}", "hydra.mode=MULTIRUN"]
         cfg = hyd.compose_config(config_name, extra, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
 
         jobs = BasicSweeper.split_arguments(parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + extra),
@@ -130,7 +135,8 @@ def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str
                 job_cfg.hydra.job.num = num
             HydraConfig.instance().set_config(job_cfg)
             label = str(job_cfg.hydra.sweep.subdir)
-            plan.runs.append(PlannedRun(label=label, run_dir=str(sweep_dir / label), overrides=list(job)))
+            plan.runs.append(PlannedRun(label=label, run_dir=str(sweep_dir / label), overrides=list(job),
+                                        config=_run_config(job_cfg)))
         dirs = [r.run_dir for r in plan.runs]
         dupes = sorted({d for d in dirs if dirs.count(d) > 1})
         if dupes:
@@ -143,9 +149,34 @@ def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str
         GlobalHydra.instance().clear()
 
 
+def _run_config(job_cfg) -> dict | None:
+    """The config the run will record in result.json (benchmark.run's own function), or None.
+
+    Called with HydraConfig set to the job's config, as inside the run.
+    """
+    from omegaconf import OmegaConf
+
+    try:
+        from benchmark import run as run_mod
+
+        cfg = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])
+        if hasattr(run_mod, "run_config"):
+            return run_mod.run_config(cfg)
+        # older benchmark.run: resolve, then apply its joblib adjustment (hydra#964) the same way
+        if run_mod._joblib_launcher() and cfg.solver.get("num_workers"):
+            OmegaConf.update(cfg, "solver.num_workers", 0)
+        return run_mod.resolved_config(cfg)
+    except Exception:  # noqa: BLE001 - another app's config, or a value only the run can resolve
+        return None
+
+
 # ----------------------------------------------------------------------------- collecting
-def read_status(run_dir: Path) -> tuple[str, str | None]:
-    """(status, error) of one run from its result.json: ok | failed | missing."""
+def read_status(run_dir: Path, config: dict | None = None) -> tuple[str, str | None]:
+    """(status, error) of one run from its result.json: ok | failed | missing.
+
+    With `config`, an "ok" result recorded with a different config counts as failed: the run
+    refuses to redo it (a folder holds one run), so the sweep's own settings never ran.
+    """
     path = Path(run_dir) / "result.json"
     if not path.exists():
         return "missing", None
@@ -154,6 +185,13 @@ def read_status(run_dir: Path) -> tuple[str, str | None]:
     except (OSError, ValueError) as e:
         return "failed", f"unreadable {path}: {e}"
     if res.get("status") == "ok":
+        if config is not None and isinstance(res.get("config"), dict):
+            from benchmark.run import config_diff
+
+            diff = config_diff(res["config"], config)
+            if diff:
+                return "failed", (f"StaleResult: folder holds a finished run with another config "
+                                  f"({', '.join(diff[:5])}{', ...' if len(diff) > 5 else ''})")
         return "ok", None
     err = res.get("error") or {}
     if isinstance(err, dict):
@@ -165,7 +203,7 @@ def read_status(run_dir: Path) -> tuple[str, str | None]:
 
 def collect(plan: SweepPlan) -> SweepPlan:
     for run in plan.runs:
-        run.status, run.error = read_status(Path(run.run_dir))
+        run.status, run.error = read_status(Path(run.run_dir), run.config)
     return plan
 
 
@@ -193,7 +231,8 @@ def write_sweep_file(plan: SweepPlan, hydra_rc: int | None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"schema": SWEEP_SCHEMA, "sweep_dir": plan.sweep_dir, "overrides": plan.overrides,
            "hydra_exit_code": hydra_rc, "summary": summary_line(plan.runs),
-           "runs": [{**asdict(r), "run_dir": os.path.relpath(r.run_dir, plan.sweep_dir)} for r in plan.runs]}
+           "runs": [{"label": r.label, "run_dir": os.path.relpath(r.run_dir, plan.sweep_dir),
+                     "overrides": r.overrides, "status": r.status, "error": r.error} for r in plan.runs]}
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     tmp.replace(out)
@@ -201,25 +240,35 @@ def write_sweep_file(plan: SweepPlan, hydra_rc: int | None) -> Path:
 
 
 # ----------------------------------------------------------------------------- running
-def run_multirun(overrides: list[str], module: str = TRAIN_MODULE) -> int:
-    """Run `<module>.main` (a @hydra.main app) with --multirun in this process; its exit code.
+def run_multirun(overrides: list[str], module: str = TRAIN_MODULE, conf_dir: Path = CONF_DIR,
+                 config_name: str = CONFIG_NAME) -> int:
+    """Hydra multirun of `<module>.main`'s task function in this process; 0, or 1 if Hydra failed.
 
-    In-process rather than a subprocess so the task function is pickled by reference
-    (benchmark.train.*) for the joblib and submitit launchers.
+    This is what `@hydra.main` does for `-m`, with the config folder given explicitly (an
+    imported app would otherwise look for a `conf` Python package). In-process, the task
+    function comes from an importable module, which the joblib and submitit launchers pickle.
     """
-    app = importlib.import_module(module)
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
 
+    app = importlib.import_module(module)
+    task_function = getattr(app.main, "__wrapped__", app.main)  # the undecorated function
+    version.setbase("1.3")
     GlobalHydra.instance().clear()
-    argv = sys.argv
-    sys.argv = [str(getattr(app, "__file__", module)), "--multirun", *overrides]
     try:
-        app.main()
+        hyd = Hydra.create_main_hydra2(task_name=config_name,
+                                       config_search_path=create_config_search_path(str(conf_dir)))
+        hyd.multirun(config_name=config_name, task_function=task_function, overrides=list(overrides))
         return 0
-    except SystemExit as e:  # Hydra exits 1 after printing a failure (or re-raising a run's)
-        return e.code if isinstance(e.code, int) else 1
+    except SystemExit as e:  # a run that exits instead of returning: the others are summarised
+        print(f"sweep: a run exited with {e.code}; the sweep stopped there", file=sys.stderr)
+        return e.code if isinstance(e.code, int) and e.code else 1
+    except Exception as e:  # noqa: BLE001 - a launcher/Hydra failure: the runs still get summarised
+        print(f"sweep: Hydra multirun failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     finally:
-        sys.argv = argv
         GlobalHydra.instance().clear()
 
 
@@ -229,7 +278,10 @@ def sweep(overrides: list[str], module: str = TRAIN_MODULE, conf_dir: Path = CON
     done = sum(r.status == "ok" for r in plan.runs)
     print(f"sweep: {len(plan.runs)} runs in {plan.sweep_dir}"
           + (f" ({done} already ok: skipped)" if done else ""), flush=True)
-    rc = run_multirun(plan.overrides, module)
+    try:
+        rc = run_multirun(plan.overrides, module, conf_dir)
+    except KeyboardInterrupt:  # a run re-raises Ctrl-C / SIGTERM after recording it: summarise, stop
+        rc = 130
     collect(plan)
     write_sweep_file(plan, rc)
     for r in plan.runs:
@@ -240,7 +292,7 @@ def sweep(overrides: list[str], module: str = TRAIN_MODULE, conf_dir: Path = CON
     if rc and ok:  # every run says ok but Hydra failed after them (e.g. a launcher error)
         print(f"sweep: Hydra exited with {rc} although every run is ok")
     print(summary_line(plan.runs), flush=True)
-    return (0 if ok and not rc else 1), plan
+    return (rc if rc == 130 else 0 if ok and not rc else 1), plan
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,10 @@
 dataset_dir=<converted> hydra.run.dir=<run dir>`` -> ``<run dir>/result.json``.
 
 The work is ``benchmark.run.run``; this only hands it Hydra's config and output folder.
-A single run exits with run()'s status; under ``-m`` (multirun) a failed run returns its
-status instead of raising, so every job records its own result and the sweep goes on.
+A single run exits with run()'s status (0 ok or skipped, 1 failed, 2 run dir holds another
+finished run). Under ``-m`` (multirun) a failed run returns its status instead of raising,
+so every job records its own result and the sweep goes on. Ctrl-C (130) and SIGTERM (143)
+stop everything, after the run has recorded them.
 """
 
 import sys
@@ -16,10 +18,15 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> int:
-    from benchmark.run import run
+    from benchmark.run import Terminated, run
 
     hc = HydraConfig.get()
-    status = run(cfg, hc.runtime.output_dir)
+    try:
+        status = run(cfg, hc.runtime.output_dir)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Terminated:
+        sys.exit(143)
     if status and hc.mode != RunMode.MULTIRUN:
         sys.exit(status)
     return status

@@ -44,7 +44,8 @@ def kept_slices(lung_z: np.ndarray, n_slices: int, slices_cfg: dict) -> list[int
 
 def load_verified(case: CaseFiles, cfg: dict):
     """Read and verify one case. Returns ``(image Volume, image 3-D array, mask Volumes,
-    combined uint8 label array)``; raises ConversionError naming the bad file."""
+    combined uint8 label array, voxel count per label)``; raises ConversionError naming
+    the bad file."""
     cid = case.case_id
     atol = float(cfg["verify"]["affine_atol"])
     image = read_volume(case.image)
@@ -56,7 +57,7 @@ def load_verified(case: CaseFiles, cfg: dict):
         arr = squeeze_3d(vol, cid)
         check_geometry(image, img.shape, vol, arr.shape, atol, cid)
         allowed = {"combined": LABELS, "lung": (0, 1, 2), "infection": (0, 1)}[role]
-        arrays[role] = check_labels(vol, arr, allowed, cid)
+        arrays[role], counts = check_labels(vol, arr, allowed, cid)
     if "combined" in arrays:
         labels = arrays["combined"]
         lung_file = masks[0][1].path
@@ -64,14 +65,14 @@ def load_verified(case: CaseFiles, cfg: dict):
         # infection (label 3) overrides the lung label, as in Lung_and_Infection_Mask
         labels = np.where(arrays["infection"] == 1, np.uint8(3), arrays["lung"])
         lung_file = dict(masks)["lung"].path
-    counts = np.bincount(labels.ravel(), minlength=4)
+        counts = {v: int(np.count_nonzero(labels == v)) for v in (1, 2, 3)}
     if counts[1] == 0 and counts[2] == 0:
         raise ConversionError(lung_file, "lung mask is empty: no voxel labelled 1 (left lung) "
                               "or 2 (right lung)", case_id=cid)
     for v in (1, 2):
         if counts[v] == 0:
             raise ConversionError(lung_file, f"{CLASS_NAMES[v]} (label {v}) is empty", case_id=cid)
-    return image, img, [v for _, v in masks], labels
+    return image, img, [v for _, v in masks], labels, counts
 
 
 def process_case(case: CaseFiles, root: str, cfg: dict, images_dir: str) -> dict:
@@ -81,23 +82,13 @@ def process_case(case: CaseFiles, root: str, cfg: dict, images_dir: str) -> dict
     where the record is this case's entry of ``dataset.json["cases"]``.
     """
     cid = case.case_id
-    image, img, mask_vols, labels = load_verified(case, cfg)
+    image, img, mask_vols, labels, counts = load_verified(case, cfg)
     orig_axcodes = axcodes(image.affine)
     img_ras, aff_ras, ornt = canonical(img, image.affine)
     lab_ras, _, _ = canonical(labels, image.affine)
     spacing = np.sqrt((aff_ras[:3, :3] ** 2).sum(axis=0))
     prewindowed = is_prewindowed(img)
     warnings = []
-    counts = np.bincount(lab_ras.ravel(), minlength=4)
-    # sanity check of the label/affine pair: in RAS+ the left lung (label 1) must lie at
-    # smaller i (towards the patient's left) than the right lung (label 2)
-    xs = np.arange(lab_ras.shape[0], dtype=np.float64)
-    cx = {v: float((np.count_nonzero(lab_ras == v, axis=(1, 2)) * xs).sum() / counts[v])
-          for v in (1, 2)}
-    if cx[1] > cx[2]:
-        warnings.append("label 1 (left lung) lies on the patient's right of label 2 according "
-                        "to the affine: the labels or the affine may be swapped")
-
     lung_z = np.flatnonzero((lab_ras > 0).any(axis=(0, 1)))
     keep = kept_slices(lung_z, lab_ras.shape[2], cfg["slices"])
     windows = windows_of(cfg)
@@ -107,20 +98,31 @@ def process_case(case: CaseFiles, root: str, cfg: dict, images_dir: str) -> dict
     images = []
     n_inst = {"left_lung": 0, "right_lung": 0, "infection": 0}
     dropped = 0
+    side = {1: [0.0, 0.0], 2: [0.0, 0.0]}  # lung -> [sum(area * bbox centre x), sum(area)]
     for k in keep:
-        pixels = window_slice(display_slice(img_ras, k), windows, prewindowed)
         lab2d = display_slice(lab_ras, k)
+        # window in the (W, H) memory order, transpose only the uint8 result
+        pixels = window_slice(display_slice(img_ras, k).T, windows, prewindowed)
+        pixels = np.ascontiguousarray(np.swapaxes(pixels, 0, 1))  # (W, H[, C]) -> (H, W[, C])
         anns, d = slice_instances(lab2d, int(inf_cfg["connectivity"]), int(inf_cfg["min_area"]),
                                   bool(cfg["polygons"]))
         dropped += d
         for a in anns:
             n_inst[CLASS_NAMES[a["category_id"]]] += 1
+            if a["category_id"] in side:
+                side[a["category_id"]][0] += a["area"] * (a["bbox"][0] + a["bbox"][2] / 2)
+                side[a["category_id"]][1] += a["area"]
         file_name = f"{cid}/{k:04d}.png"
-        Image.fromarray(np.ascontiguousarray(pixels)).save(
+        Image.fromarray(pixels).save(
             case_dir / f"{k:04d}.png", format="PNG", compress_level=int(cfg["png_compress_level"]))
         images.append({"file_name": file_name, "height": int(lab2d.shape[0]),
                        "width": int(lab2d.shape[1]), "case_id": cid, "slice_index": int(k),
                        "annotations": anns})
+    # sanity check of the label/affine pair: the patient's left lung (label 1) must lie
+    # on the image's right (larger x) of the right lung (label 2)
+    if side[1][1] and side[2][1] and side[1][0] / side[1][1] < side[2][0] / side[2][1]:
+        warnings.append("label 1 (left lung) lies on the patient's right of label 2 according "
+                        "to the affine: the labels or the affine may be swapped")
     lung_vox = int(counts[1] + counts[2] + counts[3])
     root = Path(root)
     record = {

@@ -118,12 +118,11 @@ def make_temp_dir(out: Path) -> Path:
 
 # ---------------------------------------------------------------- running the cases
 def _pool_context():
-    # forkserver: workers fork from a clean server that has already imported the worker
-    # module (fast start, no fork of a threaded parent, nothing pickled from __main__)
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["converters.case"])
-        return ctx
+    """fork where the OS has it: workers start in milliseconds and re-import nothing
+    (spawn/forkserver re-run the parent's __main__ in every worker: pytest, Hydra...).
+    The worker function lives in an importable module, so spawn works too."""
+    if "fork" in mp.get_all_start_methods():
+        return mp.get_context("fork")
     return mp.get_context("spawn")
 
 
@@ -132,7 +131,7 @@ def run_cases(disc: Discovery, c: dict, images_dir: Path, workers: int,
     """Convert every case (pool of ``workers`` processes; 1 = in this process)."""
     results, errors = [], []
     cases = disc.cases
-    bar = tqdm(total=len(cases), desc="convert", unit="case", disable=None)
+    bar = None
 
     def take(r: dict) -> bool:
         bar.update(1)
@@ -144,6 +143,7 @@ def run_cases(disc: Discovery, c: dict, images_dir: Path, workers: int,
 
     try:
         if workers <= 1 or len(cases) <= 1:
+            bar = tqdm(total=len(cases), desc="convert", unit="case", disable=None)
             for case in cases:
                 if take(run_case(case, str(disc.root), c, str(images_dir))):
                     break
@@ -151,13 +151,16 @@ def run_cases(disc: Discovery, c: dict, images_dir: Path, workers: int,
             with ProcessPoolExecutor(min(workers, len(cases)), mp_context=_pool_context()) as ex:
                 futs = [ex.submit(run_case, case, str(disc.root), c, str(images_dir))
                         for case in cases]
+                # the bar's monitor thread starts only now, after the workers were forked
+                bar = tqdm(total=len(cases), desc="convert", unit="case", disable=None)
                 for fut in as_completed(futs):
                     if take(fut.result()):
                         for f in futs:
                             f.cancel()
                         break
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return sorted(results, key=lambda r: r["case_id"]), sorted(errors, key=lambda e: e.case_id or "")
 
 

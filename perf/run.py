@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(names) - set(BENCHES)
     if unknown:
         ap.error(f"unknown bench(es) {sorted(unknown)}; choose from {BENCHES}")
+    args.out.mkdir(parents=True, exist_ok=True)
     doc = {
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",

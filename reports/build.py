@@ -20,14 +20,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import atomic, overlays, plots, render_html, tables
-from .collect import REPORT_DIRNAME, collect, latest_sweep
+from .collect import NOTE_SEP, REPORT_DIRNAME, collect, latest_sweep
 
 
 def schema_notes(df: pd.DataFrame) -> list[str]:
     """Report-level notes: best-effort reads (counted), nothing found."""
     if df.empty:
         return ["no result.json found under this sweep dir: every backbone is MISSING"]
-    c = Counter(n for v in df["schema_note"] if isinstance(v, str) for n in v.split("; "))
+    c = Counter(n for v in df["schema_note"] if isinstance(v, str) for n in v.split(NOTE_SEP))
     return [f"{n} ({k} run{'s' if k > 1 else ''})" for n, k in sorted(c.items())]
 
 
@@ -68,6 +68,9 @@ def build_report(sweep_dir: Path, progress: bool = True) -> Path:
         if f.png is not None:
             atomic.write_bytes(out / f.name, f.png)
     files = ["runs.csv", "per_class_ap.csv", "table3.csv", "table3.md"] + [f.name for f in figs if f.png is not None]
+    for old in out.glob("*.png"):  # a plot skipped this time must not survive from an earlier build
+        if old.name not in files:
+            old.unlink()
     html = render_html.render(sweep_dir=str(sweep_dir), df=df, t3=t3, winners=tables.winners(df),
                               failed=tables.failed_runs(df), missing=tables.missing_runs(df),
                               plots=figs, notes=notes, files=files)

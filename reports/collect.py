@@ -18,9 +18,13 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.result import validate  # pure (no torch): the writer's own check of schema 1
+
 from .schema import BACKBONES, CLASSES, KNOWN_SCHEMAS, NOT_IN_ZOO, backbone_order, schedule_order
 
 RESULT_NAME = "result.json"
+#: Separator of the notes inside one ``schema_note`` cell.
+NOTE_SEP = " | "
 REPORT_DIRNAME = "report"
 
 #: Columns shown first in runs.csv; every other field follows in first-seen order.
@@ -117,6 +121,11 @@ def normalize(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         notes.append("no 'schema' field (older than schema 1): read best effort")
     elif schema not in KNOWN_SCHEMAS:
         notes.append(f"schema {schema!r} is not one this report knows {list(KNOWN_SCHEMAS)}: read best effort")
+    else:
+        problems = validate(r)
+        if problems:
+            more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
+            notes.append(f"does not match schema {schema}: {'; '.join(problems[:2])}{more}")
 
     trunk, head, backbone = r.get("trunk"), r.get("head"), r.get("backbone")
     if not backbone and trunk and head:
@@ -170,7 +179,7 @@ def load_run(path: Path, sweep_dir: Path) -> dict[str, Any]:
     row = flatten(r)
     row.update(meta)
     row["error_reason"] = error_reason(r.get("status"), r.get("error"))
-    row["schema_note"] = "; ".join(notes) or None
+    row["schema_note"] = NOTE_SEP.join(notes) or None
     return row
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from .plots import Plot, to_png
+from .plots import Plot, summarize, to_png
 from .schema import CLASS_COLORS, CLASS_LABELS, CLASSES
 from .tables import group_label, iter_groups
 
@@ -26,6 +27,15 @@ SCORE_THRESHOLD = 0.5
 MAX_DETECTIONS = 20
 N_SLICES = 3
 _RGB = {i + 1: np.array([int(CLASS_COLORS[c][k:k + 2], 16) for k in (1, 3, 5)]) / 255 for i, c in enumerate(CLASSES)}
+
+
+def decode(rle: dict[str, Any]) -> np.ndarray:
+    """COCO RLE -> bool mask (h, w). pycocotools 2.0.x warns on numpy 2 about its own
+    ``__array__``; the result is correct, so the warning is silenced here only."""
+    from pycocotools import mask as mask_util
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_util.decode(rle).astype(bool)
 
 
 def pick_slices(coco: dict[str, Any], n: int = N_SLICES) -> list[int]:
@@ -59,8 +69,8 @@ def _load_image(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=float) / 255.0
 
 
-def _choose_runs(df: pd.DataFrame, sweep_dir: Path) -> tuple[str | None, list[tuple[str, pd.Series]], list[str]]:
-    """(test annotations path, [(group label, run)] one run per backbone group, notes).
+def _choose_runs(df: pd.DataFrame, sweep_dir: Path) -> tuple[str | None, list[tuple[str, pd.Series]], list[tuple[str, str]]]:
+    """(test annotations path, [(group label, run)] one run per backbone group, [(group, why not shown)]).
 
     The test file is the one the most groups have predictions for; per group the run with the
     lowest fold/seed on that file is shown."""
@@ -77,7 +87,7 @@ def _choose_runs(df: pd.DataFrame, sweep_dir: Path) -> tuple[str | None, list[tu
                 continue
             usable.append(r)
         if not usable:
-            notes.append(f"{label}: no successful run with predictions and test annotations on disk")
+            notes.append((label, "no successful run with predictions and test annotations on disk"))
         cands.append((label, usable))
     counts: dict[str, int] = {}
     for _, usable in cands:
@@ -90,7 +100,7 @@ def _choose_runs(df: pd.DataFrame, sweep_dir: Path) -> tuple[str | None, list[tu
     for label, usable in cands:
         rs = [r for r in usable if r["artifacts.test_annotations"] == ann]
         if usable and not rs:
-            notes.append(f"{label}: no run evaluated on {ann}")
+            notes.append((label, f"no run evaluated on {ann}"))
         if rs:
             rs.sort(key=lambda r: (_num(r.get("dataset.fold")), _num(r.get("seed")), r["run_dir"]))
             chosen.append((label, rs[0]))
@@ -107,26 +117,24 @@ def _num(v: Any) -> float:
 
 def overlays(df: pd.DataFrame, sweep_dir: Path, n_slices: int = N_SLICES) -> list[Plot]:
     """One figure per fixed slice: ground truth + one panel per backbone group."""
-    from pycocotools import mask as mask_util
-
     sweep_dir = Path(sweep_dir)
     ann_path, chosen, notes = _choose_runs(df, sweep_dir)
     if ann_path is None:
-        return [Plot("overlay.png", "Prediction overlays", "", note="; ".join(notes) or "no predictions to show")]
+        return [Plot("overlay.png", "Prediction overlays", "", note=summarize(notes) or "no predictions to show")]
     coco = json.loads(Path(ann_path).read_text())
     ids = pick_slices(coco, n_slices)
     images = {im["id"]: im for im in coco["images"]}
     gt: dict[int, list[tuple[int, np.ndarray, list[float], float | None]]] = {i: [] for i in ids}
     for a in coco["annotations"]:
         if a["image_id"] in gt:
-            gt[a["image_id"]].append((a["category_id"], mask_util.decode(a["segmentation"]).astype(bool), a["bbox"], None))
+            gt[a["image_id"]].append((a["category_id"], decode(a["segmentation"]), a["bbox"], None))
     preds: dict[str, dict[int, list]] = {}
     for label, r in chosen:
         path = sweep_dir / r["run_dir"] / r["artifacts.predictions"]
         try:
             dets = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            notes.append(f"{label}: cannot read {path}: {e}")
+            notes.append((label, f"cannot read {path}: {e}"))
             continue
         per: dict[int, list] = {i: [] for i in ids}
         for d in dets:
@@ -134,7 +142,7 @@ def overlays(df: pd.DataFrame, sweep_dir: Path, n_slices: int = N_SLICES) -> lis
                 per[d["image_id"]].append(d)
         for i in per:
             per[i].sort(key=lambda d: -d["score"])
-            per[i] = [(d["category_id"], mask_util.decode(d["segmentation"]).astype(bool) if "segmentation" in d
+            per[i] = [(d["category_id"], decode(d["segmentation"]) if "segmentation" in d
                        else None, d["bbox"], d["score"]) for d in per[i][:MAX_DETECTIONS]]
         preds[label] = per
     ds_dir = Path(chosen[0][1]["artifacts.dataset_dir"]) if chosen else None
@@ -156,8 +164,11 @@ def overlays(df: pd.DataFrame, sweep_dir: Path, n_slices: int = N_SLICES) -> lis
         nrow = math.ceil(len(panels) / ncol)
         h, w = img.shape[:2]
         # Laid out by hand (no tight bbox: one draw instead of two): panel, title strip, header.
-        pw, ph, title_h, head_h, gap = 2.9, 2.9 * h / w, 0.28, 0.42, 0.06
-        fig_w, fig_h = ncol * pw + (ncol - 1) * gap + 0.1, nrow * (ph + title_h) + head_h
+        pw, ph, title_h, gap = 2.9, 2.9 * h / w, 0.28, 0.06
+        fig_w = ncol * pw + (ncol - 1) * gap + 0.1
+        narrow = fig_w < 9  # then the legend goes on its own line below the title
+        head_h = 0.7 if narrow else 0.42
+        fig_h = nrow * (ph + title_h) + head_h
         fig = Figure(figsize=(fig_w, fig_h))
         axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False, gridspec_kw={
             "left": 0.05 / fig_w, "right": 1 - 0.05 / fig_w, "bottom": 0.03 / fig_h,
@@ -179,9 +190,10 @@ def overlays(df: pd.DataFrame, sweep_dir: Path, n_slices: int = N_SLICES) -> lis
         for ax in axes[len(panels):]:
             ax.set_visible(False)
         fig.legend(handles=[Patch(color=CLASS_COLORS[c], label=CLASS_LABELS[c]) for c in CLASSES],
-                   loc="upper right", ncol=3, frameon=False, fontsize=9, bbox_to_anchor=(1.0, 1.0 + 0.02 / fig_h))
-        p.png = to_png(fig, tight=False)
+                   loc="upper left" if narrow else "upper right", ncol=3, frameon=False, fontsize=9,
+                   bbox_to_anchor=(0.0, 1 - 0.3 / fig_h) if narrow else (1.0, 1.0 + 0.02 / fig_h))
+        p.png = to_png(fig)
         plots.append(p)
     if notes and plots:
-        plots[0].note = "; ".join(notes)
+        plots[0].note = "not shown: " + summarize(notes)
     return plots

@@ -36,11 +36,37 @@ class Plot:
     note: str | None = None
 
 
-def to_png(fig: Figure, tight: bool = True) -> bytes:
-    """PNG bytes; ``tight=False`` for figures laid out by hand (saves a second full draw)."""
+def to_png(fig: Figure) -> bytes:
+    """PNG bytes of a figure laid out by :func:`margins` (no tight bbox: one draw, not three)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None, facecolor="white")
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
     return buf.getvalue()
+
+
+def margins(fig: Figure, nrow: int, ncol: int, *, left: float = 0.8, right: float = 0.25, top: float = 0.5,
+            bottom: float = 0.6, wspace: float = 0.6, hspace: float = 0.7) -> dict[str, float]:
+    """gridspec_kw for ``fig.subplots`` from margins and gaps in inches.
+
+    matplotlib's tight_layout and bbox_inches="tight" each draw the whole figure once more
+    to measure text; with 100 runs that was half the report's time, so the plots here are
+    laid out by hand with room for their labels."""
+    w, h = fig.get_size_inches()
+    pw = (w - left - right - (ncol - 1) * wspace) / ncol
+    ph = (h - top - bottom - (nrow - 1) * hspace) / nrow
+    return {"left": left / w, "right": 1 - right / w, "top": 1 - top / h, "bottom": bottom / h,
+            "wspace": wspace / pw, "hspace": hspace / ph}
+
+
+def summarize(items: list[tuple[str, str]], limit: int = 6) -> str:
+    """[(who, why)] -> 'why: who, who, ... (+k more)', one clause per distinct reason."""
+    by: dict[str, list[str]] = {}
+    for who, why in items:
+        by.setdefault(why, []).append(who)
+    out = []
+    for why, who in by.items():
+        more = f" (+{len(who) - limit} more)" if len(who) > limit else ""
+        out.append(f"{why}: {', '.join(who[:limit])}{more}")
+    return "; ".join(out)
 
 
 def per_class_bars(df: pd.DataFrame) -> Plot:
@@ -56,8 +82,8 @@ def per_class_bars(df: pd.DataFrame) -> Plot:
     labels = [group_label(k) for k, _ in groups]
     x = np.arange(len(groups))
     width = 0.8 / len(CLASSES)
-    fig = Figure(figsize=(max(8.0, 1.15 * len(groups) + 2), 8.2))
-    axes = fig.subplots(2, 1, sharex=True)
+    fig = Figure(figsize=(max(8.0, 1.15 * len(groups) + 2), 8.6))
+    axes = fig.subplots(2, 1, sharex=True, gridspec_kw=margins(fig, 2, 1, top=0.75, bottom=1.3, hspace=0.45))
     paper = load_paper()
     from .tables import paper_table3
     for ax, task in zip(axes, ("segm", "bbox")):
@@ -89,9 +115,8 @@ def per_class_bars(df: pd.DataFrame) -> Plot:
     handles = [Patch(color=CLASS_COLORS[c], label=CLASS_LABELS[c]) for c in CLASSES] + [
         Line2D([], [], marker="D", ls="", color="grey", markeredgecolor="black", label="paper Table 2 (R50-FPN)"),
         Line2D([], [], marker="x", ls="", color="black", mew=2, label="paper Table 3")]
-    axes[0].legend(handles=handles, ncol=5, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
+    axes[0].legend(handles=handles, ncol=5, fontsize=8.5, loc="lower center", bbox_to_anchor=(0.5, 1.07), frameon=False)
     axes[1].set_xticks(x, labels, rotation=30, ha="right")
-    fig.tight_layout()
     p.png = to_png(fig)
     return p
 
@@ -100,7 +125,7 @@ def trunk_head_heatmap(df: pd.DataFrame) -> Plot:
     """3x3 trunk x head grid of mean segm AP and infection segm AP, one pair per schedule."""
     p = Plot("heatmap_trunk_head.png", "Trunk x head",
              "Mean over folds/seeds of the segm AP (left: mean of the three classes; right: infection). "
-             "Grey: no successful run.")
+             "Grey: failed (every run failed), missing (no run) or no AP (runs without metrics).")
     ok = df[df["status"] == "ok"] if not df.empty else df
     if ok.empty:
         p.note = "no successful run: nothing to plot"
@@ -108,7 +133,8 @@ def trunk_head_heatmap(df: pd.DataFrame) -> Plot:
     scheds = sorted({s if isinstance(s, str) else None for s in ok["schedule"]}, key=lambda s: (s is None, str(s)))
     metrics = [("mean segm AP", SEGM_AP), ("infection segm AP", class_col("infection"))]
     fig = Figure(figsize=(9.0, 3.6 * len(scheds)))
-    axes = np.atleast_2d(fig.subplots(len(scheds), 2, squeeze=False))
+    axes = np.atleast_2d(fig.subplots(len(scheds), 2, squeeze=False, gridspec_kw=margins(
+        fig, len(scheds), 2, left=0.6, right=1.3, top=0.35, bottom=0.35, wspace=0.7, hspace=0.5)))
     vals = {}
     for si, s in enumerate(scheds):
         sub = df[df["schedule"].map(lambda v: (v if isinstance(v, str) else None) == s)]
@@ -116,7 +142,7 @@ def trunk_head_heatmap(df: pd.DataFrame) -> Plot:
             for ti, t in enumerate(TRUNKS):
                 for hi, h in enumerate(HEADS):
                     cell = sub[(sub["trunk"] == t) & (sub["head"] == h)]
-                    vals[si, mi, ti, hi] = (stats(cell, col), len(cell))
+                    vals[si, mi, ti, hi] = (stats(cell, col), int((cell["status"] == "ok").sum()), len(cell))
     finite = [v[0][0] for v in vals.values() if v[0][2]]
     vmin, vmax = (min(finite), max(finite)) if finite else (0, 100)
     if vmax - vmin < 1:
@@ -127,25 +153,27 @@ def trunk_head_heatmap(df: pd.DataFrame) -> Plot:
             grid = np.full((3, 3), np.nan)
             for ti in range(3):
                 for hi in range(3):
-                    (m, sd, n), nrun = vals[si, mi, ti, hi]
+                    (m, sd, n), _, _ = vals[si, mi, ti, hi]
                     if n:
                         grid[ti, hi] = m
             ax.set_facecolor("#d9d9d9")
             im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=vmin, vmax=vmax)
             for ti in range(3):
                 for hi in range(3):
-                    (m, sd, n), nrun = vals[si, mi, ti, hi]
+                    (m, sd, n), n_ok, n_run = vals[si, mi, ti, hi]
                     if n:
                         frac = (m - vmin) / (vmax - vmin)
                         txt = f"{m:.1f}" + (f"\n±{sd:.1f} n={n}" if n > 1 else "")
                         color = "black" if frac > 0.6 else "white"
                     else:
-                        txt, color = ("failed" if nrun else "missing"), "#333333"
+                        txt = "no AP" if n_ok else ("failed" if n_run else "missing")
+                        color = "#333333"
                     ax.text(hi, ti, txt, ha="center", va="center", fontsize=9, color=color)
             ax.set_xticks(range(3), HEADS)
             ax.set_yticks(range(3), TRUNKS)
             ax.set_title(f"{mname}" + (f" ({s})" if s else ""), fontsize=10)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="AP")
+    cax = fig.add_axes((1 - 1.0 / 9.0, 0.12, 0.022, 0.76))
+    fig.colorbar(im, cax=cax, label="AP")
     p.png = to_png(fig)
     return p
 
@@ -165,8 +193,8 @@ def ap_vs_cost(df: pd.DataFrame) -> Plot:
     if not pts:
         p.note = "no successful run with metrics: nothing to plot"
         return p
-    fig = Figure(figsize=(13.5, 4.4))
-    axes = fig.subplots(1, 3, sharey=True)
+    fig = Figure(figsize=(13.5, 4.6))
+    axes = fig.subplots(1, 3, sharey=True, gridspec_kw=margins(fig, 1, 3, top=0.5, bottom=0.6, wspace=0.3, right=0.6))
     for ax, (col, xlabel), ci in zip(axes, xs, range(3)):
         any_pt = False
         for k, ap, cs, g in pts:
@@ -182,12 +210,12 @@ def ap_vs_cost(df: pd.DataFrame) -> Plot:
         if not any_pt:
             ax.text(0.5, 0.5, f"no {xlabel} recorded", transform=ax.transAxes, ha="center", color="grey")
         ax.set_xlabel(xlabel)
+        ax.margins(x=0.2, y=0.1)  # room for the point labels, which sit right of the points
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mean segm AP")
     handles = [Line2D([], [], marker="o", ls="", color=c, label=t) for t, c in TRUNK_COLORS.items()] + [
         Line2D([], [], marker=m, ls="", color="grey", label=h) for h, m in HEAD_MARKERS.items()]
-    fig.legend(handles=handles, ncol=6, loc="upper center", bbox_to_anchor=(0.5, 1.06), frameon=False, fontsize=9)
-    fig.tight_layout()
+    fig.legend(handles=handles, ncol=6, loc="upper center", bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=9)
     p.png = to_png(fig)
     return p
 
@@ -247,38 +275,48 @@ def loss_curves(df: pd.DataFrame, sweep_dir: Path) -> Plot:
             rel = r.get("artifacts.metrics_log")
             where = f"{group_label(k)} ({r['run_dir']})"
             if not isinstance(rel, str):
-                missing.append(f"{where}: no artifacts.metrics_log")
+                missing.append((where, "no artifacts.metrics_log in result.json"))
                 continue
             path = Path(sweep_dir) / r["run_dir"] / rel
             if not path.is_file():
-                missing.append(f"{where}: {rel} not found")
+                missing.append((where, f"{rel} not found"))
                 continue
             log = read_metrics_log(path)
             if not len(log["iteration"]):
-                missing.append(f"{where}: no training rows in {rel}")
+                missing.append((where, f"no training rows in {rel}"))
                 continue
             logs.append((r["status"] != "ok", log))
         if logs:
             groups.append((group_label(k), logs))
     if missing:
-        p.note = f"{len(missing)} run(s) without a training log: " + "; ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
+        p.note = f"{len(missing)} run(s) without a training log: " + summarize(missing)
     if not groups:
         p.note = p.note or "no training logs"
         return p
+    most = max(len(log["iteration"]) for _, logs in groups for _, log in logs)
+    if most < 3:
+        short = (f"every training log has at most {most} point(s) (detectron2 writes one every "
+                 "20 iterations): too short a run for a curve")
+        p.note = f"{short}; {p.note}" if p.note else short
     found = {key for _, logs in groups for _, log in logs for key in log if key != "iteration"}
     keys = ["total_loss"] + sorted(found - {"total_loss"})
     keys = keys[:6]
     ncol = 3
     nrow = math.ceil(len(keys) / ncol)
-    fig = Figure(figsize=(13.5, 3.3 * nrow + 0.5))
-    axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
+    legend_rows = math.ceil(len(groups) / 5)
+    top = 0.35 + 0.25 * legend_rows
+    fig = Figure(figsize=(13.5, 3.2 * nrow + top))
+    axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False, gridspec_kw=margins(
+        fig, nrow, ncol, top=top, bottom=0.55, left=0.65, wspace=0.65, hspace=0.75))).ravel()
     for ax, key in zip(axes, keys):
         for gi, (label, logs) in enumerate(groups):
             color = f"C{gi % 10}"
             ok = [log for failed, log in logs if not failed and key in log]
             for failed, log in logs:
                 if key in log and (failed or len(ok) <= 2):
-                    ax.plot(log["iteration"], _smooth(log[key]), color=color, lw=1.3, ls="--" if failed else "-")
+                    few = len(log["iteration"]) < 5  # a smoke run logs once or twice: show the points
+                    ax.plot(log["iteration"], _smooth(log[key]), color=color, lw=1.3, ls="--" if failed else "-",
+                            marker="o" if few else None, ms=5)
             if len(ok) > 2:
                 it = np.unique(np.concatenate([log["iteration"] for log in ok]))
                 ys = np.vstack([np.interp(it, log["iteration"], _smooth(log[key]), left=np.nan, right=np.nan) for log in ok])
@@ -294,7 +332,6 @@ def loss_curves(df: pd.DataFrame, sweep_dir: Path) -> Plot:
         ax.set_visible(False)
     handles = [Line2D([], [], color=f"C{gi % 10}", lw=2, label=f"{label} (n={len(logs)})" if len(logs) > 1 else label)
                for gi, (label, logs) in enumerate(groups)]
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     fig.legend(handles=handles, loc="upper center", ncol=min(5, len(handles)), frameon=False, fontsize=9,
                bbox_to_anchor=(0.5, 1.0))
     p.png = to_png(fig)

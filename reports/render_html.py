@@ -5,6 +5,7 @@ the plots, then the details (per-class table, settings, environment, every run).
 from __future__ import annotations
 
 import base64
+import json
 import datetime as dt
 from html import escape
 from typing import Any, Iterable
@@ -149,6 +150,19 @@ def _per_class_wide(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     return out, best
 
 
+def _run_notes(df: pd.DataFrame) -> list[tuple[str, int]]:
+    """Distinct entries of the runs' ``notes`` lists (flattened to JSON text), with counts."""
+    counts: dict[str, int] = {}
+    for v in df.get("notes", pd.Series(dtype=object)):
+        try:
+            items = json.loads(v) if isinstance(v, str) else []
+        except ValueError:
+            items = [v]
+        for t in items if isinstance(items, list) else [items]:
+            counts[str(t)] = counts.get(str(t), 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
 def _fmt_num(v: Any, digits: int | None) -> str:
     """Numbers with a fixed number of decimals per column; integers (fold, seed) as integers."""
     if digits is None:
@@ -192,9 +206,9 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
                  f"<span class='pill fail'>{n - n_ok} FAILED</span>"
                  f"<span class='pill miss'>{len(missing)} MISSING ({n_miss_bb} of 9 backbones without any run)</span></div>")
     if smoke:
-        parts.append("<div class='banner smoke' id='smoke-warning'>SMOKE RUN: these models trained for only a few "
-                     "iterations (solver 'smoke') to check that the pipeline works. Their numbers are NOT comparable "
-                     "to the paper or to each other.</div>")
+        parts.append('<div class="banner smoke" id="smoke-warning">SMOKE RUN: these models trained for only a '
+                     "few iterations (solver 'smoke') to check that the pipeline works. Their numbers are NOT "
+                     "comparable to the paper or to each other.</div>")
     if notes:
         parts.append("<div class='banner notes'><b>Notes</b><ul>" + "".join(f"<li>{escape(x)}</li>" for x in notes) + "</ul></div>")
     if n - n_ok or missing:
@@ -268,6 +282,11 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
     parts.append("<h2>Run settings and environment</h2><div class='cards'>"
                  f"<div style='flex:1 1 420px'><h3>Settings</h3>{_kv_table(df, SETTINGS)}</div>"
                  f"<div style='flex:1 1 420px'><h3>Environment</h3>{_kv_table(df, ENV)}</div></div>")
+
+    run_notes = _run_notes(df)
+    if run_notes:
+        parts.append("<h3>Notes the runs recorded</h3><ul>"
+                     + "".join(f"<li>{escape(t)} ({k} run{'s' if k > 1 else ''})</li>" for t, k in run_notes) + "</ul>")
 
     runs, rc = _runs_table(df)
     parts.append(f"<h2>Every run ({len(df)})</h2>")

@@ -143,6 +143,8 @@ def write_artifacts(run_dir: Path, result: dict[str, Any], n_iter: int = 20) -> 
     """detectron2-like metrics.json (JSON lines) and COCO predictions (GT masks shifted a little)."""
     from pycocotools import mask as mask_util
 
+    from .overlays import decode
+
     run_dir = Path(run_dir)
     rng = _rng("artifacts", result["backbone"], result.get("schedule"), result["dataset"]["fold"], result["seed"])
     log = run_dir / result["artifacts"]["metrics_log"]
@@ -161,7 +163,7 @@ def write_artifacts(run_dir: Path, result: dict[str, Any], n_iter: int = 20) -> 
     if ann_path.is_file():
         coco = json.loads(ann_path.read_text())
         for a in coco["annotations"]:
-            m = mask_util.decode(a["segmentation"])
+            m = decode(a["segmentation"]).astype(np.uint8)
             dy, dx = rng.integers(-2, 3, size=2)
             m = np.roll(np.roll(m, dy, 0), dx, 1)
             rle = mask_util.encode(np.asfortranarray(m))

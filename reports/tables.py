@@ -67,7 +67,8 @@ def group_keys(df: pd.DataFrame) -> list[str]:
     """backbone, schedule, plus every non-replicate axis that varies within this sweep."""
     keys = ["backbone", "schedule"]
     for k in VARYING_GROUP_KEYS:
-        if k in df.columns and len({_norm(v) for v in df[k]}) > 1:
+        # null does not count as a value: a run that failed early may lack e.g. dataset.name
+        if k in df.columns and len({_norm(v) for v in df[k]} - {None}) > 1:
             keys.append(k)
     return keys
 

@@ -307,3 +307,42 @@ def running_cluster(timeout: float = 60) -> Iterator[SlurmCluster]:
         else:
             os.environ["SLURM_CONF"] = old
         cluster.stop()
+
+
+# ----------------------------------------------------------------------------- pytest fixture
+try:
+    import pytest
+except ImportError:  # the module is also usable without pytest (e.g. by hand)
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def slurm_cluster() -> Iterator[SlurmCluster]:
+        """A running single-node cluster for the session (SLURM_CONF exported), stopped at the end.
+
+        Skips, with the reason, where the cluster cannot start (packages not installable, daemons
+        refusing to run); with LUNGBENCH_REQUIRE_SLURM=1 (CI) that is a failure instead.
+        """
+        try:
+            ensure_installed()
+            cluster = SlurmCluster().start()
+        except (ClusterError, OSError, subprocess.SubprocessError) as e:
+            msg = f"single-node Slurm cannot start here: {e}"
+            if os.environ.get("LUNGBENCH_REQUIRE_SLURM") == "1":
+                pytest.fail(msg)
+            pytest.skip(msg)
+        old = os.environ.get("SLURM_CONF")
+        os.environ["SLURM_CONF"] = str(cluster.conf)
+        pids = cluster.pids()
+        try:
+            yield cluster
+        finally:
+            if old is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = old
+            cluster.stop()
+        alive = [p for p in pids if Path(f"/proc/{p}").exists()]
+        assert not alive, f"Slurm test daemons left running: {alive}"
+        assert not cluster.root.exists(), f"{cluster.root} not removed"

@@ -300,6 +300,14 @@ def test_case_id_normalisation(name, cid):
 
 
 # ------------------------------------------------------------------ options
+@pytest.fixture(scope="module")
+def raw2(tmp_path_factory) -> Path:
+    """Two tiny phantom cases: enough for option tests, half the work of tiny_raw."""
+    return phantom.generate(tmp_path_factory.mktemp("raw2") / "p", preset="tiny", n_cases=2)
+
+
+K2 = {"patient_kfold": {"k": 2}}
+
 def test_prewindowed_volumes_are_kept_as_they_are(tmp_path):
     raw = phantom.generate(tmp_path / "raw", preset="tiny", n_cases=2, n_windowed=1)
     ds = convert(raw, tmp_path / "ds", {"workers": 1, "splits": {"patient_kfold": {"k": 2}}})
@@ -312,8 +320,8 @@ def test_prewindowed_volumes_are_kept_as_they_are(tmp_path):
         np.testing.assert_array_equal(png, display(vol, k).astype(np.uint8))
 
 
-def test_multiwindow_rgb(tiny_raw, tiny_dataset, tmp_path):
-    ds = convert(tiny_raw, tmp_path / "ds", {"workers": 1, "multiwindow": True})
+def test_multiwindow_rgb(raw2, tiny_dataset, tmp_path):
+    ds = convert(raw2, tmp_path / "ds", {"workers": 1, "multiwindow": True, "splits": K2})
     m = json.loads((ds / "dataset.json").read_text())
     assert [c["name"] for c in m["window"]["channels"]] == ["lung", "mediastinal", "wide"]
     assert m["window"]["image_mode"] == "RGB"
@@ -325,28 +333,27 @@ def test_multiwindow_rgb(tiny_raw, tiny_dataset, tmp_path):
     assert not np.array_equal(rgb[..., 0], rgb[..., 1])
 
 
-def test_slice_selection_and_min_area(tiny_raw, tiny_dataset, tmp_path):
-    base = json.loads((tiny_dataset / "dataset.json").read_text())
-    allm = json.loads((convert(tiny_raw, tmp_path / "all", {"workers": 1, "slices": {"keep": "all"}})
-                       / "dataset.json").read_text())
-    assert allm["n_images"] == 5 * phantom.PRESETS["tiny"].slices > base["n_images"]
-    st = json.loads((convert(tiny_raw, tmp_path / "st", {"workers": 1, "slices": {"keep": "stride", "stride": 3}})
-                     / "dataset.json").read_text())
+def test_slice_selection_and_min_area(raw2, tmp_path):
+    def run(name, **cfg):
+        ds = convert(raw2, tmp_path / name, {"workers": 1, "splits": K2, **cfg})
+        return json.loads((ds / "dataset.json").read_text())
+
+    base = run("base")
+    allm = run("all", slices={"keep": "all"})
+    assert allm["n_images"] == 2 * phantom.PRESETS["tiny"].slices > base["n_images"]
+    st = run("st", slices={"keep": "stride", "stride": 3})
     for c, b in zip(st["cases"], base["cases"]):
         assert c["slices_kept"] == b["slices_kept"][::3]
-    big = json.loads((convert(tiny_raw, tmp_path / "ma", {"workers": 1, "infection": {"min_area": 20}})
-                      / "dataset.json").read_text())
+    big = run("ma", infection={"min_area": 20})
     dropped = sum(c["infection_components_dropped"] for c in big["cases"])
     n_inf = lambda m: sum(c["instances"]["infection"] for c in m["cases"])  # noqa: E731
     assert dropped > 0 and n_inf(big) == n_inf(base) - dropped
-    four = json.loads((convert(tiny_raw, tmp_path / "c4", {"workers": 1, "infection": {"connectivity": 4}})
-                       / "dataset.json").read_text())
+    four = run("c4", infection={"connectivity": 4})
     assert n_inf(four) >= n_inf(base)
 
 
-def test_polygons_option(tiny_raw, tmp_path):
-    ds = convert(tiny_raw, tmp_path / "poly", {"workers": 1, "polygons": True,
-                                               "splits": {"slice_random": {"enabled": False}}})
+def test_polygons_option(raw2, tmp_path):
+    ds = convert(raw2, tmp_path / "poly", {"workers": 1, "polygons": True, "splits": K2})
     coco = COCO(str(ds / "annotations" / "all.json"))
     anns = coco.dataset["annotations"]
     assert all(isinstance(a["segmentation"], list) and a["segmentation"] for a in anns)
@@ -356,14 +363,14 @@ def test_polygons_option(tiny_raw, tmp_path):
         if a["category_id"] in (1, 2) and a["area"] > 100:
             poly = coco.annToMask(a)
             ious.append(poly.sum() / a["area"])
-    assert len(ious) > 10 and 0.85 < float(np.median(ious)) < 1.15
+    assert len(ious) > 8 and 0.85 < float(np.median(ious)) < 1.15
 
 
 # ------------------------------------------------------------------ atomic + idempotent
-def test_rerun_does_no_work_and_changed_config_rebuilds(tiny_raw, tmp_path):
+def test_rerun_does_no_work_and_changed_config_rebuilds(raw2, tmp_path):
     raw = tmp_path / "raw"
-    shutil.copytree(tiny_raw, raw)
-    cfg = {"workers": 1, "splits": {"slice_random": {"enabled": False}}}
+    shutil.copytree(raw2, raw)
+    cfg = {"workers": 1, "splits": {**K2, "slice_random": {"enabled": False}}}
     ds = convert(raw, tmp_path / "ds", cfg)
     manifest = ds / "dataset.json"
     t0 = manifest.stat().st_mtime_ns

@@ -1,0 +1,293 @@
+"""reports/: synthetic result.json sweeps -> runs.csv, per_class_ap.csv, table3.csv/.md, PNGs, report.html."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from reports import build, collect, overlays, tables
+from reports.schema import BACKBONES, CLASSES
+from reports.synthetic import make_result, write_dataset, write_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "covid19_ct_seg.json"
+
+
+def to_old_schema(r: dict) -> dict:
+    """A pre-schema-1 layout: no schema/status/trunk/head, detectron2's native 'AP-<class>' keys."""
+    r = json.loads(json.dumps(r))
+    for k in ("schema", "status", "trunk", "head", "in_zoo"):
+        r.pop(k, None)
+    for task in ("segm", "bbox"):
+        t = r["metrics"][task]
+        for c, v in t.pop("per_class").items():
+            t[f"AP-{c}"] = v["AP"]
+    return r
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Eight backbones (X101-DC5 missing) x folds 0, 1; R101-C4 fold 1 failed; X101-FPN fold 1
+    written in the old layout. Run dirs are opaque and one is misleadingly named."""
+    tmp = tmp_path_factory.mktemp("reports")
+    data, test_ann = write_dataset(tmp / "data")
+    sweep_dir = tmp / "sweep"
+    results = {}
+    i = 0
+    for b in BACKBONES:
+        if b == "X101-DC5":
+            continue
+        for fold in (0, 1):
+            status = "failed" if (b == "R101-C4" and fold == 1) else "ok"
+            r = make_result(b, fold=fold, status=status, dataset_dir=str(data), test_annotations=str(test_ann),
+                            error={"type": "RuntimeError", "message": "CUDA out of memory (synthetic)",
+                                   "where": "train iter 7"} if status == "failed" else None)
+            results[b, fold] = r
+            if b == "X101-FPN" and fold == 1:
+                r = to_old_schema(r)
+            # A folder name that lies about its content: the report must not read it.
+            name = "R50-C4" if (b, fold) == ("R101-FPN", 0) else f"job{i:02d}"
+            write_run(sweep_dir / "multirun" / name, r)
+            i += 1
+    html = build.build_report(sweep_dir, progress=False)
+    return sweep_dir, html, results
+
+
+def read(sweep_dir: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(sweep_dir / "report" / name)
+
+
+def test_runs_csv_one_row_per_result_every_field(sweep):
+    sweep_dir, _, results = sweep
+    runs = read(sweep_dir, "runs.csv")
+    assert len(runs) == len(results) == 16
+    for col in ("backbone", "trunk", "head", "schedule", "status", "error_reason", "dataset.fold", "seed",
+                "metrics.segm.AP", "metrics.bbox.per_class.infection.AP75", "metrics.dice.mean.infection",
+                "metrics.dice.per_case.phantom_000.left_lung", "timing.train_s_per_iter", "model.params_m",
+                "env.git_sha", "config.backbone.trunk", "artifacts.predictions", "run_dir"):
+        assert col in runs.columns, col
+    # The misleading folder "R50-C4" holds R101-FPN fold 0, and is reported as such.
+    row = runs[runs["run_dir"] == "multirun/R50-C4"].iloc[0]
+    assert (row["backbone"], row["dataset.fold"]) == ("R101-FPN", 0)
+    assert row["metrics.segm.AP"] == pytest.approx(results["R101-FPN", 0]["metrics"]["segm"]["AP"])
+    failed = runs[runs["status"] == "failed"]
+    assert list(failed["backbone"]) == ["R101-C4"]
+    assert "CUDA out of memory (synthetic)" in failed.iloc[0]["error_reason"]
+
+
+def test_table3_nine_rows_with_paper_beside_ours(sweep):
+    sweep_dir, _, results = sweep
+    t3 = read(sweep_dir, "table3.csv")
+    assert list(t3["backbone"]) == list(BACKBONES)
+    by = t3.set_index("backbone")
+    paper = {(r["backbone"], r["schedule"]): r["ap"] for r in tables.load_paper()["table3"]}
+    assert by.at["R50-FPN", "paper_AP"] == paper["R50-FPN", None] == 78.37
+    assert by.at["R50-C4", "paper_AP"] == paper["R50-C4", "3x"]  # synthetic runs are 3x
+    assert by.at["R50-DC5", "paper_AP"] == paper["R50-DC5", "3x"]
+    assert np.isnan(by.at["X101-C4", "paper_AP"]) and "not in zoo" in by.at["X101-C4", "note"]
+    assert by.at["X101-DC5", "n_runs"] == 0 and "MISSING" in by.at["X101-DC5", "note"]
+    assert "not in zoo" in by.at["X101-DC5", "note"]
+    # Two folds: mean, sample std and n computed from the written results.
+    vals = [results["R50-FPN", f]["metrics"]["segm"]["per_class"]["infection"]["AP"] for f in (0, 1)]
+    assert by.at["R50-FPN", "infection_AP"] == pytest.approx(statistics.mean(vals))
+    assert by.at["R50-FPN", "infection_AP_std"] == pytest.approx(statistics.stdev(vals))
+    assert by.at["R50-FPN", "infection_AP_n"] == 2
+    assert by.at["R50-FPN", "delta_AP"] == pytest.approx(statistics.mean(vals) - 78.37)
+    means = [results["R50-FPN", f]["metrics"]["segm"]["AP"] for f in (0, 1)]
+    assert by.at["R50-FPN", "mean_AP"] == pytest.approx(statistics.mean(means))
+    # One fold failed: n counts the successful run only.
+    assert (by.at["R101-C4", "n_runs"], by.at["R101-C4", "n_ok"], by.at["R101-C4", "infection_AP_n"]) == (2, 1, 1)
+    assert np.isnan(by.at["R101-C4", "infection_AP_std"])
+    # The old-layout run still counts (its per-class AP came from the 'AP-<class>' keys).
+    assert by.at["X101-FPN", "infection_AP_n"] == 2
+
+
+def test_table3_markdown(sweep):
+    sweep_dir, _, _ = sweep
+    md = (sweep_dir / "report" / "table3.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == list(BACKBONES)
+    assert "78.37" in md and "± " in md and "(n=2)" in md
+    assert "infection AP of Table 2" in md  # the stated assumption
+    assert "1x" in md and "3x" in md
+
+
+def test_per_class_ap_three_classes_per_backbone(sweep):
+    sweep_dir, _, results = sweep
+    pc = read(sweep_dir, "per_class_ap.csv")
+    present = [b for b in BACKBONES if b != "X101-DC5"]
+    assert sorted(set(pc["backbone"])) == sorted(present)
+    for b in present:
+        sub = pc[(pc["backbone"] == b) & (pc["task"] == "segm") & (pc["metric"] == "AP")]
+        assert list(sub["class"]) == list(CLASSES), b
+    assert set(pc["task"]) == {"segm", "bbox"} and set(pc["metric"]) == {"AP", "AP50", "AP75"}
+    fpn = pc[(pc["backbone"] == "R50-FPN") & (pc["task"] == "segm") & (pc["metric"] == "AP")].set_index("class")
+    assert fpn["paper"].to_dict() == tables.load_paper()["table2_r50_fpn"]
+    left = [results["R50-FPN", f]["metrics"]["segm"]["per_class"]["left_lung"]["AP"] for f in (0, 1)]
+    assert fpn.at["left_lung", "mean"] == pytest.approx(statistics.mean(left))
+    assert fpn.at["left_lung", "delta"] == pytest.approx(statistics.mean(left) - 83.56)
+    assert fpn.at["left_lung", "n"] == 2
+
+
+def test_html_self_contained_with_failures_missing_and_smoke(sweep):
+    sweep_dir, html_path, _ = sweep
+    assert html_path == sweep_dir.resolve() / "report" / "report.html"
+    html = html_path.read_text()
+    assert "FAILED" in html and "CUDA out of memory (synthetic)" in html and "train iter 7" in html
+    assert "MISSING" in html and "X101-DC5" in html
+    assert "NOT comparable" in html and 'id="smoke-warning"' in html
+    assert "best effort" in html  # the old-layout run is flagged
+    assert 'id="table3"' in html and "78.37" in html
+    # Self-contained: images inline, nothing fetched from elsewhere.
+    n_img = html.count('src="data:image/png;base64,')
+    assert n_img >= 5
+    assert "http://" not in html and "https://" not in html and "<link" not in html
+
+
+def test_pngs_are_real_images(sweep):
+    sweep_dir, _, _ = sweep
+    out = sweep_dir / "report"
+    names = ["per_class_ap.png", "heatmap_trunk_head.png", "ap_vs_cost.png", "loss_curves.png", "overlay_1.png"]
+    for name in names:
+        with Image.open(out / name) as im:
+            a = np.asarray(im.convert("L"), dtype=float)
+        assert a.shape[0] > 200 and a.shape[1] > 400, name
+        assert a.std() > 5, f"{name} looks blank"
+    assert not list(out.glob(".*.tmp")), "temp files left behind"
+
+
+def test_winners_and_missing(sweep):
+    sweep_dir, _, results = sweep
+    df = collect.collect(sweep_dir)
+    w = {x["what"]: x for x in tables.winners(df)}
+    # Expected winner computed from the written results (ok runs, mean over folds).
+    best = max((statistics.mean(r["metrics"]["segm"]["per_class"]["infection"]["AP"]
+                                for (bb, _), r in results.items() if bb == b and r["status"] == "ok"), b)
+               for b in {b for b, _ in results})
+    assert w["infection"]["winner"] == f"{best[1]} 3x"
+    assert w["infection"]["AP"] == pytest.approx(best[0])
+    miss = tables.missing_runs(df)
+    assert {"backbone": "X101-DC5", "what": "no result.json for this backbone"} in miss
+
+
+def test_partial_fold_reported_missing(tmp_path):
+    for i, (b, fold) in enumerate([("R50-FPN", 0), ("R50-FPN", 1), ("R50-C4", 0)]):
+        write_run(tmp_path / f"r{i}", make_result(b, fold=fold), artifacts=False)
+    miss = tables.missing_runs(collect.collect(tmp_path))
+    assert {"backbone": "R50-C4 3x", "what": "no result.json for fold 1, seed 0"} in miss
+    assert sum(m["what"] == "no result.json for this backbone" for m in miss) == 7
+
+
+def test_old_and_unknown_schema_best_effort(tmp_path):
+    old = to_old_schema(make_result("R50-FPN"))
+    write_run(tmp_path / "a", old, artifacts=False)
+    future = make_result("R101-FPN", schema=7)
+    write_run(tmp_path / "b", future, artifacts=False)
+    df = collect.collect(tmp_path)
+    a = df[df["run_dir"] == "a"].iloc[0]
+    assert (a["status"], a["trunk"], a["head"]) == ("ok", "R50", "FPN")
+    assert a["metrics.segm.per_class.infection.AP"] == old["metrics"]["segm"]["AP-infection"]
+    assert "older than schema 1" in a["schema_note"]
+    b = df[df["run_dir"] == "b"].iloc[0]
+    assert "schema 7" in b["schema_note"]
+    html = build.build_report(tmp_path, progress=False).read_text()
+    assert "older than schema 1" in html and "schema 7" in html
+    md = (tmp_path / "report" / "table3.md").read_text()
+    assert "best effort" in md
+
+
+def test_unreadable_result_and_missing_artifacts(tmp_path):
+    write_run(tmp_path / "ok", make_result("R50-FPN"), artifacts=False)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "result.json").write_text('{"schema": 1, "status": ')
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "overlay_3.png").write_bytes(b"from an earlier build")
+    html = build.build_report(tmp_path, progress=False).read_text()
+    df = pd.read_csv(tmp_path / "report" / "runs.csv")
+    bad = df[df["run_dir"] == "broken"].iloc[0]
+    assert bad["status"] == "failed" and "unreadable" in bad["error_reason"]
+    assert "unreadable" in html
+    # No metrics.json, no predictions: those plots are skipped with a note, the rest is drawn.
+    assert "Skipped: " in html and "d2/metrics.json not found" in html
+    assert (tmp_path / "report" / "per_class_ap.png").is_file()
+    assert not (tmp_path / "report" / "overlay_1.png").exists()
+    assert not (tmp_path / "report" / "overlay_3.png").exists(), "a stale plot survived the rebuild"
+
+
+def test_pick_slices_most_infection_first():
+    coco = {"images": [{"id": i} for i in (1, 2, 3, 4)],
+            "annotations": [{"image_id": 1, "category_id": 3, "area": 5}, {"image_id": 2, "category_id": 3, "area": 50},
+                            {"image_id": 3, "category_id": 1, "area": 500}, {"image_id": 4, "category_id": 3, "area": 50}]}
+    assert overlays.pick_slices(coco, 3) == [2, 4, 1]
+    assert overlays.pick_slices(coco, 4) == [2, 4, 1, 3]
+
+
+def test_latest_and_cli(tmp_path):
+    root = tmp_path / "sweeps"
+    write_run(root / "old" / "0", make_result("R50-FPN"), artifacts=False)
+    write_run(root / "new" / "0", make_result("R50-C4"), artifacts=False)
+    os.utime(root / "old" / "0" / "result.json", (1e9, 1e9))
+    assert collect.latest_sweep(root) == root / "new"
+    out = subprocess.run([sys.executable, "-m", "reports.build", "--latest", str(root)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str((root / "new" / "report" / "report.html").resolve())
+    assert (root / "new" / "report" / "table3.csv").is_file()
+    with pytest.raises(FileNotFoundError, match="no sweep dir"):
+        collect.latest_sweep(tmp_path / "sweeps" / "new" / "report")
+    assert build.main(["--latest", str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_file(), reason=f"{SHARED_DATA} not present (outside the team checkout)")
+def test_paper_json_matches_shared_dataset_facts():
+    ref = json.loads(SHARED_DATA.read_text())["reference_results"]["paper_gaikwad_joshi_2020"]
+    paper = tables.load_paper()
+    assert paper["table2_r50_fpn"] == ref["table2_r50_fpn"]
+    assert [[r["backbone"], r["ap"]] for r in paper["table3"]] == ref["table3"]
+
+
+def test_schema1_problems_and_run_notes_are_shown(tmp_path):
+    r = make_result("R50-FPN")
+    del r["timing"]
+    r["notes"] = ["images of several sizes; image_size is the most common one"]
+    write_run(tmp_path / "a", r, artifacts=False)
+    df = collect.collect(tmp_path)
+    assert "does not match schema 1: missing key 'timing'" in df.iloc[0]["schema_note"]
+    html = build.build_report(tmp_path, progress=False).read_text()
+    assert "does not match schema 1: missing key &#x27;timing&#x27;" in html
+    assert "images of several sizes; image_size is the most common one (1 run)" in html
+
+
+def test_synthetic_results_follow_the_writer_schema():
+    from benchmark.result import validate
+
+    assert validate(make_result("X101-DC5", schedule="1x", fold=3, seed=2)) == []
+    assert validate(make_result("R50-C4", status="failed")) == []
+
+
+def test_table3_experiment_matches_paper_rows_by_schedule(tmp_path):
+    """experiment=table3: R50-C4 and R50-DC5 at 1x and 3x, the rest once; paper rows by schedule."""
+    rows = [(r["backbone"], r["schedule"] or "3x") for r in tables.load_paper()["table3"]]
+    for i, (b, sched) in enumerate(rows):
+        write_run(tmp_path / f"r{i}", make_result(b, schedule=sched, experiment="table3"), artifacts=False)
+    t3 = tables.table3(collect.collect(tmp_path))
+    got = {(b, s): p for b, s, p in zip(t3["backbone"], t3["schedule"], t3["paper_AP"])}
+    assert len(t3) == 11  # the paper's nine rows + X101-C4 and X101-DC5 (missing, not in zoo)
+    assert got["R50-C4", "1x"] == 56.43 and got["R50-C4", "3x"] == 69.3
+    assert got["R50-DC5", "1x"] == 54.2 and got["R50-DC5", "3x"] == 68.44
+    assert got["R50-FPN", "3x"] == 78.37
+    assert list(t3["backbone"]).count("X101-DC5") == 1
+    # A schedule the paper lacks for a backbone it splits by schedule: no number, and a note.
+    write_run(tmp_path / "extra", make_result("R50-C4", schedule=None), artifacts=False)
+    t3 = tables.table3(collect.collect(tmp_path))
+    row = t3[(t3["backbone"] == "R50-C4") & t3["schedule"].isna()].iloc[0]
+    assert np.isnan(row["paper_AP"]) and "paper has R50-C4 only for 1x/3x" in row["note"]

@@ -1,0 +1,86 @@
+"""report.html in a real headless browser (Debian's chromium): it renders, Table 3 and the
+images are visible, and a screenshot is not blank. Nothing is installed here: .ci/run
+installs chromium (`apt-get install -y chromium`); without it the test skips."""
+
+from __future__ import annotations
+
+import html as htmllib
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reports import build
+from reports.schema import BACKBONES
+from reports.synthetic import write_sweep
+
+CHROMIUM = Path("/usr/bin/chromium")
+WINDOW = (1200, 900)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (Debian: apt-get install -y chromium)"),
+]
+
+# Measures, inside the browser after layout, what a reader sees: the Table 3 box, its rows
+# that have a height, and the images that decoded. Written into the DOM for --dump-dom.
+PROBE = """<script>
+window.addEventListener('load', function () {
+  var t = document.getElementById('table3'), r = t.getBoundingClientRect();
+  var rows = Array.prototype.filter.call(t.querySelectorAll('tbody tr'),
+    function (tr) { return tr.getBoundingClientRect().height > 0; });
+  var imgs = Array.prototype.slice.call(document.images);
+  document.body.setAttribute('data-probe', JSON.stringify({
+    left: r.left, top: r.top, width: r.width, height: r.height,
+    rows: rows.map(function (tr) { return tr.cells[0].textContent.trim(); }),
+    images: imgs.length,
+    decoded: imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length}));
+});
+</script>"""
+
+
+def chromium(*args: str, timeout: int = 90) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+             f"--window-size={WINDOW[0]},{WINDOW[1]}", *args],
+            capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("browser")
+    write_sweep(tmp / "sweep", tmp / "data", backbones=[b for b in BACKBONES if b != "X101-DC5"],
+                failed=["R101-C4"])
+    return build.build_report(tmp / "sweep", progress=False)
+
+
+def test_screenshot_not_blank_and_shows_table(report, tmp_path):
+    shot = tmp_path / "shot.png"
+    out = chromium(f"--screenshot={shot}", report.as_uri())
+    assert shot.is_file(), f"no screenshot; chromium said: {out.stderr[-2000:]}"
+    px = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert px.shape == (WINDOW[1], WINDOW[0])
+    assert px.std() > 20, f"screenshot looks blank (pixel std {px.std():.1f})"
+
+    probed = tmp_path / "probed.html"
+    probed.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    dom = chromium("--dump-dom", "--virtual-time-budget=5000", probed.as_uri())
+    m = re.search(r'data-probe="([^"]*)"', dom.stdout)
+    assert m, f"probe did not run; chromium said: {dom.stderr[-2000:]}"
+    probe = json.loads(htmllib.unescape(m.group(1)))
+    assert probe["rows"] == list(BACKBONES), probe["rows"]
+    assert probe["width"] > 600 and probe["height"] > 9 * 15
+    assert probe["images"] >= 5 and probe["decoded"] == probe["images"], probe
+    # Table 3 starts inside the first screen, and that part of the screenshot is not blank.
+    top = int(probe["top"])
+    assert 0 <= top < WINDOW[1] - 100, f"Table 3 starts at y={top}, below the first screen"
+    region = px[top:min(WINDOW[1], top + int(probe["height"])),
+                int(probe["left"]):int(probe["left"] + probe["width"])]
+    assert region.std() > 20, "the table area of the screenshot is blank"

@@ -1,0 +1,212 @@
+"""Sweeps: experiment files, run planning/folders, launcher configs, summary; slow: real sweeps.
+
+The fast tests compose the real conf/ with Hydra (no training). The slow ones run
+`python -m benchmark.sweep` on the tiny phantom with the real detectron2 training (smoke solver,
+2 iterations): a run that fails does not stop the sweep, the sweep exits non-zero with a
+one-line summary, and a re-run redoes only the failed run; joblib runs two at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark import sweep as S
+
+REPO = Path(__file__).resolve().parents[1]
+# conf/hydra/launcher/*.yaml share the plugins' names: Hydra's schema-matching note is expected
+pytestmark = pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/\S+' is validated against ConfigStore:UserWarning")
+NINE = ["R50-C4", "R50-DC5", "R50-FPN", "R101-C4", "R101-DC5", "R101-FPN", "X101-C4", "X101-DC5", "X101-FPN"]
+# The paper's Table 3 rows, in its order: (backbone, zoo schedule).
+TABLE3 = [("R50-C4", "1x"), ("R50-DC5", "1x"), ("R50-FPN", "1x"), ("R50-C4", "3x"), ("R50-DC5", "3x"),
+          ("R101-C4", "3x"), ("R101-DC5", "3x"), ("R101-FPN", "3x"), ("X101-FPN", "3x")]
+
+
+def plan(tmp_path: Path, *overrides: str) -> S.SweepPlan:
+    return S.plan_sweep([f"dataset_dir={tmp_path / 'data'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides])
+
+
+# ----------------------------------------------------------------------------- experiments
+@pytest.mark.parametrize("experiment", ["grid9", "smoke", "demo"])
+def test_nine_backbone_experiments(tmp_path, experiment):
+    p = plan(tmp_path, f"+experiment={experiment}")
+    assert [r.label for r in p.runs] == NINE
+    assert [r.config["backbone"]["name"] for r in p.runs] == NINE
+    assert {r.config["experiment"] for r in p.runs} == {experiment}
+    assert all(Path(r.run_dir) == tmp_path / "sweep" / r.label for r in p.runs)
+    if experiment != "grid9":  # smoke/demo: the smoke solver from random init (nothing to download)
+        assert {(r.config["solver"]["name"], r.config["weights"]["source"]) for r in p.runs} == {("smoke", "scratch")}
+
+
+def test_table3_runs_the_papers_nine_rows(tmp_path):
+    p = plan(tmp_path, "+experiment=table3")
+    assert [(r.config["backbone"]["name"], r.config["schedule"]["name"]) for r in p.runs] == TABLE3
+    assert [r.label for r in p.runs] == [f"{b}_{s}" for b, s in TABLE3]
+    assert {(r.config["solver"]["name"], r.config["solver"]["max_iter"], r.config["solver"]["base_lr"],
+             r.config["solver"]["ims_per_batch"], r.config["weights"]["source"], r.config["experiment"])
+            for r in p.runs} == {("paper", 5000, 0.00025, 2, "zoo", "table3")}
+
+
+def test_command_line_axes_get_their_own_folders(tmp_path):
+    p = plan(tmp_path, "+experiment=grid9", "backbone=r50_c4,x101_dc5", "split.fold=0,1", "seed=0,2")
+    assert len(p.runs) == 2 * 2 * 2
+    assert len({r.run_dir for r in p.runs}) == len(p.runs)
+    run = next(r for r in p.runs if r.label == "X101-DC5_fold=1_seed=2")
+    assert (run.config["backbone"]["name"], run.config["split"]["fold"], run.config["seed"]) == ("X101-DC5", 1, 2)
+
+    # a config-group axis is named by its choice; a backbone list on the command line replaces the nine
+    p = plan(tmp_path, "+experiment=smoke", "backbone=r50_fpn,x101_fpn", "schedule=1x,3x")
+    assert [r.label for r in p.runs] == ["R50-FPN_schedule=1x", "R50-FPN_schedule=3x",
+                                         "X101-FPN_schedule=1x", "X101-FPN_schedule=3x"]
+    assert [r.config["schedule"]["name"] for r in p.runs] == ["1x", "3x", "1x", "3x"]
+
+
+def test_runs_sharing_a_folder_are_refused(tmp_path):
+    with pytest.raises(S.SweepError, match="share a folder"):
+        plan(tmp_path, "+experiment=grid9", "hydra.sweep.subdir=all_in_one")
+
+
+def test_bad_sweeps_exit_2_with_a_message(tmp_path, capsys):
+    assert S.main([f"dataset_dir={tmp_path}", "+experiment=no_such_experiment"]) == 2
+    assert "no_such_experiment" in capsys.readouterr().err
+    assert S.main([f"dataset_dir={tmp_path}", "+experiment=grid9", "solver.no_such_key=1"]) == 2
+
+
+# ----------------------------------------------------------------------------- launchers
+def compose_hydra(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(S.CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=["dataset_dir=/x", "+experiment=smoke", *overrides],
+                       return_hydra_config=True).hydra
+
+
+def test_launcher_choices():
+    assert compose_hydra().launcher._target_.endswith("BasicLauncher")  # the default: one run after another
+
+    slurm = compose_hydra("hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+                          "hydra.launcher.account=proj", '+hydra.launcher.srun_args=["--cpu-bind=none"]').launcher
+    assert slurm._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (slurm.partition, slurm.account, slurm.gpus_per_node, slurm.tasks_per_node) == ("gpu", "proj", 1, 1)
+    assert slurm.timeout_min > 0 and slurm.cpus_per_task > 0 and slurm.mem_gb > 0
+    assert list(slurm.srun_args) == ["--cpu-bind=none"]  # hydra#2719: accepted with a `+`
+    defaults = compose_hydra("hydra/launcher=submitit_slurm").launcher
+    assert defaults.account is None and defaults.partition is None
+
+    joblib = compose_hydra("hydra/launcher=joblib", "hydra.launcher.n_jobs=3").launcher
+    assert joblib._target_.endswith("JoblibLauncher") and joblib.n_jobs == 3
+    assert compose_hydra("hydra/launcher=joblib").launcher.n_jobs == 2
+    assert compose_hydra("hydra/launcher=submitit_local").launcher._target_.endswith("LocalLauncher")
+
+
+def test_joblib_runs_plan_without_dataloader_workers(tmp_path):
+    # hydra#964: DataLoader workers crash inside joblib's workers; the run records 0 there
+    cfgs = [plan(tmp_path, "+experiment=smoke", "backbone=r50_fpn", "solver.num_workers=2", *launcher).runs[0].config
+            for launcher in ([], ["hydra/launcher=joblib"])]
+    assert [c["solver"]["num_workers"] for c in cfgs] == [2, 0]
+
+
+# ----------------------------------------------------------------------------- summary
+def write_result(run_dir: Path, **fields) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "result.json").write_text(json.dumps({"schema": 1, **fields}))
+
+
+def test_statuses_summary_and_sweep_file(tmp_path):
+    runs = [S.PlannedRun(label, str(tmp_path / label), [f"backbone={label}"])
+            for label in ("R50-FPN", "R50-C4", "R50-DC5", "X101-C4", "R101-FPN")]
+    write_result(tmp_path / "R50-FPN", status="ok", error=None)
+    write_result(tmp_path / "R50-C4", status="failed",
+                 error={"type": "FloatingPointError", "where": "train iter 1",
+                        "message": "Loss became infinite or NaN at iteration=1!\nloss_dict = {...}"})
+    (tmp_path / "R50-DC5").mkdir()
+    (tmp_path / "R50-DC5" / "result.json").write_text('{"status": "ok", ')  # cut short
+    # an ok result recorded with another config is not this sweep's run
+    runs[4].config = {"solver": {"max_iter": 2}, "seed": 0}
+    write_result(tmp_path / "R101-FPN", status="ok", error=None, config={"solver": {"max_iter": 20}, "seed": 0})
+
+    plan = S.collect(S.SweepPlan(sweep_dir=str(tmp_path), overrides=["+experiment=x"], runs=runs))
+    assert [r.status for r in plan.runs] == ["ok", "failed", "failed", "missing", "failed"]
+    line = S.summary_line(plan.runs)
+    assert line.startswith("5 runs: 1 ok, 3 failed (R50-C4: FloatingPointError: Loss became infinite or NaN "
+                           "at iteration=1!; R50-DC5: unreadable ")
+    assert "R101-FPN: StaleResult: folder holds a finished run with another config (solver.max_iter)" in line
+    assert line.endswith(", 1 missing (X101-C4)") and "\n" not in line
+
+    out = S.write_sweep_file(plan, hydra_rc=0)
+    doc = json.loads(out.read_text())
+    assert doc["summary"] == line
+    assert [(r["label"], r["run_dir"], r["status"]) for r in doc["runs"]][:4] == [
+        ("R50-FPN", "R50-FPN", "ok"), ("R50-C4", "R50-C4", "failed"), ("R50-DC5", "R50-DC5", "failed"),
+        ("X101-C4", "X101-C4", "missing")]
+    assert S.summary_line(plan.runs[:1]) == "1 run: 1 ok"
+
+
+# ----------------------------------------------------------------------------- real sweeps (slow)
+def run_sweep(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "benchmark.sweep", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+    print(proc.stdout[-3000:], proc.stderr[-3000:])
+    return proc
+
+
+def last_line(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def read(run_dir: Path) -> dict:
+    return json.loads((run_dir / "result.json").read_text())
+
+
+SMOKE = ["+experiment=smoke", "solver.max_iter=2", "measure.flops=false"]
+
+
+@pytest.mark.slow
+def test_failed_run_does_not_stop_the_sweep_and_rerun_redoes_only_it(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    held = tmp_path / "held.json"  # fold 1 cannot run without its training split
+    shutil.move(data / "annotations" / "patient_kfold_f1_train.json", held)
+    sweep_dir = tmp_path / "sweep"
+    args = [*SMOKE, f"dataset_dir={data}", f"hydra.sweep.dir={sweep_dir}", "backbone=r50_fpn", "split.fold=0,1"]
+
+    first = run_sweep(*args)
+    assert first.returncode == 1
+    assert last_line(first).startswith("2 runs: 1 ok, 1 failed (R50-FPN_fold=1: ")
+    ok_dir, failed_dir = sweep_dir / "R50-FPN_fold=0", sweep_dir / "R50-FPN_fold=1"
+    ok, failed = read(ok_dir), read(failed_dir)
+    assert (ok["status"], ok["dataset"]["fold"], ok["experiment"]) == ("ok", 0, "smoke")
+    assert failed["status"] == "failed" and failed["error"]["type"] and failed["dataset"]["fold"] == 1
+    assert json.loads((sweep_dir / "sweep.json").read_text())["summary"] == last_line(first)
+    ok_mtime = (ok_dir / "result.json").stat().st_mtime_ns
+
+    shutil.move(held, data / "annotations" / "patient_kfold_f1_train.json")  # fix the cause, sweep again
+    second = run_sweep(*args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert last_line(second) == "2 runs: 2 ok"
+    assert (ok_dir / "result.json").stat().st_mtime_ns == ok_mtime  # finished run skipped, file untouched
+    redone = read(failed_dir)
+    assert redone["status"] == "ok" and redone["started_at"] > failed["started_at"]
+
+
+@pytest.mark.slow
+def test_joblib_runs_two_at_once_without_dataloader_workers(tiny_dataset, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_sweep(*SMOKE, f"dataset_dir={tiny_dataset}", f"hydra.sweep.dir={sweep_dir}", "backbone=r50_fpn",
+                     "seed=0,1", "solver.num_workers=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert last_line(proc) == "2 runs: 2 ok"
+    results = [read(sweep_dir / f"R50-FPN_seed={s}") for s in (0, 1)]
+    assert [r["seed"] for r in results] == [0, 1]
+    assert [r["config"]["solver"]["num_workers"] for r in results] == [0, 0]  # hydra#964
+    spans = [(dt.datetime.fromisoformat(r["started_at"]), dt.datetime.fromisoformat(r["finished_at"]))
+             for r in results]
+    assert max(s for s, _ in spans) < min(f for _, f in spans), f"runs did not overlap: {spans}"
+    assert len({os.path.realpath(sweep_dir / f"R50-FPN_seed={s}") for s in (0, 1)}) == 2
