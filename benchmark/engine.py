@@ -212,8 +212,31 @@ def count_gflops(model, image_bgr) -> float:
         model.train(was_training)
 
 
+def reset_peak_memory() -> bool:
+    """Start the peak-memory counters afresh for this run (a Hydra multirun runs many runs in
+    one process, whose lifetime peak would otherwise leak into later runs). Returns whether
+    the RSS peak (Linux VmHWM) could be reset."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
 def peak_memory() -> dict:
-    """Peak memory of this process: GPU (torch.cuda.max_memory_allocated, MiB) and RSS (MiB)."""
+    """Peak memory since reset_peak_memory: GPU (torch.cuda.max_memory_allocated) and the
+    process's resident set (VmHWM; getrusage's lifetime peak where /proc is missing), MiB.
+    DataLoader worker processes are not included."""
     gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    rss = None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                rss = int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    if rss is None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return {"peak_gpu_mb": gpu, "peak_rss_mb": rss}

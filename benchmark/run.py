@@ -193,6 +193,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
         res["finished_at"] = _now()
+        if res["memory"] is None and "torch" in sys.modules:  # e.g. an OOM: how far it got
+            from benchmark.engine import peak_memory
+
+            res["memory"] = peak_memory()
         R.write_result(run_dir, res)
     if res["status"] == "ok":
         if not cfg.keep_checkpoint:
@@ -311,10 +315,11 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
 
     from benchmark import data as D
     from benchmark.engine import (Progress, count_gflops, count_params_m, peak_memory, predict,
-                                  run_training)
+                                  reset_peak_memory, run_training)
 
     progress = progress or Progress()
     run_dir = Path(run_dir)
+    reset_peak_memory()
     seed_all_rng(seed + comm.get_rank())
     if comm.get_world_size() > 1:
         # spawned processes start with empty catalogs: register the splits again

@@ -123,7 +123,8 @@ def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str
         sweep_dir = sweep_dir if sweep_dir.is_absolute() else Path.cwd() / sweep_dir
         extra = [o for o in extra if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
         # hydra.mode=MULTIRUN is what `-m` adds: the run returns its status instead of exiting.
-        extra += [f"hydra.sweep.dir={sweep_dir}", "hydra.mode=MULTIRUN"]
+        quoted = str(sweep_dir).replace("\\", "\\\\").replace("'", "\\'")  # Hydra's quoted-string escapes
+        extra += [f"hydra.sweep.dir='{quoted}'", "hydra.mode=MULTIRUN"]
         cfg = hyd.compose_config(config_name, extra, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
 
         jobs = BasicSweeper.split_arguments(parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + extra),

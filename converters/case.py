@@ -55,7 +55,8 @@ def load_verified(case: CaseFiles, cfg: dict):
     arrays = {}
     for role, vol in masks:
         arr = squeeze_3d(vol, cid)
-        check_geometry(image, img.shape, vol, arr.shape, atol, cid)
+        check_geometry(image.path, img.shape, image.affine, vol.path, arr.shape, vol.affine,
+                       atol, cid)
         allowed = {"combined": LABELS, "lung": (0, 1, 2), "infection": (0, 1)}[role]
         arrays[role], counts = check_labels(vol, arr, allowed, cid)
     if "combined" in arrays:

@@ -34,13 +34,13 @@ from tqdm import tqdm
 
 from . import phantom
 from .case import run_case, windows_of
-from .config import config_hash, load_config
+from .config import config_hash, load_config, validate
 from .errors import ConversionError
 from .fsutil import remove_stale_temps, replace_dir, sha256_file
 from .instances import CATEGORIES, CLASSES
 from .layout import Discovery, discover
 from .splits import SLICE_RANDOM_WARNING, build_splits
-from .volume import ORIENTATION, PREWINDOW_HU
+from .volume import ORIENTATION, PREWINDOW_HU, check_headers
 
 SCHEMA = 1
 CONVERTER_VERSION = 1
@@ -62,7 +62,7 @@ def candidate_files(disc: Discovery) -> list[Path]:
     return sorted(files)
 
 
-def is_up_to_date(out: Path, chash: str, disc: Discovery) -> bool:
+def is_up_to_date(out: Path, chash: str, disc: Discovery, files: list[Path]) -> bool:
     """True when ``out`` was built from the same config and the same source bytes.
 
     Sources are compared by size + mtime first and by sha256 only when those differ,
@@ -75,7 +75,7 @@ def is_up_to_date(out: Path, chash: str, disc: Discovery) -> bool:
     if manifest.get("config_hash") != chash:
         return False
     recorded = manifest.get("sources") or {}
-    current = {_rel(p, disc.root): p for p in candidate_files(disc)}
+    current = {_rel(p, disc.root): p for p in files}
     if set(recorded) != set(current):
         return False
     for rel, p in current.items():
@@ -93,6 +93,10 @@ def make_temp_dir(out: Path) -> Path:
     """Create ``<out>.tmp-<pid>``; any failure is a ConversionError naming the folder."""
     if out.exists() and not out.is_dir():
         raise ConversionError(out, "output path exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "dataset.json").exists():
+        # never replace a folder we did not write (it would be deleted)
+        raise ConversionError(out, "output folder exists, is not empty and holds no dataset.json "
+                              "(not a converted dataset); choose another out or empty it")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -240,9 +244,7 @@ def convert(raw_root: str | Path, out_dir: str | Path, cfg: Any = None) -> Path:
     t0 = time.perf_counter()
     cfg = load_config(cfg)
     c = OmegaConf.to_container(cfg, resolve=True)
-    if c["on_bad_case"] not in ("fail", "skip"):
-        raise ValueError(f"on_bad_case must be fail|skip, not {c['on_bad_case']!r}")
-    windows_of(c)  # validate window keys early
+    validate(c)
     raw_root = Path(raw_root).absolute()
     out = Path(out_dir).absolute()
     fail = c["on_bad_case"] == "fail"
@@ -251,9 +253,19 @@ def convert(raw_root: str | Path, out_dir: str | Path, cfg: Any = None) -> Path:
     for ig in disc.ignored:
         log.info("ignored %s: %s", ig["file"], ig["reason"])
     chash = config_hash(cfg, CONVERTER_VERSION)
-    if is_up_to_date(out, chash, disc):
+    all_files = candidate_files(disc)  # before bad cases are dropped below
+    if is_up_to_date(out, chash, disc, all_files):
         log.info("up to date: %s (same config hash %s and source files)", out, chash)
         return out
+    # header pre-pass: shape / dimension / affine problems fail before any work is done
+    for case in list(disc.cases):
+        try:
+            check_headers(case.image, [p for _, p in case.masks()],
+                          float(c["verify"]["affine_atol"]), case.case_id)
+        except ConversionError as e:
+            disc.bad.append(e)
+            disc.cases.remove(case)
+    disc.bad.sort(key=lambda e: e.case_id or "")
     if disc.bad and fail:
         raise _bad_cases_error(disc.bad)
     if not disc.cases:
@@ -298,7 +310,7 @@ def convert(raw_root: str | Path, out_dir: str | Path, cfg: Any = None) -> Path:
         for r in results:
             for s in r["record"]["sources"]:
                 sources[s["path"]] = {k: s[k] for k in ("sha256", "bytes", "mtime_ns")}
-        for p in candidate_files(disc):
+        for p in all_files:
             rel = _rel(p, raw_root)
             if rel not in sources:
                 st = p.stat()
@@ -357,6 +369,7 @@ def convert(raw_root: str | Path, out_dir: str | Path, cfg: Any = None) -> Path:
 
 def run(cfg: DictConfig) -> Path:
     """The CLI's work: generate the phantom when the data config asks, then convert."""
+    validate(OmegaConf.to_container(cfg, resolve=True))  # before generating anything
     out = Path(cfg.out)
     root = cfg.data.get("root")
     gen = cfg.data.get("generate")
@@ -379,6 +392,9 @@ def _hydra_main() -> None:
         except ConversionError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
+        except ValueError as e:  # a bad option value (validate) or phantom parameter
+            print(f"error: config: {e}", file=sys.stderr)
+            sys.exit(2)
         print(out)
 
     main()

@@ -179,10 +179,9 @@ def discover(root: str | Path, layout: str = "auto") -> Discovery:
                 problem = ConversionError(files[0], f"missing mask file: no {cid}.nii[.gz] "
                                           f"in {where}", case_id=cid)
             else:
-                missing = "infection" if cf.infection is None else "lung"
-                problem = ConversionError(files[0], f"missing mask file: {missing} mask for "
-                                          f"{cid} not found (the {'lung' if missing == 'infection' else 'infection'} "
-                                          "mask exists)", case_id=cid)
+                missing, present = ("infection", "lung") if cf.infection is None else ("lung", "infection")
+                problem = ConversionError(files[0], f"missing mask file: {missing} mask for {cid} "
+                                          f"not found (the {present} mask exists)", case_id=cid)
         if problem is not None:
             disc.bad.append(problem)
             continue

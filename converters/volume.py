@@ -94,30 +94,55 @@ def read_volume(path: Path) -> Volume:
                   sha256=sha, nbytes=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
+def shape_3d(path: Path, shape: tuple, case_id: str) -> tuple:
+    """The 3-D shape; trailing singleton axes (X, Y, Z, 1) are dropped, else not 3-D fails."""
+    s = tuple(int(n) for n in shape)
+    while len(s) > 3 and s[-1] == 1:
+        s = s[:-1]
+    if len(s) != 3:
+        kind = f"{len(s)}-D" if len(s) != 4 else "4-D (time series?)"
+        raise ConversionError(path, f"{kind} volume of shape {tuple(shape)}; expected a 3-D volume",
+                              case_id=case_id)
+    return s
+
+
 def squeeze_3d(vol: Volume, case_id: str) -> np.ndarray:
-    """The 3-D array of ``vol``; trailing singleton axes (X, Y, Z, 1) are dropped."""
-    data = vol.data
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        kind = f"{data.ndim}-D" if data.ndim != 4 else "4-D (time series?)"
-        raise ConversionError(vol.path, f"{kind} volume of shape {tuple(vol.data.shape)}; "
-                              "expected a 3-D volume", case_id=case_id)
-    return data
+    """The 3-D array of ``vol`` (see ``shape_3d``)."""
+    return vol.data.reshape(shape_3d(vol.path, vol.data.shape, case_id))
 
 
-def check_geometry(image: Volume, image_shape: tuple, mask: Volume, mask_shape: tuple,
+def check_geometry(image_path: Path, image_shape: tuple, image_affine: np.ndarray,
+                   mask_path: Path, mask_shape: tuple, mask_affine: np.ndarray,
                    affine_atol: float, case_id: str) -> None:
     """Mask and image must have the same shape and (within ``affine_atol`` mm) affine."""
     if tuple(mask_shape) != tuple(image_shape):
-        raise ConversionError(mask.path, f"shape {tuple(mask_shape)} does not match the image "
-                              f"{image.path.name} shape {tuple(image_shape)}", case_id=case_id)
-    diff = float(np.max(np.abs(mask.affine - image.affine)))
+        raise ConversionError(mask_path, f"shape {tuple(mask_shape)} does not match the image "
+                              f"{image_path.name} shape {tuple(image_shape)}", case_id=case_id)
+    diff = float(np.max(np.abs(np.asarray(mask_affine) - np.asarray(image_affine))))
     if not diff <= affine_atol:
         raise ConversionError(
-            mask.path, f"affine differs from the image {image.path.name} by up to {diff:.4g} "
+            mask_path, f"affine differs from the image {image_path.name} by up to {diff:.4g} "
             f"(tolerance verify.affine_atol={affine_atol}); image and mask are not aligned",
             case_id=case_id)
+
+
+def check_headers(image_path: Path, mask_paths: list[Path], affine_atol: float,
+                  case_id: str) -> None:
+    """Cheap pre-pass on the NIfTI headers only (no voxel data read): readable, 3-D,
+    same shape and affine. Lets a structural problem fail before any work is done."""
+    def header(p: Path):
+        try:
+            img = nib.load(str(p))
+            return img.shape, np.asarray(img.affine, dtype=np.float64)
+        except Exception as e:  # nibabel raises several types for a bad header
+            raise ConversionError(p, f"not a readable NIfTI file ({e})", case_id=case_id) from None
+
+    ishape, iaff = header(image_path)
+    ishape = shape_3d(image_path, ishape, case_id)
+    for mp in mask_paths:
+        mshape, maff = header(mp)
+        mshape = shape_3d(mp, mshape, case_id)
+        check_geometry(image_path, ishape, iaff, mp, mshape, maff, affine_atol, case_id)
 
 
 def check_finite(vol: Volume, data: np.ndarray, case_id: str) -> None:

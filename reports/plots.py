@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from .schema import CLASS_COLORS, CLASS_LABELS, CLASSES, HEADS, TRUNKS
-from .tables import SEGM_AP, class_col, group_label, iter_groups, load_paper, stats
+from .tables import SEGM_AP, class_col, group_label, iter_groups, load_paper, paper_table3, stats
 
 DPI = 110
 TRUNK_COLORS = {"R50": "#4c72b0", "R101": "#dd8452", "X101": "#55a868"}
@@ -85,7 +85,6 @@ def per_class_bars(df: pd.DataFrame) -> Plot:
     fig = Figure(figsize=(max(8.0, 1.15 * len(groups) + 2), 8.6))
     axes = fig.subplots(2, 1, sharex=True, gridspec_kw=margins(fig, 2, 1, top=0.75, bottom=1.3, hspace=0.45))
     paper = load_paper()
-    from .tables import paper_table3
     for ax, task in zip(axes, ("segm", "bbox")):
         for j, c in enumerate(CLASSES):
             st = [stats(g, class_col(c, task)) for _, g in groups]

@@ -48,6 +48,12 @@ def paper_table3(backbone: str, schedule: Any) -> tuple[float | None, str | None
     return None, f"paper has {backbone} only for {scheds}"
 
 
+def _paper_by_schedule(backbone: str) -> list[str]:
+    """['paper: 56.43 (1x), 69.3 (3x)'] for a backbone the paper splits by schedule, else []."""
+    rows = [r for r in load_paper()["table3"] if r["backbone"] == backbone and r["schedule"]]
+    return ["paper: " + ", ".join(f"{r['ap']} ({r['schedule']})" for r in rows)] if rows else []
+
+
 def paper_table2(backbone: str, task: str, c: str, metric: str) -> float | None:
     """The paper's Table 2 (R50-FPN, mask AP per class); None where it has no number."""
     if backbone == "R50-FPN" and task == "segm" and metric == "AP":
@@ -166,7 +172,8 @@ def table3(df: pd.DataFrame) -> pd.DataFrame:
                 "mean_AP": math.nan, "mean_AP_std": math.nan, "mean_AP_n": 0,
                 "paper_AP": paper, "delta_AP": math.nan,
                 "paper_source": pnote if paper is not None else None,
-                "note": "; ".join((["not in zoo"] if b in NOT_IN_ZOO else []) + ["MISSING: no result.json"]),
+                "note": "; ".join((["not in zoo"] if b in NOT_IN_ZOO else []) + ["MISSING: no result.json"]
+                                  + ([] if paper is not None else _paper_by_schedule(b))),
             })
     cols = ["backbone", "trunk", "head", "schedule", *keys[2:], "in_zoo", "n_runs", "n_ok", "n_failed",
             "infection_AP", "infection_AP_std", "infection_AP_n", "mean_AP", "mean_AP_std", "mean_AP_n",

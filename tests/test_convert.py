@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from converters import phantom
 from converters.convert import convert
+from converters.errors import ConversionError
 from converters.layout import case_id_from_name
 
 REPO = Path(__file__).resolve().parent.parent
@@ -222,8 +223,9 @@ def _official_copy(tiny_raw: Path, dst: Path, kaggle: bool) -> Path:
             (dst / "lung_and_infection_mask").mkdir(exist_ok=True)
             nib.save(img, str(dst / "ct_scans" / f"{kaggle_img[cid]}.nii"))
             nib.save(msk, str(dst / "lung_and_infection_mask" / f"{cid}.nii"))
-            rows.append({"ct_scan": f"../input/covid19-ct-scans/ct_scans/{kaggle_img[cid]}.nii",
-                         "lung_and_infection_mask": f"../input/covid19-ct-scans/lung_and_infection_mask/{cid}.nii"})
+            base = "../input/covid19-ct-scans"
+            rows.append({"ct_scan": f"{base}/ct_scans/{kaggle_img[cid]}.nii",
+                         "lung_and_infection_mask": f"{base}/lung_and_infection_mask/{cid}.nii"})
         else:
             (dst / "COVID-19-CT-Seg_20cases").mkdir(parents=True, exist_ok=True)
             (dst / "Lung_and_Infection_Mask").mkdir(exist_ok=True)
@@ -267,11 +269,11 @@ def test_layout_forced_and_ignored_files(tiny_raw, tmp_path):
     (raw / "Lung_and_Infection_Mask" / "notes.txt").write_text("x")
     ds = convert(raw, tmp_path / "d", {"workers": 1, "layout": "zenodo",
                                         "splits": {"patient_kfold": {"k": 3}}})
-    ignored = {Path(i["file"]).name: i["reason"] for i in json.loads((ds / "dataset.json").read_text())["ignored"]}
+    manifest = json.loads((ds / "dataset.json").read_text())
+    ignored = {Path(i["file"]).name: i["reason"] for i in manifest["ignored"]}
     assert "outside" in ignored["README.txt"]
     assert "mask without an image" in ignored["coronacases_009.nii.gz"]
     assert "not a NIfTI" in ignored["notes.txt"]
-    from converters.errors import ConversionError
     with pytest.raises(ConversionError, match="layout=kaggle but no ct_scans"):
         convert(raw, tmp_path / "d2", {"layout": "kaggle"})
 
@@ -318,6 +320,14 @@ def test_prewindowed_volumes_are_kept_as_they_are(tmp_path):
     for k in m["cases"][1]["slices_kept"]:
         png = np.asarray(Image.open(ds / "images" / "phantom_001" / f"{k:04d}.png"))
         np.testing.assert_array_equal(png, display(vol, k).astype(np.uint8))
+    # other windows: the 0..255 values are mapped back to HU through the release's window
+    rgb = convert(raw, tmp_path / "rgb", {"workers": 1, "multiwindow": True,
+                                          "splits": {"patient_kfold": {"k": 2}}})
+    k = m["cases"][1]["slices_kept"][3]
+    px = np.asarray(Image.open(rgb / "images" / "phantom_001" / f"{k:04d}.png")).astype(float)
+    hu = display(vol, k) / 255 * 1500 - 1250
+    np.testing.assert_array_equal(px[..., 0], display(vol, k))
+    np.testing.assert_allclose(px[..., 2], np.clip(np.round((hu + 1000) / 2000 * 255), 0, 255), atol=1)
 
 
 def test_multiwindow_rgb(raw2, tiny_dataset, tmp_path):
@@ -441,13 +451,26 @@ def test_cli_phantom_leaves_no_litter(tmp_path):
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["phantom", "raw"]
 
 
-def test_cli_bad_input_exits_non_zero_with_one_line(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run(
-        [sys.executable, "-m", "converters.convert", "data=covid19_ct_seg",
-         f"data.root={tmp_path}/nowhere", f"out={tmp_path}/out"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert lines == [f"error: {tmp_path}/nowhere: raw data folder does not exist (or is not a folder)"]
+def test_missing_raw_folder(tmp_path):
+    with pytest.raises(ConversionError) as ei:
+        convert(tmp_path / "nowhere", tmp_path / "out")
+    assert str(ei.value) == f"{tmp_path}/nowhere: raw data folder does not exist (or is not a folder)"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("cfg, key", [
+    ({"slices": {"keep": "some"}}, "slices.keep"),
+    ({"infection": {"connectivity": 6}}, "infection.connectivity"),
+    ({"window": [250, -1250]}, "window"),
+    ({"on_bad_case": "ignore"}, "on_bad_case"),
+    ({"layout": "dropbox"}, "layout"),
+])
+def test_bad_options_are_named(raw2, tmp_path, cfg, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        convert(raw2, tmp_path / "x", cfg)
+    assert not (tmp_path / "x").exists()
+
+
+def test_misspelt_option_is_rejected(raw2, tmp_path):
+    with pytest.raises(Exception, match="windw"):
+        convert(raw2, tmp_path / "x", {"windw": [-1000, 0]})

@@ -165,8 +165,10 @@ def test_several_bad_cases_are_all_named(raw, tmp_path):
     f.write_bytes(f.read_bytes()[:200])
     with pytest.raises(ConversionError) as ei:
         convert(raw, tmp_path / "out", {"workers": 1})
-    # discovery problems (missing mask) are reported before any volume is read
-    assert "phantom_000" in str(ei.value) and "on_bad_case=skip" in str(ei.value)
+    # found before any voxel is read: a missing mask (discovery), a broken header (pre-pass)
+    msg = str(ei.value)
+    assert msg.startswith(str(raw / IMG / "phantom_000.nii.gz")) and "missing mask file" in msg
+    assert "+1 more bad case(s): phantom_002" in msg and "on_bad_case=skip" in msg
 
 
 def test_skip_lists_skipped_cases(raw, tmp_path):
@@ -179,7 +181,8 @@ def test_skip_lists_skipped_cases(raw, tmp_path):
     skipped = {s["case_id"]: s for s in m["skipped"]}
     assert set(skipped) == {"phantom_000", "phantom_002"}
     assert "missing mask file" in skipped["phantom_000"]["problem"]
-    assert skipped["phantom_002"]["file"].endswith("phantom_002.nii.gz") and "NaN" in skipped["phantom_002"]["problem"]
+    assert skipped["phantom_002"]["file"].endswith("phantom_002.nii.gz")
+    assert "NaN" in skipped["phantom_002"]["problem"]
     assert sorted(p.name for p in (out / "images").iterdir()) == ["phantom_001", "phantom_003"]
     images = json.loads((out / "annotations" / "all.json").read_text())["images"]
     assert {im["case_id"] for im in images} == {"phantom_001", "phantom_003"}
@@ -199,3 +202,25 @@ def test_cli_bad_case_message(raw, tmp_path):
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and str(f) in err[0] and "lung mask is empty" in err[0]
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_foreign_output_folder_is_never_replaced(raw, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConversionError, match="not a converted dataset"):
+        convert(raw, out, CFG)
+    assert (out / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+
+
+def test_skip_rerun_is_up_to_date(raw, tmp_path):
+    f = raw / MASK / "phantom_001.nii.gz"
+    _rewrite(f, lambda d, a: (np.ascontiguousarray(d[:, :-3]), a))
+    cfg = {**CFG, "on_bad_case": "skip"}
+    out = convert(raw, tmp_path / "out", cfg)
+    m = json.loads((out / "dataset.json").read_text())
+    assert [s["case_id"] for s in m["skipped"]] == ["phantom_001"]
+    t0 = (out / "dataset.json").stat().st_mtime_ns
+    convert(raw, tmp_path / "out", cfg)
+    assert (out / "dataset.json").stat().st_mtime_ns == t0

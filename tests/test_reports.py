@@ -16,7 +16,7 @@ from PIL import Image
 
 from reports import build, collect, overlays, tables
 from reports.schema import BACKBONES, CLASSES
-from reports.synthetic import make_result, write_dataset, write_run
+from reports.synthetic import make_result, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "covid19_ct_seg.json"
@@ -35,11 +35,13 @@ def to_old_schema(r: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, tiny_dataset):
     """Eight backbones (X101-DC5 missing) x folds 0, 1; R101-C4 fold 1 failed; X101-FPN fold 1
-    written in the old layout. Run dirs are opaque and one is misleadingly named."""
+    written in the old layout. Run dirs are opaque and one is misleadingly named. The test set
+    is the converter's own output (the tiny phantom); predictions are its masks, shifted."""
     tmp = tmp_path_factory.mktemp("reports")
-    data, test_ann = write_dataset(tmp / "data")
+    data = tiny_dataset
+    test_ann = data / "annotations" / "patient_kfold_f0_test.json"
     sweep_dir = tmp / "sweep"
     results = {}
     i = 0

@@ -83,6 +83,9 @@ def test_smoke_sweep_through_submitit_slurm(slurm_cluster, tiny_dataset, tmp_pat
         cwd=REPO, env=slurm_cluster.env(), capture_output=True, text=True, timeout=1500)
     wall = time.monotonic() - t0
     print(proc.stdout[-3000:], proc.stderr[-3000:], f"\nslurm sweep wall: {wall:.1f} s")
+    for b in ("R50-FPN", "R101-FPN"):
+        if (sweep_dir / b / "result.json").exists():
+            print(b, json.loads((sweep_dir / b / "result.json").read_text()).get("timing"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "2 runs: 2 ok"
     results = [json.loads((sweep_dir / b / "result.json").read_text()) for b in ("R50-FPN", "R101-FPN")]
@@ -95,7 +98,9 @@ def test_smoke_sweep_through_submitit_slurm(slurm_cluster, tiny_dataset, tmp_pat
     for script in scripts:
         srun = [ln for ln in script.read_text().splitlines() if ln.startswith("srun ")]
         assert srun and "--cpu-bind=none" in srun[0]
-    jobs = sorted({p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir()})
+        assert "export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK" in script.read_text()  # the launcher's setup
+    assert [r["env"]["torch_threads"] for r in results] == [1, 1]  # = cpus_per_task, not the node's cores
+    jobs = sorted({p.parent.name for p in (sweep_dir / ".submitit").glob("*/*_result.pkl")})  # array tasks
     assert len(jobs) == 2 and all(wait_state(slurm_cluster, j, {"COMPLETED"}, 30) == "COMPLETED" for j in jobs)
 
     if importlib.util.find_spec("reports.build") is not None:
