@@ -378,7 +378,8 @@ def run(cfg: DictConfig) -> Path:
         log.info("phantom: generating %s into %s", dict(gen), root)
         phantom.generate(root, **OmegaConf.to_container(gen, resolve=True))
     elif not root:
-        raise ConversionError("data.root", "not set: pass data.root=<raw data folder>")
+        raise ConversionError("data.root", "not set: pass data.root=<raw data folder> "
+                              "(make data DATA_ROOT=<dir>)")
     return convert(root, out, cfg)
 
 
