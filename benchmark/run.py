@@ -3,14 +3,15 @@
 ``run(cfg, run_dir)`` is the whole story and returns the exit status:
 
 - ``<run dir>/result.json`` with status ``ok`` -> the run is not redone (0; the file is not
-  touched). If the recorded config differs from this one, nothing is done and 2 is returned:
-  a folder holds one run.
+  touched). If the recorded config differs from this one (beyond the HARMLESS keys),
+  nothing is done and 2 is returned: a folder holds one run. The same holds for a failed
+  run that left a checkpoint: resuming it under another config would mix two runs.
 - otherwise result.json is written at once with status ``failed`` / ``Unfinished`` (so a run
   killed by SIGKILL or the kernel's OOM killer still shows up as failed), then detectron2
   trains in ``<run dir>/d2`` (resuming from its last checkpoint if a previous attempt left
   one), predicts the test split, ``benchmark.metrics.evaluate`` scores it, and result.json
-  is rewritten with status ``ok`` (0) or ``failed`` + error (1; 130 for an interrupt or
-  SIGTERM, after which the exception is re-raised so a sweep stops too).
+  is rewritten with status ``ok`` (0) or ``failed`` + error (1). An interrupt (Ctrl-C) or
+  SIGTERM is recorded the same way, then re-raised so a sweep stops too.
 - after an ``ok`` result the checkpoints are deleted unless ``keep_checkpoint``.
 """
 
@@ -129,6 +130,17 @@ def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+# Config keys that change neither what is trained nor what is scored: a run dir may be
+# resumed or skipped with other values for them.
+HARMLESS = ("keep_checkpoint", "measure", "solver.num_workers", "experiment", "dataset_name")
+
+
+def material_diff(old: Any, new: Any) -> list[str]:
+    """config_diff without the HARMLESS keys."""
+    return [k for k in config_diff(old, new)
+            if not any(k == h or k.startswith(h + ".") for h in HARMLESS)]
+
+
 def _joblib_launcher() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -147,13 +159,21 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
     config = resolved_config(cfg)
     prev = R.read_result(run_dir)
     if prev is not None and prev.get("status") == "ok":
-        diff = config_diff(prev.get("config"), config)
+        diff = material_diff(prev.get("config"), config)
         if diff:
             print(f"{run_dir}: holds a finished run with a different config ({', '.join(diff)}); "
                   "nothing done. Use another run dir (or delete this one).", file=sys.stderr)
             return 2
         print(f"{run_dir}: finished run (status ok), not redone")
         return 0
+    if prev is not None and (run_dir / D2_DIR / "last_checkpoint").is_file():
+        diff = material_diff(prev.get("config"), config)
+        if diff:
+            # resuming would continue another run's training under this run's name
+            print(f"{run_dir}: holds a checkpoint of a run with a different config "
+                  f"({', '.join(diff)}); nothing done. Delete {run_dir / D2_DIR} to start over, "
+                  "or use another run dir.", file=sys.stderr)
+            return 2
     if _joblib_launcher() and cfg.solver.num_workers:
         # joblib's loky workers crash with DataLoader workers (hydra#964)
         OmegaConf.update(cfg, "solver.num_workers", 0)

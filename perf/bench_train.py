@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -102,9 +103,19 @@ def _loader_images_per_s(d2cfg, batches: int = LOADER_BATCHES) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _quiet_detectron2() -> None:
+    """Keep detectron2's INFO logs (model dump, per-iteration lines) off the console."""
+    lg = logging.getLogger("detectron2")
+    if not lg.handlers:
+        lg.addHandler(logging.NullHandler())
+        lg.setLevel(logging.INFO)  # enabled: DefaultTrainer then adds no console handler
+        lg.propagate = False
+
+
 def run(tmpdir: Path, rounds: int = ROUNDS, iters: int = ITERS) -> dict:
     import torch
 
+    _quiet_detectron2()
     tmpdir = Path(tmpdir)
     tiny = _dataset(tmpdir, 64, 5, 14)
     smoke = ["backbone=r50_fpn", "solver=smoke", f"solver.max_iter={iters}",
@@ -122,7 +133,7 @@ def run(tmpdir: Path, rounds: int = ROUNDS, iters: int = ITERS) -> dict:
 
     consumed = 2 / h  # images per second the model trains on (smoke, this machine)
     tiny_ips = _loader_images_per_s(_d2cfg(tiny, tmpdir / "loader_tiny", smoke))
-    big = _dataset(tmpdir, 512, 2, 8)
+    big = _dataset(tmpdir, 512, 5, 4)
     paper_ips = _loader_images_per_s(_d2cfg(big, tmpdir / "loader_paper", ["solver=paper"]))
     return {
         "train_s_per_iter_vs_detectron2": {

@@ -49,7 +49,7 @@ def test_backbone_trains_and_writes_result(backbone, tiny_dataset, tmp_path):
     t, m = r["timing"], r["model"]
     assert t["train_s_per_iter"] > 0 and t["infer_s_per_image"] > 0 and t["train_iters_timed"] == 3
     assert t["train_wall_s"] >= 3 * t["train_s_per_iter"]
-    assert 20 < m["params_m"] < 120 and m["gflops"] > 0 and m["gflops_input_hw"] == [64, 64]
+    assert 20 < m["params_m"] < 300 and m["gflops"] > 0 and m["gflops_input_hw"] == [64, 64]
     assert r["memory"]["peak_rss_mb"] > 100 and r["env"]["device"] in ("cpu", "cuda")
     # artifacts exist; checkpoints are gone (keep_checkpoint false); TensorBoard events stay
     d2 = run_dir / "d2"

@@ -1,0 +1,264 @@
+"""The GPU check's arithmetic and its table: pure functions, no torch, no detectron2.
+
+``perf/gpu_check.py`` measures; this module turns the measurements into the figures the issue
+asks for and renders them:
+
+* ``zoo_figures``: detectron2's model-zoo row for a backbone, scaled to our images per GPU.
+  The zoo trained on 8 V100s at 16 images per iteration, i.e. 2 images per GPU per
+  iteration; time per iteration grows about linearly with the images each GPU processes,
+  so the zoo's s/iter is multiplied by ``ims_per_batch / 2`` (1.0 at the paper's
+  IMS_PER_BATCH 2: the figures compare directly). Inference is batch 1 in both. The zoo's
+  memory is per GPU at 2 images per GPU and is shown as it is.
+* ``slowdown``: how much slower a run trains when k runs share the GPU (per run: s/iter when
+  packed over s/iter alone, same backbone and precision), averaged over the k runs.
+* ``run_seconds`` / ``makespan``: one run's wall time and a sweep's wall time on k slots
+  (jobs start in sweep order whenever a slot frees, as joblib's launcher hands them out).
+* ``extrapolate``: the grid9 sweep (nine backbones x ``iters`` iterations) one after
+  another against packed k at once; ``render_markdown``: the report.
+
+Units: seconds, MiB (2**20 bytes), iterations; ``None`` where a figure was not measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+ZOO_JSON = Path(__file__).with_name("zoo.json")
+TARGET_MIN = 45.0  # issue 5: grid9 on one H200 in under 45 minutes
+GRID9 = ["r50_c4", "r50_dc5", "r50_fpn", "r101_c4", "r101_dc5", "r101_fpn",
+         "x101_c4", "x101_dc5", "x101_fpn"]
+
+
+def display_name(key: str) -> str:
+    """conf/backbone file name -> the backbone's name: r50_c4 -> R50-C4."""
+    return key.upper().replace("_", "-")
+
+
+def load_zoo(path: str | Path = ZOO_JSON) -> dict:
+    """perf/zoo.json (a copy of shared/data/detectron2_zoo.json's speed columns)."""
+    return json.loads(Path(path).read_text())
+
+
+def zoo_figures(zoo: dict, backbone: str, ims_per_batch: int) -> dict | None:
+    """The zoo's figures for ``backbone`` (e.g. "R50-FPN"), scaled to ``ims_per_batch`` images
+    per GPU per iteration; the 3x row where there is one (speed hardly differs from 1x).
+    None for cells not in the zoo (X101-C4, X101-DC5)."""
+    rows = [c for c in zoo["configs"] if c["backbone"] == backbone]
+    if not rows:
+        return None
+    row = next((c for c in rows if c["schedule"] == "3x"), rows[0])
+    per_gpu = zoo["images_per_iter"] / zoo["gpus"]
+    scale = ims_per_batch / per_gpu
+    return {"schedule": row["schedule"], "config": row["config"], "scale": scale,
+            "train_s_per_iter": row["train_s_per_iter"] * scale,
+            "infer_s_per_image": row["inference_s_per_image"],
+            "train_mem_mb": row["train_mem_gb"] * 1024.0}
+
+
+def median(xs: Iterable[float]) -> float | None:
+    xs = list(xs)
+    return statistics.median(xs) if xs else None
+
+
+def slowdown(packed: Sequence[dict], alone: dict[str, float]) -> float | None:
+    """Mean over the packed runs of (their s/iter) / (their backbone's s/iter alone).
+
+    ``packed``: [{"backbone": key, "s_per_iter": float | None}, ...]; ``alone``: key -> s/iter.
+    Runs without a figure (failed) or without an alone figure are left out; None if none is left."""
+    ratios = [p["s_per_iter"] / alone[p["backbone"]] for p in packed
+              if p.get("s_per_iter") and alone.get(p["backbone"])]
+    return sum(ratios) / len(ratios) if ratios else None
+
+
+def run_seconds(s_per_iter: float, iters: int, setup_s: float, infer_s_per_image: float | None,
+                test_images: int, factor: float = 1.0) -> float:
+    """Wall time of one run: setup (imports, model, data, first iteration) + ``iters``
+    iterations + inference over ``test_images``, the last two slowed by ``factor`` (packing)."""
+    infer = (infer_s_per_image or 0.0) * test_images
+    return setup_s + factor * (iters * s_per_iter + infer)
+
+
+def makespan(durations: Sequence[float], slots: int) -> float:
+    """Wall time of jobs started in the given order on ``slots`` parallel slots, each job
+    going to the first slot that frees (list scheduling, what joblib's pool does)."""
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, got {slots}")
+    free = [0.0] * slots
+    for d in durations:
+        i = min(range(slots), key=free.__getitem__)
+        free[i] += d
+    return max(free) if durations else 0.0
+
+
+def extrapolate(backbones: Sequence[dict], packing: Sequence[dict], *, iters: int,
+                test_images: int, pack_precision: str) -> dict:
+    """The sweep over ``backbones`` (each: key, fp32/amp {s_per_iter}, setup_s,
+    infer_s_per_image) at ``iters`` iterations per run: one after another in fp32 and in
+    AMP, and packed k at once for each measured packing level (precision
+    ``pack_precision``, each run slowed by that level's measured slowdown). Backbones without
+    a figure for a precision are left out of that line, and ``n`` says how many remain."""
+
+    def durations(precision: str, factor: float = 1.0) -> list[float]:
+        out = []
+        for b in backbones:
+            m = b.get(precision) or {}
+            if m.get("s_per_iter"):
+                out.append(run_seconds(m["s_per_iter"], iters, b.get("setup_s") or 0.0,
+                                       b.get("infer_s_per_image"), test_images, factor))
+        return out
+
+    res: dict[str, Any] = {"iters_per_run": iters, "test_images": test_images,
+                           "pack_precision": pack_precision, "sequential": {}, "packed": {}}
+    for prec in ("fp32", "amp"):
+        d = durations(prec)
+        res["sequential"][prec] = {"n": len(d), "wall_min": sum(d) / 60 if d else None}
+    for level in packing:
+        f = level.get("slowdown")
+        if not f or level.get("failed"):
+            continue
+        d = durations(pack_precision, f)
+        k = int(level["k"])
+        res["packed"][str(k)] = {"n": len(d), "slowdown": f,
+                                 "wall_min": makespan(d, k) / 60 if d else None,
+                                 "runs_per_hour": runs_per_hour(d, k)}
+    ok = {k: v for k, v in res["packed"].items() if v["wall_min"]}
+    best = min(ok, key=lambda k: ok[k]["wall_min"]) if ok else None
+    res["best_k"] = int(best) if best else None
+    res["best_wall_min"] = ok[best]["wall_min"] if best else None
+    seq = res["sequential"]["fp32"]["wall_min"]
+    res["speedup_vs_sequential_fp32"] = (seq / res["best_wall_min"]) if seq and best else None
+    res["target_min"] = TARGET_MIN
+    res["meets_target"] = (res["best_wall_min"] < TARGET_MIN) if best else None
+    return res
+
+
+def runs_per_hour(durations: Sequence[float], k: int) -> float | None:
+    """Steady-state throughput: k slots each finishing runs of the mean duration."""
+    if not durations:
+        return None
+    return 3600.0 * k / (sum(durations) / len(durations))
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
+    return str(x)
+
+
+def _mb(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def render_markdown(doc: dict) -> str:
+    """The report: settings, the per-backbone table, the packing table, the extrapolation."""
+    s, env = doc["settings"], doc["env"]
+    gpu = env["device"] == "cuda"
+    mem = "peak GPU MiB" if gpu else "peak RSS MiB"
+    lines = [
+        f"# GPU check{' (dry run)' if doc['dry_run'] else ''}",
+        "",
+        f"{doc['measured_at']} on {env.get('gpu') or 'CPU'} ({env['device']}, torch {env['torch']}, "
+        f"detectron2 {env['detectron2']}, Python {env['python']}, {env['cpu_count']} CPU cores); "
+        f"`{doc['command']}` in {doc['wall_s']:.0f} s.",
+        "",
+        f"Phantom {s['image_size']}x{s['image_size']} ({s['n_train_images']} train / "
+        f"{s['n_test_images']} test slices); solver `{s['solver']}` (IMS_PER_BATCH "
+        f"{s['ims_per_batch']}, input {s['input_desc']}, RoIs/image {s['roi_per_image']}); "
+        f"{s['weights_desc']}; DataLoader workers {s['num_workers']}. Train s/iter: median of "
+        f"{s['iters']} iterations (at most {s['window_s']:g} s) after {s['warmup']} warm-up ones, "
+        f"each synchronised{' (torch.cuda.synchronize)' if gpu else ''}; inference: median "
+        f"s/image at batch 1 (fp32), first image left out.",
+        "",
+        f"Zoo: detectron2 MODEL_ZOO ({doc['zoo']['gpus']}x {doc['zoo']['gpu']}, "
+        f"{doc['zoo']['images_per_iter']} images/iter = "
+        f"{doc['zoo']['images_per_iter'] // doc['zoo']['gpus']} images per GPU per iteration); "
+        f"its s/iter is scaled by IMS_PER_BATCH / "
+        f"{doc['zoo']['images_per_iter'] // doc['zoo']['gpus']} = "
+        f"{s['ims_per_batch'] / (doc['zoo']['images_per_iter'] / doc['zoo']['gpus']):g} to our "
+        "images per GPU; inference is batch 1 in both; its memory is per GPU at 2 images. "
+        "COCO images resize to ~800x1200, the 512x512 phantom to 640-800 square: fewer pixels here.",
+        "",
+        f"| backbone | train s/iter fp32 | AMP | AMP speed-up | zoo s/iter | fp32 / zoo "
+        f"| infer s/img | zoo infer | {mem} fp32 | {mem} AMP | zoo MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for b in doc["backbones"]:
+        fp, amp, zoo = b.get("fp32") or {}, b.get("amp") or {}, b.get("zoo") or {}
+        if b.get("skipped"):
+            lines.append(f"| {b['name']} | skipped: {b['skipped']} |" + " |" * 9)
+            continue
+        t, ta, tz = fp.get("s_per_iter"), amp.get("s_per_iter"), zoo.get("train_s_per_iter")
+        lines.append(
+            f"| {b['name']} | {_f(t)} | {_f(ta) if ta else (amp.get('note') or '-')} "
+            f"| {_f(t / ta, 2) + 'x' if t and ta else '-'} | {_f(tz)} "
+            f"| {_f(t / tz, 2) + 'x' if t and tz else '-'} | {_f(b.get('infer_s_per_image'))} "
+            f"| {_f(zoo.get('infer_s_per_image'))} | {_mb(fp.get('peak_mb'))} "
+            f"| {_mb(amp.get('peak_mb'))} | {_mb(zoo.get('train_mem_mb'))} |")
+    for b in doc["backbones"]:
+        for prec in ("fp32", "amp"):
+            err = (b.get(prec) or {}).get("error")
+            if err:
+                lines.append(f"\n{b['name']} {prec} failed: {err}")
+
+    p = doc["packing_settings"]
+    lines += [
+        "",
+        f"Packing: k runs at once on the one {'GPU' if gpu else 'CPU'}, separate processes "
+        f"({p['precision']}, {p['num_workers']} DataLoader workers and {p['threads_desc']} "
+        f"torch threads each); after {p['warmup']} warm-up iterations every process waits for "
+        f"the others, then all train for the same {p['window_s']:g} s window. Slowdown = mean "
+        f"over the k runs of s/iter packed / s/iter alone (table above, same precision). "
+        f"Runs/hour = grid runs finished per hour at that packing, from each backbone's "
+        f"{doc['extrapolation']['iters_per_run']}-iteration run (+ setup, + inference on "
+        f"{doc['extrapolation']['test_images']} test slices), all slowed by the slowdown.",
+        "",
+        f"| runs at once | backbones | median s/iter per run | slowdown | grid runs/hour "
+        f"| {mem} per run (max) | {mem} all runs | GPU util % (median) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    ext = doc["extrapolation"]
+    for lv in doc["packing"]:
+        if lv.get("skipped"):
+            lines.append(f"| {lv['k']} | skipped: {lv['skipped']} |" + " |" * 6)
+            continue
+        runs = lv["runs"]
+        pk = ext["packed"].get(str(lv["k"]), {})
+        names = ", ".join(r["name"] + ("" if r.get("s_per_iter") else " (FAILED)") for r in runs)
+        lines.append(
+            f"| {lv['k']} | {names} | {_f(median(r['s_per_iter'] for r in runs if r.get('s_per_iter')))} "
+            f"| {_f(lv.get('slowdown'), 3)} | {_f(pk.get('runs_per_hour'))} "
+            f"| {_mb(max((r['peak_mb'] for r in runs if r.get('peak_mb')), default=None))} "
+            f"| {_mb(lv.get('total_mb'))} | {_f(lv.get('gpu_util_median'))} |")
+        for r in runs:
+            if r.get("error"):
+                lines.append(f"\nk={lv['k']} {r['name']} failed: {r['error']}")
+
+    seq, n9 = ext["sequential"], len(doc["backbones"])
+    lines += ["", f"Sweep of the {n9} backbone(s) above x {ext['iters_per_run']} iterations "
+              f"({'grid9, the paper protocol' if n9 == 9 else 'dry run: not the full grid'}), "
+              "extrapolated from the timed iterations (runs start in sweep order whenever a "
+              "slot frees; evaluation/metrics time not included):", ""]
+    for prec in ("fp32", "amp"):
+        v = seq.get(prec, {})
+        lines.append(f"- one after another, {prec}: {_f(v.get('wall_min'))} min "
+                     f"({v.get('n', 0)} runs)")
+    for k, v in ext["packed"].items():
+        lines.append(f"- {k} at once, {ext['pack_precision']}: {_f(v['wall_min'])} min "
+                     f"(slowdown {_f(v['slowdown'])})")
+    if ext.get("best_k"):
+        verdict = "meets" if ext["meets_target"] else "MISSES"
+        lines.append(f"- best: {ext['best_k']} at once, {_f(ext['best_wall_min'])} min, "
+                     f"{_f(ext['speedup_vs_sequential_fp32'], 2)}x faster than one after another "
+                     f"in fp32; {verdict} the < {ext['target_min']:g} min target")
+    if doc.get("skipped"):
+        lines += ["", "Skipped (time budget or errors): " + "; ".join(doc["skipped"])]
+    return "\n".join(lines) + "\n"
