@@ -50,9 +50,13 @@ def annotation_path(dataset_dir: str | Path, scheme: str, fold: int, part: str) 
 
 def _read_coco(json_file: Path) -> dict:
     if not json_file.is_file():
-        avail = sorted(p.name for p in json_file.parent.glob("*.json")) if json_file.parent.is_dir() else []
-        raise DatasetError(f"{json_file}: no such annotation file (converted dataset? split/fold "
-                           f"exists? found: {', '.join(avail) or 'nothing'})")
+        scheme = json_file.name.rsplit("_f", 1)[0]
+        folds = sorted(p.name.removeprefix(f"{scheme}_f").split("_")[0]
+                       for p in json_file.parent.glob(f"{scheme}_f*_train.json"))
+        hint = (f"folds of {scheme} here: {', '.join(folds)}" if folds else
+                f"no {scheme} split in {json_file.parent} (a converted dataset? "
+                "python -m converters.convert)")
+        raise DatasetError(f"{json_file}: no such annotation file; {hint}")
     try:
         coco = json.loads(json_file.read_text())
     except json.JSONDecodeError as e:
@@ -168,8 +172,8 @@ def dataset_name(dataset_dir: str | Path, override: str | None = None) -> str:
     return Path(dataset_dir).resolve().name
 
 
-def first_image(split: Split) -> np.ndarray:
-    """The first image of a split as detectron2 reads it (HxWx3 uint8, BGR)."""
-    coco = _read_coco(split.json_file)
-    im = sorted(coco["images"], key=lambda i: i["id"])[0]
-    return read_image(str(split.image_root / im["file_name"]), format="BGR")
+def first_image(json_file: str | Path, image_root: str | Path) -> np.ndarray:
+    """The first image (lowest id) of a split as detectron2 reads it: HxWx3 uint8, BGR."""
+    coco = _read_coco(Path(json_file))
+    im = min(coco["images"], key=lambda i: i["id"])
+    return read_image(str(Path(image_root) / im["file_name"]), format="BGR")

@@ -107,14 +107,13 @@ class Trainer(DefaultTrainer):
         return [self.step_timer] + ret
 
 
-def median_after(times: list[float], skip: int) -> float | None:
-    """Median of ``times`` without the first ``skip`` (warm-up); if that leaves nothing, of all
-    but the first; None if empty."""
-    if len(times) > skip:
-        return statistics.median(times[skip:])
-    if len(times) > 1:
-        return statistics.median(times[1:])
-    return statistics.median(times) if times else None
+def median_after(times: list[float], skip: int) -> tuple[float | None, int]:
+    """(median, how many values it used) of ``times`` without the first ``skip`` (warm-up);
+    if that leaves nothing, of all but the first; (None, 0) if empty."""
+    for rest in (times[skip:], times[1:], times):
+        if rest:
+            return statistics.median(rest), len(rest)
+    return None, 0
 
 
 def run_training(d2cfg, progress: Progress) -> dict:

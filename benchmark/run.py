@@ -207,7 +207,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
         interrupted = e
         res.update(status="failed", error=R.error_info(e, progress.where))
     except Exception as e:  # noqa: BLE001 - every failure is a result
-        log.exception("run failed at %s", progress.where)
+        if isinstance(e, _expected_errors()):  # a clear message says it all
+            log.error("run failed at %s: %s", progress.where, e)
+        else:
+            log.exception("run failed at %s", progress.where)
         res.update(status="failed", error=R.error_info(e, progress.where))
     finally:
         if old_term is not None:
@@ -229,6 +232,13 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
     if interrupted is not None:
         raise interrupted
     return 1
+
+
+def _expected_errors() -> tuple[type, ...]:
+    from benchmark.config import ConfigError, WeightsUnavailable
+    from benchmark.data import DatasetError
+
+    return (ConfigError, WeightsUnavailable, DatasetError)
 
 
 def _main_thread() -> bool:
@@ -304,15 +314,18 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
                       int(cfg.seed), progress=progress)
 
     res["resumed_from_iter"] = out["start_iter"]
+    if out["start_iter"]:
+        res["notes"].append(f"resumed at iteration {out['start_iter']}: train_wall_s and "
+                            "train_s_per_iter cover the last process's iterations only")
     res["notes"] += out["notes"]
     res["artifacts"]["predictions"] = PREDICTIONS
     res["model"] = {"params_m": out["params_m"], "gflops": out["gflops"],
                     "gflops_input_hw": out["gflops_input_hw"]}
+    train_s, n_timed = median_after(out["step_times"], int(cfg.measure.warmup_iters))
     res["timing"] = {
-        "train_s_per_iter": median_after(out["step_times"], int(cfg.measure.warmup_iters)),
-        "infer_s_per_image": median_after(out["infer_times"], 1),
+        "train_s_per_iter": train_s, "infer_s_per_image": median_after(out["infer_times"], 1)[0],
         "train_wall_s": out["train_wall_s"], "eval_wall_s": out["eval_wall_s"],
-        "train_iters_timed": max(0, len(out["step_times"]) - int(cfg.measure.warmup_iters)),
+        "train_iters_timed": n_timed,
     }
 
     progress.where = "metrics"
@@ -359,8 +372,7 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
             from detectron2.data import MetadataCatalog
 
             meta = MetadataCatalog.get(test_name)
-            split = D.Split(test_name, Path(meta.json_file), Path(meta.image_root), 0, None, False)
-            image = D.first_image(split)
+            image = D.first_image(meta.json_file, meta.image_root)
             hw = list(image.shape[:2])
             gflops = count_gflops(model, image)
         except Exception as e:  # noqa: BLE001 - FLOPs are a nice-to-have, never a failure

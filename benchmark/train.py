@@ -9,6 +9,7 @@ stop everything, after the run has recorded them.
 """
 
 import sys
+import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,6 +19,8 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> int:
+    # detectron2 v0.6 scripts a few helpers at import: noise on current torch
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     from benchmark.run import Terminated, run
 
     hc = HydraConfig.get()

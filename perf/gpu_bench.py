@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import statistics
 import time
 import warnings
 from pathlib import Path
@@ -180,10 +181,9 @@ def train_slice(d2cfg, *, warmup: int, iters: int, window_s: float, seed: int = 
     Returns {s_per_iter (median), iters_timed, setup_s (build + calibration + the warm-up's
     excess over steady iterations: what a run pays once), infer_s_per_image, infer_images,
     peak_mb, reserved_mb, peak_rss_mb}."""
-    import torch
     from detectron2.utils.env import seed_all_rng
 
-    from benchmark.engine import Progress, median_after, predict, reset_peak_memory
+    from benchmark.engine import Progress, predict, reset_peak_memory
 
     _release()
     reset_peak_memory()
@@ -206,7 +206,7 @@ def train_slice(d2cfg, *, warmup: int, iters: int, window_s: float, seed: int = 
     times = run_iterations(trainer, warmup, keep_going, warm)
     if not times:
         raise RuntimeError("no timed iterations: SOLVER.MAX_ITER <= warm-up")
-    s_per_iter = median_after(times, 0)
+    s_per_iter = statistics.median(times)
     # what a run pays once: build + calibration + the warm-up's excess over steady iterations
     setup_s = max(0.0, warm_at["t"] - t0 - warmup * s_per_iter)
     out = {"s_per_iter": s_per_iter, "iters_timed": len(times), "setup_s": setup_s,
@@ -215,11 +215,54 @@ def train_slice(d2cfg, *, warmup: int, iters: int, window_s: float, seed: int = 
     if infer_test is not None:
         pred = predict(trainer.model, d2cfg, infer_test, infer_out or Path(d2cfg.OUTPUT_DIR) /
                        "predictions.json", Progress())
-        out["infer_s_per_image"] = median_after(pred["infer_times"], 1)
+        infer = pred["infer_times"]
+        # the first image pays one-off costs (loader start, kernel choice): left out
+        out["infer_s_per_image"] = statistics.median(infer[1:] or infer) if infer else None
         out["infer_images"] = len(pred["infer_times"])
     del trainer, batch
     _release()
     return out
+
+
+def loader_profile(d2cfg, train_name: str, n: int = 20) -> dict:
+    """Cost of feeding one training image, in this process on one core: the harness's train
+    mapper (``benchmark.data.build_mapper``: read + resize + masks -> tensors) against its
+    cacheable parts, the PNG decode (``read_image``) and the RLE decode of every instance mask.
+    Seconds per image, means over ``n`` images (cycled if the split has fewer)."""
+    import copy
+
+    import torch
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.detection_utils import read_image
+    from pycocotools import mask as mask_utils
+
+    from benchmark.data import build_mapper
+
+    dicts = DatasetCatalog.get(train_name)
+    items = [dicts[i % len(dicts)] for i in range(n)]
+    mapper = build_mapper(d2cfg, is_train=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one DataLoader worker's share
+    try:
+        mapper(copy.deepcopy(items[0]))  # first-call costs (imports, caches)
+        t0 = time.perf_counter()
+        for d in items:
+            mapper(copy.deepcopy(d))
+        t_map = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        for d in items:
+            read_image(d["file_name"], format=d2cfg.INPUT.FORMAT)
+        t_png = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        for d in items:
+            for a in d["annotations"]:
+                mask_utils.decode(a["segmentation"])
+        t_rle = (time.perf_counter() - t0) / n
+    finally:
+        torch.set_num_threads(threads)
+    return {"mapper_s_per_image": t_map, "png_decode_s_per_image": t_png,
+            "rle_decode_s_per_image": t_rle, "images": n,
+            "cacheable_share": (t_png + t_rle) / t_map if t_map else None}
 
 
 def env_facts(device: str) -> dict:

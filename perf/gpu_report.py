@@ -94,13 +94,30 @@ def makespan(durations: Sequence[float], slots: int) -> float:
     return max(free) if durations else 0.0
 
 
+CONTEXT_MB = 500.0  # a CUDA context per process, outside torch's allocator (approximate)
+
+
+def worst_case_mb(backbones: Sequence[dict], precision: str, k: int,
+                  context_mb: float = CONTEXT_MB) -> float | None:
+    """Memory the k hungriest backbones need at once: their peak reserved (else allocated)
+    MiB at ``precision`` plus ``context_mb`` (a CUDA context) each. None if no figure."""
+    mbs = sorted(((b.get(precision) or {}).get("reserved_mb") or (b.get(precision) or {}).get("peak_mb")
+                  for b in backbones), key=lambda x: -(x or 0))
+    mbs = [m for m in mbs if m]
+    if not mbs:
+        return None
+    return sum(mbs[:k]) + context_mb * min(k, len(mbs))
+
+
 def extrapolate(backbones: Sequence[dict], packing: Sequence[dict], *, iters: int,
-                test_images: int, pack_precision: str) -> dict:
+                test_images: int, pack_precision: str, device_mb: float | None = None) -> dict:
     """The sweep over ``backbones`` (each: key, fp32/amp {s_per_iter}, setup_s,
     infer_s_per_image) at ``iters`` iterations per run: one after another in fp32 and in
     AMP, and packed k at once for each measured packing level (precision
     ``pack_precision``, each run slowed by that level's measured slowdown). Backbones without
-    a figure for a precision are left out of that line, and ``n`` says how many remain."""
+    a figure for a precision are left out of that line, and ``n`` says how many remain.
+    ``device_mb``: the GPU's memory; a packing whose k hungriest backbones would not fit in
+    it is not chosen as the best."""
 
     def durations(precision: str, factor: float = 1.0) -> list[float]:
         out = []
@@ -122,10 +139,13 @@ def extrapolate(backbones: Sequence[dict], packing: Sequence[dict], *, iters: in
             continue
         d = durations(pack_precision, f)
         k = int(level["k"])
+        worst = worst_case_mb(backbones, pack_precision, k, CONTEXT_MB if device_mb else 0.0)
         res["packed"][str(k)] = {"n": len(d), "slowdown": f,
                                  "wall_min": makespan(d, k) / 60 if d else None,
-                                 "runs_per_hour": runs_per_hour(d, k)}
-    ok = {k: v for k, v in res["packed"].items() if v["wall_min"]}
+                                 "runs_per_hour": runs_per_hour(d, k),
+                                 "worst_case_mb": worst,
+                                 "fits": None if worst is None or not device_mb else worst <= device_mb}
+    ok = {k: v for k, v in res["packed"].items() if v["wall_min"] and v["fits"] is not False}
     best = min(ok, key=lambda k: ok[k]["wall_min"]) if ok else None
     res["best_k"] = int(best) if best else None
     res["best_wall_min"] = ok[best]["wall_min"] if best else None
@@ -175,7 +195,8 @@ def render_markdown(doc: dict) -> str:
         f"{s['ims_per_batch']}, input {s['input_desc']}, RoIs/image {s['roi_per_image']}); "
         f"{s['weights_desc']}; DataLoader workers {s['num_workers']}. Train s/iter: median of "
         f"{s['iters']} iterations (at most {s['window_s']:g} s) after {s['warmup']} warm-up ones, "
-        f"each synchronised{' (torch.cuda.synchronize)' if gpu else ''}; inference: median "
+        f"each synchronised{' (torch.cuda.synchronize)' if gpu else ''}"
+        f"{'; cudnn.benchmark ' + ('on' if env.get('cudnn_benchmark') else 'off') + ', TF32 convolutions ' + ('on' if env.get('tf32_conv') else 'off') if gpu else ''}; inference: median "
         f"s/image at batch 1 (fp32), first image left out.",
         "",
         f"Zoo: detectron2 MODEL_ZOO ({doc['zoo']['gpus']}x {doc['zoo']['gpu']}, "
@@ -242,9 +263,28 @@ def render_markdown(doc: dict) -> str:
             if r.get("error"):
                 lines.append(f"\nk={lv['k']} {r['name']} failed: {r['error']}")
 
-    seq, n9 = ext["sequential"], len(doc["backbones"])
-    lines += ["", f"Sweep of the {n9} backbone(s) above x {ext['iters_per_run']} iterations "
-              f"({'grid9, the paper protocol' if n9 == 9 else 'dry run: not the full grid'}), "
+    ld = doc.get("loader")
+    if ld:
+        cores = env["cpu_count"] or 1
+        ims = s["ims_per_batch"]
+        fed = {lv["k"]: sum(ims / r["s_per_iter"] for r in lv["runs"] if r.get("s_per_iter"))
+               for lv in doc["packing"] if lv.get("runs")}
+        want = ("; the packed runs consume " + ", ".join(f"{v:.0f} (k={k})" for k, v in fed.items())
+                + " images/s") if fed else ""
+        lines += ["", f"Data loading (the harness's train mapper, one core, {ld['images']} "
+                  f"images): {1000 * ld['mapper_s_per_image']:.1f} ms/image, of which PNG decode "
+                  f"{1000 * ld['png_decode_s_per_image']:.1f} ms and RLE mask decode "
+                  f"{1000 * ld['rle_decode_s_per_image']:.1f} ms (what caching decoded slices "
+                  f"would save: {100 * (ld['cacheable_share'] or 0):.0f}%); {cores} cores map at "
+                  f"most ~{cores / ld['mapper_s_per_image']:.0f} images/s{want}."]
+
+    seq = ext["sequential"]
+    measured = [b["key"] for b in doc["backbones"] if not b.get("skipped")]
+    missing = [k for k in GRID9 if k not in measured]
+    what = ("grid9, the paper protocol" if not missing else "dry run: not the full grid"
+            if doc["dry_run"] else f"NOT the full grid: {', '.join(missing)} missing")
+    lines += ["", f"Sweep of the {len(measured)} backbone(s) above x {ext['iters_per_run']} "
+              f"iterations ({what}), "
               "extrapolated from the timed iterations (runs start in sweep order whenever a "
               "slot frees; evaluation/metrics time not included):", ""]
     for prec in ("fp32", "amp"):
@@ -252,8 +292,10 @@ def render_markdown(doc: dict) -> str:
         lines.append(f"- one after another, {prec}: {_f(v.get('wall_min'))} min "
                      f"({v.get('n', 0)} runs)")
     for k, v in ext["packed"].items():
+        fit = {True: "fits", False: "does NOT fit", None: "fit unknown"}[v.get("fits")]
         lines.append(f"- {k} at once, {ext['pack_precision']}: {_f(v['wall_min'])} min "
-                     f"(slowdown {_f(v['slowdown'])})")
+                     f"(slowdown {_f(v['slowdown'])}; the {k} hungriest at once need "
+                     f"~{_mb(v.get('worst_case_mb'))} MiB: {fit})")
     if ext.get("best_k"):
         verdict = "meets" if ext["meets_target"] else "MISSES"
         lines.append(f"- best: {ext['best_k']} at once, {_f(ext['best_wall_min'])} min, "

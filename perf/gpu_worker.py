@@ -4,7 +4,8 @@ common time window next to k-1 others on the same GPU.
     python -m perf.gpu_worker --spec SPEC.json
 
 SPEC.json (written by perf/gpu_check.py): dataset, backbone, solver, amp, device, index,
-sync_dir, out_json, warmup, window_s, ready_timeout_s, threads, num_workers, spawned_at.
+sync_dir, out_json, warmup, window_s, ready_timeout_s, threads, num_workers, cudnn_benchmark,
+spawned_at.
 Protocol, through files in ``sync_dir``: after its warm-up the process writes
 ``ready_<index>`` and waits for ``go`` (JSON {"deadline": epoch seconds}), then trains until
 that deadline; it writes its figures (perf.gpu_bench.train_slice's dict + import_s, or an
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(int(spec["threads"]))
+        torch.backends.cudnn.benchmark = bool(spec.get("cudnn_benchmark", False))
         from perf import gpu_bench as G
 
         G.quiet_detectron2()

@@ -12,6 +12,9 @@ from benchmark import config as C
 from benchmark import data as D
 from benchmark.run import compose
 
+# pycocotools' decode on numpy 2 (not ours): one warning per mask
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 LEFT, RIGHT, INFECTION = 0, 1, 2  # detectron2's contiguous ids for categories 1, 2, 3
 
 

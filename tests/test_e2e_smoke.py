@@ -1,0 +1,98 @@
+"""End to end, as CI and `make demo` run it: the nine backbones swept with the smoke solver on
+the tiny phantom (real detectron2 training and COCO evaluation on the CPU), then the report.
+
+One sweep serves every test here (module fixture): each backbone's result.json is checked on
+its own (a valid run with per-class AP for bbox and segm), then the report built from them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.result import CLASSES, read_result, validate
+from reports.build import build_report
+
+REPO = Path(__file__).resolve().parents[1]
+NINE = {"r50_c4": "R50-C4", "r50_dc5": "R50-DC5", "r50_fpn": "R50-FPN",
+        "r101_c4": "R101-C4", "r101_dc5": "R101-DC5", "r101_fpn": "R101-FPN",
+        "x101_c4": "X101-C4", "x101_dc5": "X101-DC5", "x101_fpn": "X101-FPN"}
+# 4 iterations (the first left out of the median s/iter), one checkpoint at the end only
+SMOKE = ["solver.max_iter=4", "solver.checkpoint_period=100", "measure.warmup_iters=1"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tiny_dataset, tmp_path_factory):
+    sweep_dir = tmp_path_factory.mktemp("e2e") / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmark.sweep", "+experiment=smoke", f"dataset_dir={tiny_dataset}",
+         f"hydra.sweep.dir={sweep_dir}", *SMOKE],
+        cwd=REPO, capture_output=True, text=True, timeout=3600,
+    )
+    runs = {}
+    for path in sweep_dir.rglob("result.json"):
+        r = read_result(path.parent)
+        runs[r["backbone"]] = (path.parent, r)
+    return proc, sweep_dir, runs
+
+
+def classes_in(json_file) -> set[str]:
+    coco = json.loads(Path(json_file).read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    return {names[a["category_id"]] for a in coco["annotations"]}
+
+
+def test_sweep_finishes_with_summary(smoke_sweep):
+    proc, sweep_dir, runs = smoke_sweep
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("9 runs: 9 ok")
+    assert sorted(runs) == sorted(NINE.values())
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
+    assert len(plan["runs"]) == 9
+
+
+@pytest.mark.parametrize("backbone", NINE)
+def test_backbone_trains_and_writes_result(smoke_sweep, backbone):
+    _, _, runs = smoke_sweep
+    run_dir, r = runs[NINE[backbone]]
+    assert validate(r) == [], validate(r)
+    assert r["status"] == "ok" and r["error"] is None
+    assert r["trunk"] + "-" + r["head"] == r["backbone"]
+    assert r["in_zoo"] == (backbone not in ("x101_c4", "x101_dc5"))
+    assert r["experiment"] == "smoke" and r["weights"] == "scratch" and r["solver"]["max_iter"] == 4
+    assert r["dataset"]["n_train_images"] > r["dataset"]["n_test_images"] > 0
+    # per-class AP for bbox and segm: a number for every class the test split has
+    present = classes_in(r["artifacts"]["test_annotations"])
+    assert present == set(CLASSES)
+    for task in ("bbox", "segm"):
+        for cls in CLASSES:
+            row = r["metrics"][task]["per_class"][cls]
+            assert row["AP"] is not None and 0 <= row["AP"] <= 100, (task, cls, row)
+    assert set(r["metrics"]["dice"]["mean"]) == set(CLASSES)
+    # measured, not guessed
+    assert r["timing"]["train_s_per_iter"] > 0 and r["timing"]["infer_s_per_image"] > 0
+    assert 20 < r["model"]["params_m"] < 300 and r["model"]["gflops"] > 0
+    assert r["memory"]["peak_rss_mb"] > 100
+    assert (run_dir / r["artifacts"]["predictions"]).is_file()
+    assert (run_dir / r["artifacts"]["metrics_log"]).is_file()
+
+
+def test_report_from_the_sweep(smoke_sweep):
+    _, sweep_dir, _ = smoke_sweep
+    html = build_report(sweep_dir, progress=False)
+    report = html.parent
+    t3 = pd.read_csv(report / "table3.csv")
+    assert len(t3) == 9
+    per_class = pd.read_csv(report / "per_class_ap.csv")
+    classes = per_class.groupby("backbone")["class"].apply(set)
+    assert len(classes) == 9 and all(c == set(CLASSES) for c in classes)
+    text = html.read_text()
+    assert "not comparable" in text.lower()
+    assert "FAILED" not in text or "0 failed" in text.lower()
+    assert len(list(report.glob("*.png"))) >= 4
