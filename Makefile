@@ -23,7 +23,7 @@ SWEEP_DIR  ?= $(WORK)/sweeps/$(EXPERIMENT)
 SWEEP      ?=
 ARGS       ?=
 
-.PHONY: help setup data download train sweep report demo test test-fast perf clean
+.PHONY: help setup data download train sweep report demo test test-fast perf gpu-check wheels clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +67,12 @@ test-fast: $(STAMP) ## Tests without the slow tier (training, sweeps, Slurm, bro
 
 perf: $(STAMP) ## Speed benchmarks -> perf/RESULTS.md and perf/results.json
 	$(PY) -m perf.run $(ARGS)
+
+gpu-check: $(STAMP) ## The GPU check (perf/GPU.md): speed/memory per backbone, runs per GPU; DRY=1 on a CPU
+	PYTHON=$(PY) bash perf/gpu_check.sh $(if $(DRY),--dry-run) $(ARGS)
+
+wheels: $(STAMP) ## Fill .whl/ with the wheels a GPU machine without internet needs (perf/GPU.md)
+	PYTHON=$(PY) bash perf/wheels.sh
 
 clean: ## Remove generated data and runs (work/); keeps .venv
 	rm -rf $(WORK)
