@@ -11,6 +11,9 @@ import pytest
 from benchmark.result import CLASSES, read_result, validate
 from benchmark.run import compose, run
 
+# pycocotools' encode/decode on numpy 2 (not ours): one warning per mask
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 BACKBONES = ["r50_c4", "r50_dc5", "r50_fpn", "r101_c4", "r101_dc5", "r101_fpn",
              "x101_c4", "x101_dc5", "x101_fpn"]
 # 4 iterations, the first left out of the median; one checkpoint at the end only
@@ -47,9 +50,10 @@ def test_backbone_trains_and_writes_result(backbone, tiny_dataset, tmp_path):
     assert set(r["metrics"]["dice"]["mean"]) == set(CLASSES)
     # measured, not guessed
     t, m = r["timing"], r["model"]
-    assert t["train_s_per_iter"] > 0 and t["infer_s_per_image"] > 0 and t["train_iters_timed"] == 3
-    assert t["train_wall_s"] >= 3 * t["train_s_per_iter"]
-    assert 20 < m["params_m"] < 300 and m["gflops"] > 0 and m["gflops_input_hw"] == [64, 64]
+    assert t["train_s_per_iter"] > 0 and t["infer_s_per_image"] > 0 and t["train_iters_timed"] == 3, t
+    assert t["train_wall_s"] > t["train_s_per_iter"] and t["eval_wall_s"] > t["infer_s_per_image"], t
+    assert 20 < m["params_m"] < 300 and m["gflops_input_hw"] == [64, 64], m
+    assert m["gflops"] is not None and m["gflops"] > 0, r["notes"]
     assert r["memory"]["peak_rss_mb"] > 100 and r["env"]["device"] in ("cpu", "cuda")
     # artifacts exist; checkpoints are gone (keep_checkpoint false); TensorBoard events stay
     d2 = run_dir / "d2"
