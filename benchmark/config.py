@@ -138,6 +138,25 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_switch(name: str, value: Any, device: str) -> bool:
+    """An on/off option that may be ``auto`` (on with CUDA): ``amp``, ``cudnn_benchmark``.
+    amp=true without CUDA is an error (detectron2's AMPTrainer needs it)."""
+    if value == "auto":
+        return device == "cuda"
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r}: expected auto, true or false")
+    if name == "amp" and value and device != "cuda":
+        raise ConfigError("amp=true needs CUDA (detectron2's AMPTrainer); use amp=false on CPU")
+    return value
+
+
+def auto_workers(cores: int, concurrent_runs: int) -> int:
+    """DataLoader workers for ``solver.num_workers=auto``: the cores each concurrent run gets,
+    less one for its main process, between 1 and 4 (the paper mapper maps ~33 slices/s per
+    core, perf/gpu_check.py; a run on an H200 consumes far fewer)."""
+    return max(1, min(4, cores // max(1, concurrent_runs) - 1))
+
+
 def _input_sizes(input_size: Any, image_hw: Sequence[int] | None) -> list[tuple[str, Any]]:
     if input_size == "zoo":
         return []
@@ -184,14 +203,17 @@ def d2_deltas(cfg: DictConfig, *, base, train_name: str, test_name: str, output_
         ("INPUT.RANDOM_FLIP", "none"),
         ("DATASETS.TRAIN", (train_name,)),
         ("DATASETS.TEST", (test_name,)),
-        ("DATALOADER.NUM_WORKERS", int(s.num_workers)),
+        # auto: run() sizes it to the concurrent runs first; here (perf, notebooks) one run
+        ("DATALOADER.NUM_WORKERS", auto_workers(os.cpu_count() or 1, 1)
+         if s.num_workers == "auto" else int(s.num_workers)),
         ("DATALOADER.FILTER_EMPTY_ANNOTATIONS", bool(cfg.input.filter_empty)),
         ("SOLVER.IMS_PER_BATCH", int(s.ims_per_batch)),
         ("SOLVER.BASE_LR", float(s.base_lr)),
         ("SOLVER.MAX_ITER", int(s.max_iter)),
         ("SOLVER.STEPS", lr_steps(s.lr_schedule, int(s.max_iter), base.SOLVER.STEPS, base.SOLVER.MAX_ITER)),
         ("SOLVER.CHECKPOINT_PERIOD", int(s.checkpoint_period)),
-        ("SOLVER.AMP.ENABLED", bool(cfg.amp)),
+        ("SOLVER.AMP.ENABLED", resolve_switch("amp", cfg.amp, device)),
+        ("CUDNN_BENCHMARK", resolve_switch("cudnn_benchmark", cfg.cudnn_benchmark, device)),
         ("TEST.EVAL_PERIOD", int(cfg.eval_period)),
         ("SEED", int(cfg.seed)),
         ("OUTPUT_DIR", str(output_dir)),

@@ -90,7 +90,8 @@ def describe(cfg: DictConfig, config: dict) -> dict:
         "weights": str(cfg.weights.path) if cfg.weights.get("path") else cfg.weights.source,
         "experiment": _experiment(cfg),
         "solver": {"name": s.name, "ims_per_batch": s.ims_per_batch, "base_lr": s.base_lr,
-                   "max_iter": s.max_iter, "lr_schedule": s.lr_schedule, "amp": bool(cfg.amp)},
+                   "max_iter": s.max_iter, "lr_schedule": s.lr_schedule,
+                   "amp": cfg.amp if isinstance(cfg.amp, bool) else None},  # auto: set with the device
         "dataset": {"name": None, "dir": config["dataset_dir"], "split": cfg.split.scheme,
                     "fold": cfg.split.fold, "n_train_images": None, "n_test_images": None,
                     "image_size": None},
@@ -141,6 +142,36 @@ def material_diff(old: Any, new: Any) -> list[str]:
             if not any(k == h or k.startswith(h + ".") for h in HARMLESS)]
 
 
+_FORK = "fork" in __import__("multiprocessing").get_all_start_methods()
+
+
+def run_config(cfg: DictConfig) -> dict:
+    """The config a run records (resolved_config), after the adjustments run() makes to
+    ``cfg`` in place: solver.num_workers=auto sized to the concurrent runs; 0 under the joblib
+    launcher where fork is missing (macOS, Windows: hydra#964). benchmark.sweep calls it too."""
+    if _joblib_launcher() and not _FORK and cfg.solver.num_workers:
+        OmegaConf.update(cfg, "solver.num_workers", 0)
+    if cfg.solver.num_workers == "auto":
+        from benchmark.config import auto_workers
+
+        OmegaConf.update(cfg, "solver.num_workers", auto_workers(os.cpu_count() or 1,
+                                                                 _concurrent_runs()))
+    return resolved_config(cfg)
+
+
+def _concurrent_runs() -> int:
+    """Runs this machine holds at once: the joblib launcher's n_jobs, else 1."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if _joblib_launcher():
+            n = int(HydraConfig.get().launcher.n_jobs)
+            return n if n > 0 else (os.cpu_count() or 1)
+    except Exception:  # noqa: BLE001 - not under Hydra
+        pass
+    return 1
+
+
 def _joblib_launcher() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -156,7 +187,7 @@ def _joblib_launcher() -> bool:
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
     """Run (or skip, or resume) one run into ``run_dir``; returns the exit status (see module)."""
     run_dir = Path(run_dir).resolve()
-    config = resolved_config(cfg)
+    config = run_config(cfg)
     prev = R.read_result(run_dir)
     if prev is not None and prev.get("status") == "ok":
         diff = material_diff(prev.get("config"), config)
@@ -174,10 +205,13 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
                   f"({', '.join(diff)}); nothing done. Delete {run_dir / D2_DIR} to start over, "
                   "or use another run dir.", file=sys.stderr)
             return 2
-    if _joblib_launcher() and cfg.solver.num_workers:
-        # joblib's loky workers crash with DataLoader workers (hydra#964)
-        OmegaConf.update(cfg, "solver.num_workers", 0)
-        config = resolved_config(cfg)
+    if _joblib_launcher() and _FORK:
+        import multiprocessing as mp
+
+        # loky makes its own start method the default in its workers, and torch's DataLoader
+        # then fails to start its workers with it (hydra#964); fork is what a plain process
+        # uses on Linux.
+        mp.set_start_method("fork", force=True)
 
     res = describe(cfg, config) | {
         "status": "failed",
@@ -201,7 +235,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
 
     old_term = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     try:
-        execute(cfg, run_dir, res, progress)
+        from benchmark.gpus import gpu_slot
+
+        with gpu_slot(int(cfg.jobs_per_gpu), _joblib_launcher(), cfg.device, res):
+            execute(cfg, run_dir, res, progress)
         res.update(status="ok", error=None)
     except (KeyboardInterrupt, Terminated) as e:
         interrupted = e
@@ -277,9 +314,9 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
 
     progress.where = "check device"
     device = C.resolve_device(cfg.device)
-    res["env"] = environment(device)
-    if cfg.amp and device != "cuda":
-        raise C.ConfigError("amp=true needs CUDA (detectron2's AMPTrainer); use amp=false on CPU")
+    res["env"] = environment(device) | ({"gpu_slot": res["env"]["gpu_slot"]}
+                                        if res["env"].get("gpu_slot") is not None else {})
+    res["solver"]["amp"] = C.resolve_switch("amp", cfg.amp, device)
     if cfg.num_gpus > 1 and (device != "cuda" or torch.cuda.device_count() < cfg.num_gpus):
         raise C.ConfigError(f"num_gpus={cfg.num_gpus} but {torch.cuda.device_count()} CUDA devices")
 
@@ -350,8 +387,12 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
     from benchmark.engine import (Progress, count_gflops, count_params_m, peak_memory, predict,
                                   reset_peak_memory, run_training)
 
+    import torch
+
     progress = progress or Progress()
     run_dir = Path(run_dir)
+    # detectron2's default_setup does this; the harness does not call default_setup
+    torch.backends.cudnn.benchmark = bool(d2cfg.CUDNN_BENCHMARK)
     reset_peak_memory()
     seed_all_rng(seed + comm.get_rank())
     if comm.get_world_size() > 1:

@@ -76,11 +76,18 @@ def test_backbone_trains_and_writes_result(smoke_sweep, backbone):
             assert row["AP"] is not None and 0 <= row["AP"] <= 100, (task, cls, row)
     assert set(r["metrics"]["dice"]["mean"]) == set(CLASSES)
     # measured, not guessed
-    assert r["timing"]["train_s_per_iter"] > 0 and r["timing"]["infer_s_per_image"] > 0
-    assert 20 < r["model"]["params_m"] < 300 and r["model"]["gflops"] > 0
-    assert r["memory"]["peak_rss_mb"] > 100
-    assert (run_dir / r["artifacts"]["predictions"]).is_file()
+    t, m = r["timing"], r["model"]
+    assert t["train_s_per_iter"] > 0 and t["infer_s_per_image"] > 0 and t["train_iters_timed"] == 3
+    assert t["train_wall_s"] >= 3 * t["train_s_per_iter"]
+    assert 20 < m["params_m"] < 300 and m["gflops"] > 0 and m["gflops_input_hw"] == r["dataset"]["image_size"]
+    assert r["memory"]["peak_rss_mb"] > 100 and r["env"]["device"] in ("cpu", "cuda")
+    # artifacts exist; checkpoints are gone (keep_checkpoint false); TensorBoard events stay
+    d2 = run_dir / "d2"
+    preds = json.loads((run_dir / r["artifacts"]["predictions"]).read_text())
+    assert isinstance(preds, list) and all("segmentation" in p for p in preds)
     assert (run_dir / r["artifacts"]["metrics_log"]).is_file()
+    assert list(d2.glob("events.out.tfevents.*"))
+    assert not list(d2.glob("*.pth")) and not (d2 / "last_checkpoint").exists()
 
 
 def test_report_from_the_sweep(smoke_sweep):

@@ -106,11 +106,11 @@ def test_launcher_choices():
     assert compose_hydra("hydra/launcher=submitit_local").launcher._target_.endswith("LocalLauncher")
 
 
-def test_joblib_runs_plan_without_dataloader_workers(tmp_path):
-    # hydra#964: DataLoader workers crash inside joblib's workers; the run records 0 there
+def test_joblib_runs_keep_their_dataloader_workers(tmp_path):
+    # hydra#964 is avoided by starting DataLoader workers with fork: the planned config keeps them
     cfgs = [plan(tmp_path, "+experiment=smoke", "backbone=r50_fpn", "solver.num_workers=2", *launcher).runs[0].config
             for launcher in ([], ["hydra/launcher=joblib"])]
-    assert [c["solver"]["num_workers"] for c in cfgs] == [2, 0]
+    assert [c["solver"]["num_workers"] for c in cfgs] == [2, 2]
 
 
 # ----------------------------------------------------------------------------- summary
@@ -197,7 +197,7 @@ def test_failed_run_does_not_stop_the_sweep_and_rerun_redoes_only_it(tiny_datase
 
 
 @pytest.mark.slow
-def test_joblib_runs_two_at_once_without_dataloader_workers(tiny_dataset, tmp_path):
+def test_joblib_runs_two_at_once_with_dataloader_workers(tiny_dataset, tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = run_sweep(*SMOKE, f"dataset_dir={tiny_dataset}", f"hydra.sweep.dir={sweep_dir}", "backbone=r50_fpn",
                      "seed=0,1", "solver.num_workers=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
@@ -205,7 +205,7 @@ def test_joblib_runs_two_at_once_without_dataloader_workers(tiny_dataset, tmp_pa
     assert last_line(proc) == "2 runs: 2 ok"
     results = [read(sweep_dir / f"R50-FPN_seed={s}") for s in (0, 1)]
     assert [r["seed"] for r in results] == [0, 1]
-    assert [r["config"]["solver"]["num_workers"] for r in results] == [0, 0]  # hydra#964
+    assert [r["config"]["solver"]["num_workers"] for r in results] == [2, 2]  # fork: no hydra#964
     spans = [(dt.datetime.fromisoformat(r["started_at"]), dt.datetime.fromisoformat(r["finished_at"]))
              for r in results]
     assert max(s for s, _ in spans) < min(f for _, f in spans), f"runs did not overlap: {spans}"
