@@ -78,7 +78,8 @@ def test_backbone_trains_and_writes_result(smoke_sweep, backbone):
     # measured, not guessed
     t, m = r["timing"], r["model"]
     assert t["train_s_per_iter"] > 0 and t["infer_s_per_image"] > 0 and t["train_iters_timed"] == 3
-    assert t["train_wall_s"] >= 3 * t["train_s_per_iter"]
+    # the median of 3 timed iterations is at most half the sum of the two slowest
+    assert t["train_wall_s"] >= 2 * t["train_s_per_iter"]
     assert 20 < m["params_m"] < 300 and m["gflops"] > 0 and m["gflops_input_hw"] == r["dataset"]["image_size"]
     assert r["memory"]["peak_rss_mb"] > 100 and r["env"]["device"] in ("cpu", "cuda")
     # artifacts exist; checkpoints are gone (keep_checkpoint false); TensorBoard events stay
