@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import time
-
 import pytest
 
-from benchmark.result import CLASSES, read_result, validate
+from benchmark.result import read_result, validate
 from benchmark.run import compose, run
 
 # pycocotools' encode/decode on numpy 2 (not ours): one warning per mask
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-BACKBONES = ["r50_c4", "r50_dc5", "r50_fpn", "r101_c4", "r101_dc5", "r101_fpn",
-             "x101_c4", "x101_dc5", "x101_fpn"]
 # 4 iterations, the first left out of the median; one checkpoint at the end only
 SMOKE = ["solver=smoke", "solver.max_iter=4", "solver.checkpoint_period=100", "measure.warmup_iters=1"]
-
-
-def classes_in(json_file) -> set[str]:
-    coco = json.loads(open(json_file).read())
-    names = {c["id"]: c["name"] for c in coco["categories"]}
-    return {names[a["category_id"]] for a in coco["annotations"]}
 
 
 # Each of the nine backbones training and writing a valid result.json is checked once, on the
