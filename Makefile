@@ -56,8 +56,10 @@ report: $(STAMP) ## Build SWEEP/report/ (CSV, Markdown, plots, report.html); def
 
 demo: $(STAMP) ## Phantom -> COCO -> nine-backbone smoke sweep on CPU -> report.html
 	$(MAKE) --no-print-directory data DATA=phantom DATA_OUT=$(WORK)/data/phantom
-	$(MAKE) --no-print-directory sweep EXPERIMENT=demo DATA_OUT=$(WORK)/data/phantom SWEEP_DIR=$(WORK)/sweeps/demo || true
+	rc=0; $(MAKE) --no-print-directory sweep EXPERIMENT=demo DATA_OUT=$(WORK)/data/phantom SWEEP_DIR=$(WORK)/sweeps/demo || rc=$$?
 	$(MAKE) --no-print-directory report SWEEP=$(WORK)/sweeps/demo
+	echo "demo: open $(WORK)/sweeps/demo/report/report.html (smoke numbers: not comparable to the paper)"
+	exit $$rc
 
 test: $(STAMP) ## Every test tier (what CI runs)
 	$(PY) -m pytest $(ARGS)
