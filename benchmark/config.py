@@ -150,6 +150,16 @@ def resolve_switch(name: str, value: Any, device: str) -> bool:
     return value
 
 
+def resolve_infer_batch(value: Any, device: str) -> int:
+    """Images per forward pass in the final inference: ``auto`` = 8 with CUDA (a GPU is idle at
+    one 800-px slice), 1 on the CPU (no gain there, perf/RESULTS.md ``infer_batch_speedup_cpu``)."""
+    if value == "auto":
+        return 8 if device == "cuda" else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"infer_batch_size={value!r}: expected auto or an integer >= 1")
+    return value
+
+
 def auto_workers(cores: int, concurrent_runs: int) -> int:
     """DataLoader workers for ``solver.num_workers=auto``: the cores each concurrent run gets,
     less one for its main process, between 1 and 4 (the paper mapper maps ~33 slices/s per

@@ -137,37 +137,59 @@ def run_training(d2cfg, progress: Progress) -> dict:
             "train_wall_s": wall, "model": model}
 
 
-def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress) -> dict:
-    """Run the model on every image of ``dataset_name`` (batch 1, no augmentation) and write the
-    COCO results JSON (dataset category ids, RLE masks) to ``out_json`` atomically.
-    Returns {"predictions": list, "infer_times": seconds per image, "eval_wall_s": float}."""
+def _same_size_batches(loader, batch_size: int):
+    """Group the test loader's one-image lists into lists of up to ``batch_size`` images of one
+    size (H, W after the test resize), so a batch adds no padding an image alone would not get."""
+    buf: list = []
+    for inputs in loader:
+        for inp in inputs:
+            if buf and (len(buf) >= batch_size or inp["image"].shape != buf[0]["image"].shape):
+                yield buf
+                buf = []
+            buf.append(inp)
+    if buf:
+        yield buf
+
+
+def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
+            batch_size: int = 1) -> dict:
+    """Run the model on every image of ``dataset_name`` (no augmentation; ``batch_size`` images
+    of one size per forward pass) and write the COCO results JSON (dataset category ids, RLE
+    masks) to ``out_json`` atomically. Returns {"predictions": list, "infer_times": seconds per
+    image, one entry per batch (the batch's time / its images), "infer_batches": images in each
+    batch, "eval_wall_s": float}."""
     from tqdm import tqdm
 
+    if batch_size < 1:
+        raise ValueError(f"inference batch size {batch_size}: expected >= 1")
     loader = Trainer.build_test_loader(d2cfg, dataset_name)
     meta = MetadataCatalog.get(dataset_name)
     to_dataset_id = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
     cuda = next(model.parameters()).is_cuda
-    preds, times = [], []
+    preds, times, sizes = [], [], []
     was_training = model.training
     model.eval()
     t_all = time.perf_counter()
     try:
-        with torch.no_grad():
-            for i, inputs in enumerate(tqdm(loader, desc="inference", unit="img", leave=False)):
-                progress.where = f"inference image {i}"
+        with torch.no_grad(), tqdm(total=len(loader), desc="inference", unit="img", leave=False) as bar:
+            for inputs in _same_size_batches(loader, batch_size):
+                progress.where = f"inference image {bar.n}"
                 t0 = time.perf_counter()
                 outputs = model(inputs)
                 if cuda:
                     torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
+                times.append((time.perf_counter() - t0) / len(inputs))
+                sizes.append(len(inputs))
                 for inp, out in zip(inputs, outputs):
                     for p in instances_to_coco_json(out["instances"].to("cpu"), inp["image_id"]):
                         p["category_id"] = to_dataset_id[p["category_id"]]
                         preds.append(p)
+                bar.update(len(inputs))
     finally:
         model.train(was_training)
     write_json_atomic(out_json, preds)
-    return {"predictions": preds, "infer_times": times, "eval_wall_s": time.perf_counter() - t_all}
+    return {"predictions": preds, "infer_times": times, "infer_batches": sizes,
+            "eval_wall_s": time.perf_counter() - t_all}
 
 
 def count_params_m(model) -> float:

@@ -133,7 +133,9 @@ def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 # Config keys that change neither what is trained nor what is scored: a run dir may be
 # resumed or skipped with other values for them.
-HARMLESS = ("keep_checkpoint", "measure", "solver.num_workers", "experiment", "dataset_name")
+# batching inference changes predictions by float round-off only
+HARMLESS = ("keep_checkpoint", "measure", "solver.num_workers", "experiment", "dataset_name",
+            "infer_batch_size")
 
 
 def material_diff(old: Any, new: Any) -> list[str]:
@@ -317,6 +319,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
     res["env"] = environment(device) | ({"gpu_slot": res["env"]["gpu_slot"]}
                                         if res["env"].get("gpu_slot") is not None else {})
     res["solver"]["amp"] = C.resolve_switch("amp", cfg.amp, device)
+    infer_batch = C.resolve_infer_batch(cfg.infer_batch_size, device)
     if cfg.num_gpus > 1 and (device != "cuda" or torch.cuda.device_count() < cfg.num_gpus):
         raise C.ConfigError(f"num_gpus={cfg.num_gpus} but {torch.cuda.device_count()} CUDA devices")
 
@@ -344,11 +347,12 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
 
         progress.where = f"train (DDP, {cfg.num_gpus} processes)"
         launch(_worker, cfg.num_gpus, dist_url="auto",
-               args=(d2cfg, split, test.name, str(run_dir), bool(cfg.measure.flops), int(cfg.seed)))
+               args=(d2cfg, split, test.name, str(run_dir), bool(cfg.measure.flops), int(cfg.seed),
+                     infer_batch))
         out = json.loads((run_dir / WORKER_OUT).read_text())
     else:
         out = _worker(d2cfg, split, test.name, str(run_dir), bool(cfg.measure.flops),
-                      int(cfg.seed), progress=progress)
+                      int(cfg.seed), infer_batch, progress=progress)
 
     res["resumed_from_iter"] = out["start_iter"]
     if out["start_iter"]:
@@ -362,7 +366,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
     res["timing"] = {
         "train_s_per_iter": train_s, "infer_s_per_image": median_after(out["infer_times"], 1)[0],
         "train_wall_s": out["train_wall_s"], "eval_wall_s": out["eval_wall_s"],
-        "train_iters_timed": n_timed,
+        "train_iters_timed": n_timed, "infer_batch_size": infer_batch,
     }
 
     progress.where = "metrics"
@@ -375,7 +379,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
 
 
 def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed: int,
-            progress=None) -> dict:
+            infer_batch: int = 1, progress=None) -> dict:
     """Train + predict + measure in this process (rank r of a launch, or the only one).
     ``split``: (dataset_dir, scheme, fold), to register the splits in spawned processes.
     Returns the facts run() records; under a multi-process launch rank 0 writes them to
@@ -404,7 +408,7 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
         return {}
     model = trained["model"]
     progress.where = "inference"
-    pred = predict(model, d2cfg, test_name, run_dir / PREDICTIONS, progress)
+    pred = predict(model, d2cfg, test_name, run_dir / PREDICTIONS, progress, batch_size=infer_batch)
     notes: list[str] = []
     progress.where = "measure"
     gflops, hw = None, None

@@ -9,6 +9,9 @@
   median of the per-pair ratios after warm-up. Target: within 3% (ratio <= 1.03).
 * ``train_loader_images_per_s``: the harness's training data loader alone (the paper's input
   sizes, 512 x 512 slices, the paper's 2 workers) next to what the model consumes on this machine.
+* ``infer_batch_speedup_cpu``: the final inference (``benchmark.engine.predict``) at 4 slices
+  per forward pass over one at a time, R50-FPN on 512 px slices, CPU; why ``infer_batch_size=auto``
+  batches on CUDA only.
 
     python -m perf.bench_train [--iters 24]
 """
@@ -157,6 +160,30 @@ def _loader_images_per_s(d2cfg, batches: int = LOADER_BATCHES) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _infer_batch_speedup(tmpdir: Path, batch: int = 4, rounds: int = 2) -> tuple[float, float, int]:
+    """(s/image one at a time, s/image at ``batch``, images): best of ``rounds`` alternating
+    passes of predict over the test split, R50-FPN, paper RPN/RoI settings at 512 px, CPU."""
+    from detectron2.modeling import build_model
+    from detectron2.utils.env import seed_all_rng
+
+    from benchmark.engine import Progress, predict
+
+    data = _dataset(tmpdir, 512, 5, 10)
+    d2cfg = _d2cfg(data, tmpdir / "infer", ["solver=paper", "solver.input_size=dataset"])
+    seed_all_rng(0)
+    model = build_model(d2cfg)  # random init: the cost of a pass does not depend on the weights
+    best = {1: float("inf"), batch: float("inf")}
+    for _ in range(rounds):
+        for bs in best:
+            out = predict(model, d2cfg, d2cfg.DATASETS.TEST[0], tmpdir / f"infer_b{bs}.json",
+                          Progress(), batch_size=bs)
+            best[bs] = min(best[bs], out["eval_wall_s"])
+    from detectron2.data import DatasetCatalog
+
+    images = len(DatasetCatalog.get(d2cfg.DATASETS.TEST[0]))
+    return best[1] / images, best[batch] / images, images
+
+
 def _quiet_detectron2() -> None:
     """Keep detectron2's INFO logs (model dump, per-iteration lines) off the console."""
     lg = logging.getLogger("detectron2")
@@ -189,6 +216,7 @@ def run(tmpdir: Path, iters: int = ITERS) -> dict:
     tiny_ips = _loader_images_per_s(_d2cfg(tiny, tmpdir / "loader_tiny", smoke))
     big = _dataset(tmpdir, 512, 5, 4)
     paper_ips = _loader_images_per_s(_d2cfg(big, tmpdir / "loader_paper", ["solver=paper"]))
+    one, four, n_infer = _infer_batch_speedup(tmpdir)
     return {
         "train_s_per_iter_vs_detectron2": {
             "value": wmed, "unit": "x", "target": "<= 1.03",
@@ -223,6 +251,12 @@ def run(tmpdir: Path, iters: int = ITERS) -> dict:
         "train_loader_headroom_x": {
             "value": tiny_ips / consumed, "unit": "x", "target": "> 1",
             "detail": "smoke loader images/s over the images/s the model consumed, same config",
+        },
+        "infer_batch_speedup_cpu": {
+            "value": one / four, "unit": "x", "target": "info (auto batches on CUDA only)",
+            "detail": f"predict() wall time per image, one at a time {one:.3f} s vs 4 per pass "
+                      f"{four:.3f} s; R50-FPN random init, paper RPN/RoI settings, {n_infer} test "
+                      f"slices at 512 px, {torch.get_num_threads()} CPU threads, best of 2 alternating passes",
         },
     }
 

@@ -171,16 +171,18 @@ def _release() -> None:
 
 def train_slice(d2cfg, *, warmup: int, iters: int, window_s: float, seed: int = 0,
                 on_warm: Callable[[], float] | None = None, infer_test: str | None = None,
-                infer_out: Path | None = None) -> dict:
+                infer_out: Path | None = None, infer_batch: int = 1) -> dict:
     """Build a trainer for ``d2cfg``, calibrate its frozen BN, train ``warmup`` iterations,
     then time up to ``iters`` iterations or ``window_s`` seconds (at least 2 iterations).
     ``on_warm``: called after the warm-up; returns the wall-clock deadline (time.time()) of
     the timed part (packing: one common window), overriding ``window_s``.
-    ``infer_test``: a registered test split to time inference on afterwards (fp32 only).
+    ``infer_test``: a registered test split to time inference on afterwards (fp32 only): one
+    image at a time, then (``infer_batch`` > 1) ``infer_batch`` per pass, as the harness's
+    ``infer_batch_size=auto`` does on CUDA: one pass to warm up, the next timed.
 
     Returns {s_per_iter (median), iters_timed, setup_s (build + calibration + the warm-up's
     excess over steady iterations: what a run pays once), infer_s_per_image, infer_images,
-    peak_mb, reserved_mb, peak_rss_mb}."""
+    infer_batched_s_per_image (None unless infer_batch > 1), peak_mb, reserved_mb, peak_rss_mb}."""
     from detectron2.utils.env import seed_all_rng
 
     from benchmark.engine import Progress, predict, reset_peak_memory
@@ -210,15 +212,22 @@ def train_slice(d2cfg, *, warmup: int, iters: int, window_s: float, seed: int = 
     # what a run pays once: build + calibration + the warm-up's excess over steady iterations
     setup_s = max(0.0, warm_at["t"] - t0 - warmup * s_per_iter)
     out = {"s_per_iter": s_per_iter, "iters_timed": len(times), "setup_s": setup_s,
-           "infer_s_per_image": None, "infer_images": 0}
+           "infer_s_per_image": None, "infer_images": 0, "infer_batched_s_per_image": None}
     out.update(_memory())  # the training peak (inference below adds little)
     if infer_test is not None:
-        pred = predict(trainer.model, d2cfg, infer_test, infer_out or Path(d2cfg.OUTPUT_DIR) /
-                       "predictions.json", Progress())
+        target = infer_out or Path(d2cfg.OUTPUT_DIR) / "predictions.json"
+        pred = predict(trainer.model, d2cfg, infer_test, target, Progress())
         infer = pred["infer_times"]
         # the first image pays one-off costs (loader start, kernel choice): left out
         out["infer_s_per_image"] = statistics.median(infer[1:] or infer) if infer else None
         out["infer_images"] = len(pred["infer_times"])
+        if infer_batch > 1 and infer:
+            for _ in range(2):  # the first pass meets new shapes (cudnn.benchmark picks kernels)
+                pred = predict(trainer.model, d2cfg, infer_test, target, Progress(),
+                               batch_size=infer_batch)
+            n = sum(pred["infer_batches"])
+            out["infer_batched_s_per_image"] = sum(
+                t * k for t, k in zip(pred["infer_times"], pred["infer_batches"])) / n
     del trainer, batch
     _release()
     return out

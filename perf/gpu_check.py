@@ -7,7 +7,8 @@ what the GPU machine lacks from ``.whl/``), or directly::
 1. generates the phantom (512 x 512; dry run 64 x 64) and converts it;
 2. per backbone (all nine; dry run three, incl. a C4): a trainer built by the harness trains a
    few warm-up iterations, then ``iters`` timed ones (each bounded by ``window_s``), in fp32
-   and in AMP (CUDA only); inference s/image (fp32, batch 1) on the test slices; peak memory;
+   and in AMP (CUDA only); inference s/image (fp32, batch 1, and 8 per pass as the sweep runs
+   it on CUDA) on the test slices; peak memory;
 3. packing: k = 1, 2, 4, 8 (dry run 1, 2) runs at once in separate processes
    (``perf.gpu_worker``), all timed over one common window; GPU utilisation and memory
    sampled with nvidia-smi where there is one;
@@ -69,6 +70,7 @@ class Plan:
     #                             cores // k (packed)
     extra: list[str] = field(default_factory=list)
     cudnn_benchmark: bool = False  # detectron2's default (CUDNN_BENCHMARK False)
+    infer_batch: int = 8  # images per inference pass (the harness's infer_batch_size=auto on CUDA)
 
 
 # An H200 slot: ~10 s to install wheels and import, then 420 s of measurements: the whole
@@ -80,7 +82,8 @@ GPU_PLAN = Plan(size=512, n_cases=3, slices=10, solver="paper", backbones=list(R
 # must not skip rows (the sizes, not the budget, keep it around two minutes).
 DRY_PLAN = Plan(size=64, n_cases=2, slices=5, solver="smoke", backbones=["r50_fpn", "r50_c4"],
                 warmup=1, iters=3, window_s=20.0, levels=[1, 2], pack_warmup=1,
-                pack_window_s=4.0, budget_s=900.0, ready_timeout_s=120.0, threads=1)
+                pack_window_s=4.0, budget_s=900.0, ready_timeout_s=120.0, threads=1,
+                infer_batch=4)
 # (one torch thread: on a small shared CPU two OpenMP threads per process make each iteration
 # up to 10x slower as soon as another process wants a core; measured here)
 
@@ -148,13 +151,13 @@ def measure_backbones(plan: Plan, dataset: Path, work: Path, device: str, clock:
                                                int(cfg.solver.ims_per_batch)))
                 m = G.train_slice(d2, warmup=plan.warmup, iters=plan.iters,
                                   window_s=plan.window_s,
-                                  infer_test=test.name if prec == "fp32" else None)
+                                  infer_test=test.name if prec == "fp32" else None,
+                                  infer_batch=plan.infer_batch)
+                infer = {k: m.pop(k) for k in ("infer_s_per_image", "infer_images",
+                                               "infer_batched_s_per_image")}
                 if prec == "fp32":
-                    entry["infer_s_per_image"] = m.pop("infer_s_per_image")
-                    entry["infer_images"] = m.pop("infer_images")
+                    entry.update(infer, infer_batch=plan.infer_batch)
                     entry["setup_s"] = m["setup_s"]
-                else:
-                    m.pop("infer_s_per_image"), m.pop("infer_images")
                 entry[prec] = m
                 _say(f"{key} {prec}: {m['s_per_iter']:.4f} s/iter over {m['iters_timed']} "
                      f"iterations, peak {m['peak_mb']:.0f} MiB")

@@ -112,7 +112,8 @@ def worst_case_mb(backbones: Sequence[dict], precision: str, k: int,
 def extrapolate(backbones: Sequence[dict], packing: Sequence[dict], *, iters: int,
                 test_images: int, pack_precision: str, device_mb: float | None = None) -> dict:
     """The sweep over ``backbones`` (each: key, fp32/amp {s_per_iter}, setup_s,
-    infer_s_per_image) at ``iters`` iterations per run: one after another in fp32 and in
+    infer_s_per_image and/or infer_batched_s_per_image, see infer_s) at ``iters`` iterations
+    per run: one after another in fp32 and in
     AMP, and packed k at once for each measured packing level (precision
     ``pack_precision``, each run slowed by that level's measured slowdown). Backbones without
     a figure for a precision are left out of that line, and ``n`` says how many remain.
@@ -125,7 +126,7 @@ def extrapolate(backbones: Sequence[dict], packing: Sequence[dict], *, iters: in
             m = b.get(precision) or {}
             if m.get("s_per_iter"):
                 out.append(run_seconds(m["s_per_iter"], iters, b.get("setup_s") or 0.0,
-                                       b.get("infer_s_per_image"), test_images, factor))
+                                       infer_s(b), test_images, factor))
         return out
 
     res: dict[str, Any] = {"iters_per_run": iters, "test_images": test_images,
@@ -178,6 +179,16 @@ def _mb(x: float | None) -> str:
     return "-" if x is None else f"{x:,.0f}"
 
 
+def _batch_desc(doc: dict) -> str:
+    sizes = sorted({b["infer_batch"] for b in doc["backbones"] if b.get("infer_batch")})
+    return "/".join(map(str, sizes)) or "-"
+
+
+def infer_s(b: dict) -> float | None:
+    """Inference s/image as a sweep run pays it: batched where measured, else one at a time."""
+    return b.get("infer_batched_s_per_image") or b.get("infer_s_per_image")
+
+
 def render_markdown(doc: dict) -> str:
     """The report: settings, the per-backbone table, the packing table, the extrapolation."""
     s, env = doc["settings"], doc["env"]
@@ -197,7 +208,9 @@ def render_markdown(doc: dict) -> str:
         f"{s['iters']} iterations (at most {s['window_s']:g} s) after {s['warmup']} warm-up ones, "
         f"each synchronised{' (torch.cuda.synchronize)' if gpu else ''}"
         f"{'; cudnn.benchmark ' + ('on' if env.get('cudnn_benchmark') else 'off') + ', TF32 convolutions ' + ('on' if env.get('tf32_conv') else 'off') if gpu else ''}; inference: median "
-        f"s/image at batch 1 (fp32), first image left out.",
+        f"s/image at batch 1 (fp32), first image left out; batched: s/image at "
+        f"{_batch_desc(doc)} images per pass (second pass), what the sweep's "
+        "`infer_batch_size=auto` does on CUDA and what the extrapolation uses.",
         "",
         f"Zoo: detectron2 MODEL_ZOO ({doc['zoo']['gpus']}x {doc['zoo']['gpu']}, "
         f"{doc['zoo']['images_per_iter']} images/iter = "
@@ -205,24 +218,25 @@ def render_markdown(doc: dict) -> str:
         f"its s/iter is scaled by IMS_PER_BATCH / "
         f"{doc['zoo']['images_per_iter'] // doc['zoo']['gpus']} = "
         f"{s['ims_per_batch'] / (doc['zoo']['images_per_iter'] / doc['zoo']['gpus']):g} to our "
-        "images per GPU; inference is batch 1 in both; its memory is per GPU at 2 images. "
+        "images per GPU; the zoo's inference is batch 1; its memory is per GPU at 2 images. "
         "COCO images resize to ~800x1200, the 512x512 phantom to 640-800 square: fewer pixels here.",
         "",
         f"| backbone | train s/iter fp32 | AMP | AMP speed-up | zoo s/iter | fp32 / zoo "
-        f"| infer s/img | zoo infer | {mem} fp32 | {mem} AMP | zoo MiB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| infer s/img | batched | zoo infer | {mem} fp32 | {mem} AMP | zoo MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for b in doc["backbones"]:
         fp, amp, zoo = b.get("fp32") or {}, b.get("amp") or {}, b.get("zoo") or {}
         if b.get("skipped"):
-            lines.append(f"| {b['name']} | skipped: {b['skipped']} |" + " |" * 9)
+            lines.append(f"| {b['name']} | skipped: {b['skipped']} |" + " |" * 10)
             continue
         t, ta, tz = fp.get("s_per_iter"), amp.get("s_per_iter"), zoo.get("train_s_per_iter")
         lines.append(
             f"| {b['name']} | {_f(t)} | {_f(ta) if ta else (amp.get('note') or '-')} "
             f"| {_f(t / ta, 2) + 'x' if t and ta else '-'} | {_f(tz)} "
             f"| {_f(t / tz, 2) + 'x' if t and tz else '-'} | {_f(b.get('infer_s_per_image'))} "
-            f"| {_f(zoo.get('infer_s_per_image'))} | {_mb(fp.get('peak_mb'))} "
+            f"| {_f(b.get('infer_batched_s_per_image'))} | {_f(zoo.get('infer_s_per_image'))} "
+            f"| {_mb(fp.get('peak_mb'))} "
             f"| {_mb(amp.get('peak_mb'))} | {_mb(zoo.get('train_mem_mb'))} |")
     for b in doc["backbones"]:
         for prec in ("fp32", "amp"):

@@ -83,6 +83,10 @@ def test_extrapolate_sequential_and_packed():
     tiny_gpu = R.extrapolate(bbs, packing, iters=1000, test_images=100, pack_precision="amp",
                              device_mb=3000)
     assert tiny_gpu["packed"]["2"]["fits"] is False and tiny_gpu["best_k"] == 1
+    # batched inference, where measured, is what a sweep run pays
+    batched = [dict(b, infer_batched_s_per_image=0.01) for b in bbs]
+    ext_b = R.extrapolate(batched, packing, iters=1000, test_images=100, pack_precision="amp")
+    assert ext_b["sequential"]["fp32"]["wall_min"] == pytest.approx((seq - 3 * 100 * 0.04) / 60)
 
 
 def test_wheel_set_rejects_two_versions(tmp_path):
@@ -127,6 +131,7 @@ def test_dry_run_writes_the_table(tmp_path):
         fp = b["fp32"]
         assert fp["s_per_iter"] > 0 and fp["iters_timed"] >= 2 and fp["peak_mb"] > 0, b
         assert b["infer_s_per_image"] > 0 and b["infer_images"] >= 2
+        assert b["infer_batch"] == plan["infer_batch"] > 1 and b["infer_batched_s_per_image"] > 0
         if doc["env"]["device"] == "cpu":
             assert b["amp"] == {"note": "n/a: AMP needs CUDA"}
         assert (b["zoo"] is None) == (b["name"] in ("X101-C4", "X101-DC5"))
