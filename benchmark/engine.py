@@ -46,6 +46,11 @@ class StepTimer(HookBase):
         self.times: list[float] = []
         self.progress = progress
         self._t0 = 0.0
+        self._cuda = False
+
+    def before_train(self) -> None:
+        # a CPU run on a GPU machine must not synchronize (and so create) a CUDA context
+        self._cuda = next(self.trainer.model.parameters()).is_cuda
 
     def before_step(self) -> None:
         if self.progress is not None:
@@ -53,7 +58,7 @@ class StepTimer(HookBase):
         self._t0 = time.perf_counter()
 
     def after_step(self) -> None:
-        if torch.cuda.is_available():
+        if self._cuda:
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self._t0)
 
@@ -237,7 +242,7 @@ def reset_peak_memory() -> bool:
     """Start the peak-memory counters afresh for this run (a Hydra multirun runs many runs in
     one process, whose lifetime peak would otherwise leak into later runs). Returns whether
     the RSS peak (Linux VmHWM) could be reset."""
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # else nothing has used the GPU yet: nothing to reset
         torch.cuda.reset_peak_memory_stats()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
@@ -250,7 +255,8 @@ def peak_memory() -> dict:
     """Peak memory since reset_peak_memory: GPU (torch.cuda.max_memory_allocated) and the
     process's resident set (VmHWM; getrusage's lifetime peak where /proc is missing), MiB.
     DataLoader worker processes are not included."""
-    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    # a process that never touched CUDA (a CPU run, also on a GPU machine) has no GPU peak
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else None
     rss = None
     try:
         for line in Path("/proc/self/status").read_text().splitlines():

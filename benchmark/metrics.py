@@ -50,6 +50,15 @@ _IOU50, _IOU75 = 0, 5
 # ---------------------------------------------------------------------------- loading
 
 
+def _read_json(path: str | os.PathLike, what: str):
+    """The JSON in ``path``; a ValueError naming the file and ``what`` it should hold if not."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read {what}: {e}") from e
+
+
 def load_gt(gt: str | os.PathLike | Mapping) -> dict:
     """Return the COCO ground-truth dict (read from ``gt`` when it is a path).
 
@@ -57,11 +66,7 @@ def load_gt(gt: str | os.PathLike | Mapping) -> dict:
     """
     name = str(gt) if isinstance(gt, (str, os.PathLike)) else "<ground-truth dict>"
     if isinstance(gt, (str, os.PathLike)):
-        try:
-            with open(gt) as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{name}: cannot read COCO annotations: {e}") from e
+        data = _read_json(gt, "COCO annotations")
     elif isinstance(gt, Mapping):
         data = dict(gt)
     else:
@@ -428,13 +433,10 @@ def evaluate(
     """
     gt = load_gt(gt_json_path)
     if isinstance(predictions, (str, os.PathLike)):
-        try:
-            with open(predictions) as f:
-                predictions = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{predictions}: cannot read COCO results: {e}") from e
+        path, predictions = predictions, _read_json(predictions, "COCO results")
         if not isinstance(predictions, list):
-            raise ValueError("COCO results JSON must hold a list of predictions")
+            raise ValueError(f"{path}: a COCO results JSON holds a list of predictions, "
+                             f"not {type(predictions).__name__}")
     counts = voxel_counts(gt, predictions, score_thresh)
     return {
         "segm": coco_metrics(gt, predictions, "segm", backend),

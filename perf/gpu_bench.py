@@ -222,7 +222,7 @@ def train_slice(d2cfg, *, warmup: int, iters: int, window_s: float, seed: int = 
         out["infer_s_per_image"] = statistics.median(infer[1:] or infer) if infer else None
         out["infer_images"] = len(pred["infer_times"])
         if infer_batch > 1 and infer:
-            for _ in range(2):  # the first pass meets new shapes (cudnn.benchmark picks kernels)
+            for _ in range(2):  # the first pass pays one-off costs (allocator growth, new shapes)
                 pred = predict(trainer.model, d2cfg, infer_test, target, Progress(),
                                batch_size=infer_batch)
             n = sum(pred["infer_batches"])

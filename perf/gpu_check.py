@@ -16,7 +16,7 @@ what the GPU machine lacks from ``.whl/``), or directly::
    best packing, writes ``gpu_check.md`` + ``gpu_check.json`` into ``--out`` and prints the
    Markdown.
 
-A time budget (``--budget-s``; 450 s on a GPU, under the issue's 8 minutes with set-up) is
+A time budget (``--budget-s``; 420 s on a GPU, under the issue's 8 minutes with set-up) is
 split between the two parts; what would overrun it is skipped and listed, never cut short
 silently. Exit status: 0, or 1 if any measurement failed.
 """
@@ -24,6 +24,7 @@ silently. Exit status: 0, or 1 if any measurement failed.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import shutil
@@ -188,6 +189,20 @@ def _gpu_sample() -> tuple[float, float] | None:
         return None
 
 
+def pack_workers(plan: Plan, k: int, cores: int | None = None) -> int:
+    """DataLoader workers of each of k packed runs: ``--workers`` if given, else what a packed
+    sweep gives each run (the solver's count; ``auto``: benchmark.config.auto_workers, the
+    cores each of the k runs gets, as the joblib launcher sizes them)."""
+    from omegaconf import OmegaConf
+
+    from benchmark.config import auto_workers
+
+    if plan.num_workers is not None:
+        return plan.num_workers
+    own = OmegaConf.load(REPO / "conf" / "solver" / f"{plan.solver}.yaml").num_workers
+    return auto_workers(cores or os.cpu_count() or 1, k) if own == "auto" else int(own)
+
+
 def pack_level(k: int, mix: list[dict], plan: Plan, dataset: Path, work: Path, device: str,
                precision: str, hard_end: float) -> dict:
     """k processes (``mix``: [{key, name}]) trained over one common window. Returns the
@@ -209,7 +224,7 @@ def pack_level(k: int, mix: list[dict], plan: Plan, dataset: Path, work: Path, d
                 "sync_dir": str(d), "out_json": str(d / f"result_{i}.json"),
                 "warmup": plan.pack_warmup, "window_s": plan.pack_window_s,
                 "ready_timeout_s": plan.ready_timeout_s, "threads": threads,
-                "num_workers": plan.num_workers, "cudnn_benchmark": plan.cudnn_benchmark,
+                "num_workers": pack_workers(plan, k), "cudnn_benchmark": plan.cudnn_benchmark,
                 "spawned_at": time.time()}
         (d / f"spec_{i}.json").write_text(json.dumps(spec))
         log = open(d / f"log_{i}.txt", "w")
@@ -249,6 +264,7 @@ def pack_level(k: int, mix: list[dict], plan: Plan, dataset: Path, work: Path, d
             r = {"name": m["name"], "backbone": m["key"], "error": f"no result (killed?): {tail}"}
         runs.append(r)
     return {"k": k, "runs": runs, "precision": precision, "threads": threads,
+            "num_workers": pack_workers(plan, k),
             "gpu_util_median": R.median(u for u, _ in samples),
             "gpu_mem_used_max_mb": max((m for _, m in samples), default=None),
             "wall_s": time.perf_counter() - t0}
@@ -355,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (REPO / ("work/gpu_check_dry" if args.dry_run else "perf/gpu"))
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock(plan.budget_s)
+    # a hang (a stuck DataLoader worker, a wedged CUDA call) must not eat the slot silently:
+    # print every thread's stack and exit well before the device tool's own limit
+    faulthandler.dump_traceback_later(plan.budget_s + 90, exit=True)
 
     from perf import gpu_bench as G
 
@@ -377,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     zoo = R.load_zoo()
     doc = {"schema": 1, "dry_run": args.dry_run, "command": " ".join(["perf/gpu_check.sh"] + (argv if argv is not None else sys.argv[1:])),
            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "env": G.env_facts(device), "plan": asdict(plan), "settings": {},
+           "env": {"device": device}, "plan": asdict(plan), "settings": {},
            "zoo": {k: zoo[k] for k in ("source", "gpu", "gpus", "images_per_iter")},
            "backbones": [], "packing": [], "skipped": [], "wall_s": 0.0}
 
@@ -390,11 +409,13 @@ def main(argv: list[str] | None = None) -> int:
              f"budget {plan.budget_s:.0f} s; work dir {work}")
         dataset = G.make_dataset(work, plan.size, plan.n_cases, plan.slices,
                                  workers=min(plan.n_cases, os.cpu_count() or 1))
+        # after the converter's process pool: its forked workers never meet a CUDA context
+        doc["env"] = G.env_facts(device)
         doc["settings"] = {"image_size": plan.size, "warmup": plan.warmup, "iters": plan.iters,
                            "window_s": plan.window_s, **_solver_facts(plan, dataset, device)}
         doc["packing_settings"] = {
             "precision": None, "warmup": plan.pack_warmup, "window_s": plan.pack_window_s,
-            "num_workers": doc["settings"]["num_workers"],
+            "num_workers": ", ".join(f"{pack_workers(plan, k)} (k={k})" for k in plan.levels),
             "threads_desc": str(plan.threads) if plan.threads else f"{os.cpu_count()} cores / k"}
         _say(f"dataset ready in {clock.elapsed():.0f} s: {dataset}")
         d2, train, _, _ = G.build_cfg(dataset, plan.backbones[0], plan.solver, amp=False,

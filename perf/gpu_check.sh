@@ -29,4 +29,6 @@ if ! missing=$("$PY" -m perf.gpu_env missing); then
     exit 3
   fi
 fi
+# what a "bus error" (DataLoader shared memory) or "too many open files" would need to explain
+echo "gpu_check: /dev/shm $(df -h /dev/shm 2>/dev/null | awk 'NR==2 {print $2 " total, " $4 " free"}'); ulimit -n $(ulimit -n)"
 exec "$PY" -m perf.gpu_check "$@"

@@ -248,8 +248,8 @@ def render_markdown(doc: dict) -> str:
     lines += [
         "",
         f"Packing: k runs at once on the one {'GPU' if gpu else 'CPU'}, separate processes "
-        f"({p['precision']}, {p['num_workers']} DataLoader workers and {p['threads_desc']} "
-        f"torch threads each); after {p['warmup']} warm-up iterations every process waits for "
+        f"({p['precision']}; DataLoader workers per run {p['num_workers']}, as a packed sweep "
+        f"sizes them; {p['threads_desc']} torch threads each); after {p['warmup']} warm-up iterations every process waits for "
         f"the others, then all train for the same {p['window_s']:g} s window. Slowdown = mean "
         f"over the k runs of s/iter packed / s/iter alone (table above, same precision). "
         f"Runs/hour = grid runs finished per hour at that packing, from each backbone's "

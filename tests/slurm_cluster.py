@@ -293,10 +293,8 @@ def _terminate(proc: subprocess.Popen, grace: float = 10) -> None:
 
 
 @contextlib.contextmanager
-def running_cluster(timeout: float = 60) -> Iterator[SlurmCluster]:
-    """Install if needed, start, yield with SLURM_CONF exported, stop. Raises ClusterError."""
-    ensure_installed()
-    cluster = SlurmCluster().start(timeout)
+def _serving(cluster: SlurmCluster) -> Iterator[SlurmCluster]:
+    """Yield ``cluster`` with SLURM_CONF exported; restore SLURM_CONF and stop it afterwards."""
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(cluster.conf)
     try:
@@ -307,6 +305,14 @@ def running_cluster(timeout: float = 60) -> Iterator[SlurmCluster]:
         else:
             os.environ["SLURM_CONF"] = old
         cluster.stop()
+
+
+@contextlib.contextmanager
+def running_cluster(timeout: float = 60) -> Iterator[SlurmCluster]:
+    """Install if needed, start, yield with SLURM_CONF exported, stop. Raises ClusterError."""
+    ensure_installed()
+    with _serving(SlurmCluster().start(timeout)) as cluster:
+        yield cluster
 
 
 # ----------------------------------------------------------------------------- pytest fixture
@@ -332,17 +338,9 @@ if pytest is not None:
             if os.environ.get("LUNGBENCH_REQUIRE_SLURM") == "1":
                 pytest.fail(msg)
             pytest.skip(msg)
-        old = os.environ.get("SLURM_CONF")
-        os.environ["SLURM_CONF"] = str(cluster.conf)
         pids = cluster.pids()
-        try:
+        with _serving(cluster):
             yield cluster
-        finally:
-            if old is None:
-                os.environ.pop("SLURM_CONF", None)
-            else:
-                os.environ["SLURM_CONF"] = old
-            cluster.stop()
         alive = [p for p in pids if Path(f"/proc/{p}").exists()]
         assert not alive, f"Slurm test daemons left running: {alive}"
         assert not cluster.root.exists(), f"{cluster.root} not removed"

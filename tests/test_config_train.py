@@ -127,7 +127,7 @@ def test_solver_presets():
     assert (p.SOLVER.IMS_PER_BATCH, p.SOLVER.BASE_LR, p.SOLVER.MAX_ITER) == (2, 0.00025, 5000)
     assert p.DATALOADER.NUM_WORKERS == C.auto_workers(os.cpu_count() or 1, 1)  # num_workers: auto
     assert p.SOLVER.WARMUP_ITERS == 1000
-    assert not p.SOLVER.AMP.ENABLED and not p.CUDNN_BENCHMARK  # auto, on the CPU: off
+    assert not p.SOLVER.AMP.ENABLED and not p.CUDNN_BENCHMARK  # amp auto on the CPU: off; cudnn off
     assert p.INPUT.MIN_SIZE_TEST == 800 and p.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 512
     s = d2cfg("solver=smoke", image_hw=(64, 64))
     assert s.SOLVER.MAX_ITER <= 20 and s.DATALOADER.NUM_WORKERS in (0, 1)

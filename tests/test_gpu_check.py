@@ -89,6 +89,20 @@ def test_extrapolate_sequential_and_packed():
     assert ext_b["sequential"]["fp32"]["wall_min"] == pytest.approx((seq - 3 * 100 * 0.04) / 60)
 
 
+def test_packed_runs_get_the_workers_a_packed_sweep_gives_them():
+    from dataclasses import replace
+
+    from benchmark.config import auto_workers
+    from perf.gpu_check import DRY_PLAN, GPU_PLAN, pack_workers
+
+    # paper solver (num_workers: auto) on the H200's 16 cores: what the joblib launcher does
+    assert [pack_workers(GPU_PLAN, k, cores=16) for k in (1, 2, 4, 8)] == [4, 4, 3, 1]
+    assert [pack_workers(GPU_PLAN, k, cores=16) for k in (1, 8)] == [auto_workers(16, 1),
+                                                                     auto_workers(16, 8)]
+    assert pack_workers(DRY_PLAN, 2, cores=16) == 0  # the smoke solver's own 0
+    assert pack_workers(replace(GPU_PLAN, num_workers=2), 8, cores=16) == 2  # --workers wins
+
+
 def test_wheel_set_rejects_two_versions(tmp_path):
     for name in ("fvcore-0.1.5-py3-none-any.whl", "fvcore-0.1.6-py3-none-any.whl"):
         with zipfile.ZipFile(tmp_path / name, "w"):
