@@ -1,33 +1,28 @@
-"""Facts about the public COVID-19-CT-Seg release that the converter needs at run time.
+"""Facts about the public COVID-19-CT-Seg release that the converter needs at run time, read
+from the packaged ``converters/covid19_ct_seg.json`` (a copy of the project's dataset facts,
+``shared/data/covid19_ct_seg.json``; ``tests/test_convert_splits.py`` checks the two agree).
 
-Copied from ``shared/data/covid19_ct_seg.json`` (Ma et al. 2021, COVID-19-CT-Seg-Benchmark,
-Task 1, 80/20 patient-level 5-fold split); ``tests/test_convert_splits.py`` checks the copy
-against that file where it exists.
+Official folds: Ma et al. 2021, COVID-19-CT-Seg-Benchmark, Task 1, 80/20 patient-level 5-fold.
 """
 from __future__ import annotations
 
-CORONACASES = [f"coronacases_{i:03d}" for i in range(1, 11)]
-RADIOPAEDIA = [
-    "radiopaedia_4_85506_1", "radiopaedia_7_85703_0", "radiopaedia_10_85902_1",
-    "radiopaedia_10_85902_3", "radiopaedia_14_85914_0", "radiopaedia_27_86410_0",
-    "radiopaedia_29_86490_1", "radiopaedia_29_86491_1", "radiopaedia_36_86526_0",
-    "radiopaedia_40_86625_0",
-]
-CASE_IDS = CORONACASES + RADIOPAEDIA
+import json
+from functools import cache
+from pathlib import Path
 
-# Test cases of each official fold; the train cases are all the others.
-MA2021_5FOLD_TEST = [
-    ["coronacases_007", "coronacases_008", "radiopaedia_36_86526_0", "radiopaedia_4_85506_1"],
-    ["coronacases_004", "coronacases_009", "radiopaedia_14_85914_0", "radiopaedia_7_85703_0"],
-    ["coronacases_001", "coronacases_010", "radiopaedia_10_85902_1", "radiopaedia_29_86491_1"],
-    ["coronacases_003", "coronacases_005", "radiopaedia_27_86410_0", "radiopaedia_40_86625_0"],
-    ["coronacases_002", "coronacases_006", "radiopaedia_10_85902_3", "radiopaedia_29_86490_1"],
-]
+FACTS = Path(__file__).with_name("covid19_ct_seg.json")
+
+
+@cache
+def _facts() -> dict:
+    return json.loads(FACTS.read_text())
+
+
+CASE_IDS: list[str] = [c for source in ("coronacases", "radiopaedia")
+                       for c in _facts()["cases"][source]]
 
 
 def ma2021_folds() -> list[dict[str, list[str]]]:
     """The five official folds as ``[{train: [...], test: [...]}]`` (sorted ids)."""
-    return [
-        {"train": sorted(set(CASE_IDS) - set(test)), "test": sorted(test)}
-        for test in MA2021_5FOLD_TEST
-    ]
+    return [{"train": sorted(f["train"]), "test": sorted(f["test"])}
+            for f in _facts()["splits"]["ma2021_5fold"]["folds"]]
