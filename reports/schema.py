@@ -28,7 +28,8 @@ AP_METRICS = ("AP", "AP50", "AP75")
 REPLICATE_KEYS = ("dataset.fold", "seed")
 #: Axes that, when they vary inside one sweep, split the aggregated rows further
 #: (averaging zoo-initialised with scratch runs would mix two experiments).
-VARYING_GROUP_KEYS = ("weights", "solver.name", "dataset.name", "dataset.split", "experiment")
+VARYING_GROUP_KEYS = ("weights", "solver.name", "solver.amp", "dataset.name", "dataset.split",
+                      "experiment")
 
 
 def backbone_order(name: object) -> tuple[int, str]:

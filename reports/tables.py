@@ -99,7 +99,8 @@ def iter_groups(df: pd.DataFrame, keys: list[str] | None = None) -> Iterator[tup
 def group_label(key: dict[str, Any]) -> str:
     """'R50-FPN 3x' plus the values of any other varying axis, e.g. 'R50-FPN 3x (scratch)'."""
     label = str(key["backbone"]) + (f" {key['schedule']}" if key.get("schedule") else "")
-    extra = [str(v) for k, v in key.items() if k not in ("backbone", "schedule") and v is not None]
+    extra = [("AMP" if v else "fp32") if k == "solver.amp" else str(v)
+             for k, v in key.items() if k not in ("backbone", "schedule") and v is not None]
     return label + (f" ({', '.join(extra)})" if extra else "")
 
 

@@ -293,3 +293,29 @@ def test_table3_experiment_matches_paper_rows_by_schedule(tmp_path):
     t3 = tables.table3(collect.collect(tmp_path))
     row = t3[(t3["backbone"] == "R50-C4") & t3["schedule"].isna()].iloc[0]
     assert np.isnan(row["paper_AP"]) and "paper has R50-C4 only for 1x/3x" in row["note"]
+
+
+def test_amp_and_fp32_runs_are_reported_side_by_side(tmp_path):
+    """experiment=amp_ap: the same cell in fp32 and AMP over seeds -> two groups, each with its
+    own mean and spread, labelled so a reader can tell them apart."""
+    for amp in (False, True):
+        for seed in range(3):
+            r = make_result("R50-FPN", seed=seed, experiment="amp_ap")  # same seed, same APs
+            r["solver"]["amp"] = amp
+            if amp:  # a difference the table must show (COCO AP = the mean of the classes')
+                segm = r["metrics"]["segm"]
+                segm["AP"] += 5.0
+                for c in CLASSES:
+                    segm["per_class"][c]["AP"] += 5.0
+            write_run(tmp_path / f"amp{amp}_s{seed}", r, artifacts=False)
+    df = collect.collect(tmp_path)
+    groups = {tables.group_label(k): g for k, g in tables.iter_groups(df)}
+    assert sorted(groups) == ["R50-FPN 3x (AMP)", "R50-FPN 3x (fp32)"]
+    assert all(len(g) == 3 for g in groups.values())
+    t3 = tables.table3(df)
+    rows = t3[t3["backbone"] == "R50-FPN"].set_index("solver.amp")
+    assert rows.loc[True, "n_ok"] == rows.loc[False, "n_ok"] == 3
+    assert rows.loc[True, "mean_AP"] - rows.loc[False, "mean_AP"] == pytest.approx(5.0)
+    assert rows.loc[True, "infection_AP"] - rows.loc[False, "infection_AP"] == pytest.approx(5.0)
+    assert rows.loc[False, "mean_AP_std"] > 0
+    assert rows.loc[True, "mean_AP_std"] == pytest.approx(rows.loc[False, "mean_AP_std"])

@@ -54,6 +54,14 @@ def test_table3_runs_the_papers_nine_rows(tmp_path):
             for r in p.runs} == {("paper", 5000, 0.00025, 2, "zoo", "table3")}
 
 
+def test_amp_experiment_pairs_fp32_and_amp_over_seeds(tmp_path):
+    p = plan(tmp_path, "+experiment=amp_ap")
+    got = sorted((r.config["backbone"]["name"], r.config["amp"], r.config["seed"]) for r in p.runs)
+    assert got == sorted(("R50-FPN", amp, s) for amp in (False, True) for s in (0, 1, 2))
+    assert len({r.run_dir for r in p.runs}) == 6
+    assert {(r.config["solver"]["name"], r.config["weights"]["source"]) for r in p.runs} == {("paper", "zoo")}
+
+
 def test_command_line_axes_get_their_own_folders(tmp_path):
     p = plan(tmp_path, "+experiment=grid9", "backbone=r50_c4,x101_dc5", "split.fold=0,1", "seed=0,2")
     assert len(p.runs) == 2 * 2 * 2
