@@ -163,24 +163,20 @@ def run_config(cfg: DictConfig) -> dict:
 
 def _concurrent_runs() -> int:
     """Runs this machine holds at once: the joblib launcher's n_jobs, else 1."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig
 
-        if _joblib_launcher():
-            n = int(HydraConfig.get().launcher.n_jobs)
-            return n if n > 0 else (os.cpu_count() or 1)
-    except Exception:  # noqa: BLE001 - not under Hydra
-        pass
-    return 1
+    if not _joblib_launcher():
+        return 1
+    n = int(HydraConfig.get().launcher.n_jobs)  # ${lungbench_jobs:...} resolves here
+    return n if n > 0 else (os.cpu_count() or 1)
 
 
 def _joblib_launcher() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig
 
-        return "joblib" in str(HydraConfig.get().launcher.get("_target_", "")).lower()
-    except Exception:  # noqa: BLE001 - not under Hydra
+    if not HydraConfig.initialized():  # not under Hydra (tests, perf, notebooks)
         return False
+    return "joblib" in str(HydraConfig.get().launcher.get("_target_", "")).lower()
 
 
 # --------------------------------------------------------------------------- the run

@@ -110,8 +110,18 @@ def test_launcher_choices():
 
     joblib = compose_hydra("hydra/launcher=joblib", "hydra.launcher.n_jobs=3").launcher
     assert joblib._target_.endswith("JoblibLauncher") and joblib.n_jobs == 3
-    assert compose_hydra("hydra/launcher=joblib").launcher.n_jobs == 2
+    assert compose_hydra("hydra/launcher=joblib").launcher.n_jobs == 2  # no GPU: two at once
+    assert compose_hydra("hydra/launcher=joblib", "jobs_per_gpu=4").launcher.n_jobs == 2
     assert compose_hydra("hydra/launcher=submitit_local").launcher._target_.endswith("LocalLauncher")
+
+
+def test_joblib_runs_as_many_jobs_as_gpu_slots(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert compose_hydra("hydra/launcher=joblib", "jobs_per_gpu=4").launcher.n_jobs == 8
+    assert compose_hydra("hydra/launcher=joblib").launcher.n_jobs == 2  # jobs_per_gpu: 1
+    assert compose_hydra("hydra/launcher=joblib", "hydra.launcher.n_jobs=3").launcher.n_jobs == 3
 
 
 def test_joblib_runs_keep_their_dataloader_workers(tmp_path):
@@ -208,7 +218,7 @@ def test_failed_run_does_not_stop_the_sweep_and_rerun_redoes_only_it(tiny_datase
 def test_joblib_runs_two_at_once_with_dataloader_workers(tiny_dataset, tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = run_sweep(*SMOKE, f"dataset_dir={tiny_dataset}", f"hydra.sweep.dir={sweep_dir}", "backbone=r50_fpn",
-                     "seed=0,1", "solver.num_workers=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+                     "seed=0,1", "solver.num_workers=2", "hydra/launcher=joblib")  # n_jobs: 2 with no GPU
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert last_line(proc) == "2 runs: 2 ok"
     results = [read(sweep_dir / f"R50-FPN_seed={s}") for s in (0, 1)]
