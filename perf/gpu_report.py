@@ -315,6 +315,9 @@ def render_markdown(doc: dict) -> str:
         lines.append(f"- best: {ext['best_k']} at once, {_f(ext['best_wall_min'])} min, "
                      f"{_f(ext['speedup_vs_sequential_fp32'], 2)}x faster than one after another "
                      f"in fp32; {verdict} the < {ext['target_min']:g} min target")
+        amp = "" if ext["pack_precision"] == "amp" else " amp=false"
+        lines.append(f"- to run it so: `make sweep ARGS='hydra/launcher=joblib "
+                     f"jobs_per_gpu={ext['best_k']}{amp}'`")
     if doc.get("skipped"):
         lines += ["", "Skipped (time budget or errors): " + "; ".join(doc["skipped"])]
     return "\n".join(lines) + "\n"

@@ -211,3 +211,4 @@ def test_render_a_gpu_doc():
     assert "peak GPU MiB fp32" in md and "| 4 | " in md and "| 97 |" in md
     assert "| 8 | skipped: time budget" in md and "cudnn.benchmark off" in md
     assert ("meets" if doc["extrapolation"]["meets_target"] else "MISSES") in md
+    assert "make sweep ARGS='hydra/launcher=joblib jobs_per_gpu=4'" in md  # the best packing, AMP
