@@ -160,9 +160,10 @@ def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
             batch_size: int = 1) -> dict:
     """Run the model on every image of ``dataset_name`` (no augmentation; ``batch_size`` images
     of one size per forward pass) and write the COCO results JSON (dataset category ids, RLE
-    masks) to ``out_json`` atomically. Returns {"predictions": list, "infer_times": seconds per
-    image, one entry per batch (the batch's time / its images), "infer_batches": images in each
-    batch, "eval_wall_s": float}."""
+    masks) to ``out_json`` atomically. A batch that runs out of GPU memory is run again one image
+    at a time (the run finishes; ``oom_batches`` counts them). Returns {"predictions": list,
+    "infer_times": seconds per image, one entry per batch (the batch's time / its images),
+    "infer_batches": images in each batch, "oom_batches": int, "eval_wall_s": float}."""
     from tqdm import tqdm
 
     if batch_size < 1:
@@ -172,6 +173,7 @@ def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
     to_dataset_id = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
     cuda = next(model.parameters()).is_cuda
     preds, times, sizes = [], [], []
+    oom_batches = 0
     was_training = model.training
     model.eval()
     t_all = time.perf_counter()
@@ -180,7 +182,16 @@ def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
             for inputs in _same_size_batches(loader, batch_size):
                 progress.where = f"inference image {bar.n}"
                 t0 = time.perf_counter()
-                outputs = model(inputs)
+                try:
+                    outputs = model(inputs)
+                except torch.cuda.OutOfMemoryError:
+                    # C4 heads push every image's proposals through res5 at once: a batch can
+                    # need more than training did, and a packed GPU may not have it
+                    if len(inputs) == 1:
+                        raise
+                    oom_batches += 1
+                    torch.cuda.empty_cache()
+                    outputs = [model([x])[0] for x in inputs]
                 if cuda:
                     torch.cuda.synchronize()
                 times.append((time.perf_counter() - t0) / len(inputs))
@@ -194,7 +205,7 @@ def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
         model.train(was_training)
     write_json_atomic(out_json, preds)
     return {"predictions": preds, "infer_times": times, "infer_batches": sizes,
-            "eval_wall_s": time.perf_counter() - t_all}
+            "oom_batches": oom_batches, "eval_wall_s": time.perf_counter() - t_all}
 
 
 def count_params_m(model) -> float:

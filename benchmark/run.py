@@ -418,6 +418,9 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
             gflops = count_gflops(model, image)
         except Exception as e:  # noqa: BLE001 - FLOPs are a nice-to-have, never a failure
             notes.append(f"GFLOPs not counted: {type(e).__name__}: {e}")
+    if pred["oom_batches"]:
+        notes.append(f"{pred['oom_batches']} inference batch(es) of {infer_batch} ran out of GPU "
+                     "memory and ran again one image at a time (infer_batch_size lower avoids it)")
     out = {"start_iter": trained["start_iter"], "step_times": trained["step_times"],
            "train_wall_s": trained["train_wall_s"], "infer_times": pred["infer_times"],
            "eval_wall_s": pred["eval_wall_s"], "params_m": count_params_m(model),

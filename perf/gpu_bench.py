@@ -182,7 +182,8 @@ def train_slice(d2cfg, *, warmup: int, iters: int, window_s: float, seed: int = 
 
     Returns {s_per_iter (median), iters_timed, setup_s (build + calibration + the warm-up's
     excess over steady iterations: what a run pays once), infer_s_per_image, infer_images,
-    infer_batched_s_per_image (None unless infer_batch > 1), peak_mb, reserved_mb, peak_rss_mb}."""
+    infer_batched_s_per_image, infer_peak_mb, infer_reserved_mb (the batched passes; absent
+    unless infer_batch > 1), peak_mb, reserved_mb, peak_rss_mb (training)}."""
     from detectron2.utils.env import seed_all_rng
 
     from benchmark.engine import Progress, predict, reset_peak_memory
@@ -222,12 +223,15 @@ def train_slice(d2cfg, *, warmup: int, iters: int, window_s: float, seed: int = 
         out["infer_s_per_image"] = statistics.median(infer[1:] or infer) if infer else None
         out["infer_images"] = len(pred["infer_times"])
         if infer_batch > 1 and infer:
+            reset_peak_memory()  # the batched passes' own peak (C4: all proposals through res5)
             for _ in range(2):  # the first pass pays one-off costs (allocator growth, new shapes)
                 pred = predict(trainer.model, d2cfg, infer_test, target, Progress(),
                                batch_size=infer_batch)
             n = sum(pred["infer_batches"])
             out["infer_batched_s_per_image"] = sum(
                 t * k for t, k in zip(pred["infer_times"], pred["infer_batches"])) / n
+            out["infer_oom_batches"] = pred["oom_batches"]
+            out.update({f"infer_{k}": v for k, v in _memory().items() if k != "peak_rss_mb"})
     del trainer, batch
     _release()
     return out

@@ -154,8 +154,7 @@ def measure_backbones(plan: Plan, dataset: Path, work: Path, device: str, clock:
                                   window_s=plan.window_s,
                                   infer_test=test.name if prec == "fp32" else None,
                                   infer_batch=plan.infer_batch)
-                infer = {k: m.pop(k) for k in ("infer_s_per_image", "infer_images",
-                                               "infer_batched_s_per_image")}
+                infer = {k: m.pop(k) for k in list(m) if k.startswith("infer_")}
                 if prec == "fp32":
                     entry.update(infer, infer_batch=plan.infer_batch)
                     entry["setup_s"] = m["setup_s"]

@@ -97,12 +97,21 @@ def makespan(durations: Sequence[float], slots: int) -> float:
 CONTEXT_MB = 500.0  # a CUDA context per process, outside torch's allocator (approximate)
 
 
+def run_peak_mb(b: dict, precision: str) -> float | None:
+    """What one run of backbone ``b`` holds at its peak: its training peak reserved (else
+    allocated) MiB at ``precision``, or its batched inference's (fp32) where that is higher."""
+    m = b.get(precision) or {}
+    figures = [m.get("reserved_mb") or m.get("peak_mb"),
+               b.get("infer_reserved_mb") or b.get("infer_peak_mb")]
+    figures = [x for x in figures if x]
+    return max(figures) if figures else None
+
+
 def worst_case_mb(backbones: Sequence[dict], precision: str, k: int,
                   context_mb: float = CONTEXT_MB) -> float | None:
-    """Memory the k hungriest backbones need at once: their peak reserved (else allocated)
-    MiB at ``precision`` plus ``context_mb`` (a CUDA context) each. None if no figure."""
-    mbs = sorted(((b.get(precision) or {}).get("reserved_mb") or (b.get(precision) or {}).get("peak_mb")
-                  for b in backbones), key=lambda x: -(x or 0))
+    """Memory the k hungriest backbones need at once: each one's run_peak_mb plus
+    ``context_mb`` (a CUDA context) each. None if no figure."""
+    mbs = sorted((run_peak_mb(b, precision) for b in backbones), key=lambda x: -(x or 0))
     mbs = [m for m in mbs if m]
     if not mbs:
         return None
@@ -179,6 +188,12 @@ def _mb(x: float | None) -> str:
     return "-" if x is None else f"{x:,.0f}"
 
 
+def _infer_mem(b: dict) -> str:
+    mb = b.get("infer_peak_mb")
+    oom = f", {b['infer_oom_batches']} OOM" if b.get("infer_oom_batches") else ""
+    return f" ({_mb(mb)} MiB{oom})" if mb else ""
+
+
 def _batch_desc(doc: dict) -> str:
     sizes = sorted({b["infer_batch"] for b in doc["backbones"] if b.get("infer_batch")})
     return "/".join(map(str, sizes)) or "-"
@@ -209,8 +224,9 @@ def render_markdown(doc: dict) -> str:
         f"each synchronised{' (torch.cuda.synchronize)' if gpu else ''}"
         f"{'; cudnn.benchmark ' + ('on' if env.get('cudnn_benchmark') else 'off') + ', TF32 convolutions ' + ('on' if env.get('tf32_conv') else 'off') if gpu else ''}; inference: median "
         f"s/image at batch 1 (fp32), first image left out; batched: s/image at "
-        f"{_batch_desc(doc)} images per pass (second pass), what the sweep's "
-        "`infer_batch_size=auto` does on CUDA and what the extrapolation uses.",
+        f"{_batch_desc(doc)} images per pass (second pass; in brackets its peak memory, which "
+        "packing must leave room for), what the sweep's `infer_batch_size=auto` does on CUDA "
+        "and what the extrapolation uses.",
         "",
         f"Zoo: detectron2 MODEL_ZOO ({doc['zoo']['gpus']}x {doc['zoo']['gpu']}, "
         f"{doc['zoo']['images_per_iter']} images/iter = "
@@ -235,7 +251,8 @@ def render_markdown(doc: dict) -> str:
             f"| {b['name']} | {_f(t)} | {_f(ta) if ta else (amp.get('note') or '-')} "
             f"| {_f(t / ta, 2) + 'x' if t and ta else '-'} | {_f(tz)} "
             f"| {_f(t / tz, 2) + 'x' if t and tz else '-'} | {_f(b.get('infer_s_per_image'))} "
-            f"| {_f(b.get('infer_batched_s_per_image'))} | {_f(zoo.get('infer_s_per_image'))} "
+            f"| {_f(b.get('infer_batched_s_per_image'))}{_infer_mem(b)} "
+            f"| {_f(zoo.get('infer_s_per_image'))} "
             f"| {_mb(fp.get('peak_mb'))} "
             f"| {_mb(amp.get('peak_mb'))} | {_mb(zoo.get('train_mem_mb'))} |")
     for b in doc["backbones"]:

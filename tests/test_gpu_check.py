@@ -83,6 +83,11 @@ def test_extrapolate_sequential_and_packed():
     tiny_gpu = R.extrapolate(bbs, packing, iters=1000, test_images=100, pack_precision="amp",
                              device_mb=3000)
     assert tiny_gpu["packed"]["2"]["fits"] is False and tiny_gpu["best_k"] == 1
+    # a batched inference that needs more memory than training counts for packing
+    hungry = [dict(b, infer_reserved_mb=9000.0) if b["key"] == "r50_c4" else b for b in bbs]
+    ext_h = R.extrapolate(hungry, packing, iters=1000, test_images=100, pack_precision="amp",
+                          device_mb=140_000)
+    assert ext_h["packed"]["2"]["worst_case_mb"] == pytest.approx(9000 + 4000 * 0.6 + 2 * R.CONTEXT_MB)
     # batched inference, where measured, is what a sweep run pays
     batched = [dict(b, infer_batched_s_per_image=0.01) for b in bbs]
     ext_b = R.extrapolate(batched, packing, iters=1000, test_images=100, pack_precision="amp")
@@ -146,6 +151,7 @@ def test_dry_run_writes_the_table(tmp_path):
         assert fp["s_per_iter"] > 0 and fp["iters_timed"] >= 2 and fp["peak_mb"] > 0, b
         assert b["infer_s_per_image"] > 0 and b["infer_images"] >= 2
         assert b["infer_batch"] == plan["infer_batch"] > 1 and b["infer_batched_s_per_image"] > 0
+        assert b["infer_peak_mb"] > 0 and b["infer_oom_batches"] == 0
         if doc["env"]["device"] == "cpu":
             assert b["amp"] == {"note": "n/a: AMP needs CUDA"}
         assert (b["zoo"] is None) == (b["name"] in ("X101-C4", "X101-DC5"))

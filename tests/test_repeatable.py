@@ -74,6 +74,32 @@ def test_batched_inference_predicts_as_one_at_a_time(tiny_dataset, tmp_path):
     assert json.loads((tmp_path / "b4.json").read_text()) == b
 
 
+def test_a_batch_out_of_gpu_memory_runs_again_one_image_at_a_time(tiny_dataset, tmp_path):
+    """A GPU OOM cannot be produced here: the model raises torch's own OOM error for batches."""
+    import torch
+
+    from benchmark.engine import Progress, predict
+
+    class OutOfMemoryOnBatches(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, inputs):
+            if len(inputs) > 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+            return self.model(inputs)
+
+    model, d2cfg, test = _model_and_cfg(tiny_dataset, tmp_path)
+    one = predict(model, d2cfg, test.name, tmp_path / "b1.json", Progress(), batch_size=1)
+    out = predict(OutOfMemoryOnBatches(model), d2cfg, test.name, tmp_path / "b4.json", Progress(),
+                  batch_size=4)
+    assert out["oom_batches"] == sum(1 for k in out["infer_batches"] if k > 1) > 0
+    assert one["oom_batches"] == 0
+    assert [(p["image_id"], p["category_id"], p["score"]) for p in out["predictions"]] == \
+        [(p["image_id"], p["category_id"], p["score"]) for p in one["predictions"]]
+
+
 def test_inference_batches_never_mix_image_sizes():
     import torch
 
