@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from reports.atomic import write_text
+
 from perf import gpu_report as R
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,12 +89,6 @@ DRY_PLAN = Plan(size=64, n_cases=2, slices=5, solver="smoke", backbones=["r50_fp
                 infer_batch=4)
 # (one torch thread: on a small shared CPU two OpenMP threads per process make each iteration
 # up to 10x slower as soon as another process wants a core; measured here)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _say(msg: str) -> None:
@@ -238,7 +234,7 @@ def pack_level(k: int, mix: list[dict], plan: Plan, dataset: Path, work: Path, d
             break
         time.sleep(0.1)
     deadline = time.time() + 0.5 + plan.pack_window_s
-    _write_atomic(d / "go", json.dumps({"deadline": deadline}))
+    write_text(d / "go", json.dumps({"deadline": deadline}))
     samples = []
     while time.time() < deadline:
         s = _gpu_sample()
@@ -401,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         doc["wall_s"] = clock.elapsed()
-        _write_atomic(out / "gpu_check.json", json.dumps(doc, indent=1, default=str))
+        write_text(out / "gpu_check.json", json.dumps(doc, indent=1, default=str))
 
     try:
         _say(f"device {device}; phantom {plan.size}x{plan.size}, {plan.n_cases} cases; "
@@ -444,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     md = R.render_markdown(doc)
-    _write_atomic(out / "gpu_check.md", md)
+    write_text(out / "gpu_check.md", md)
     print(md)
     _say(f"wrote {out / 'gpu_check.md'} and gpu_check.json in {clock.elapsed():.0f} s")
     failed = [f"{b['key']} {p}" for b in doc["backbones"] for p in ("fp32", "amp")

@@ -16,19 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from reports.atomic import write_text
+
 POLL_S = 0.05
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def wait_for_go(sync_dir: Path, index: int, timeout_s: float, window_s: float) -> float:
@@ -76,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         res["error"] = f"{type(e).__name__}: {e}"[:500]
         res["traceback"] = traceback.format_exc()[-3000:]
         (Path(spec["sync_dir"]) / f"ready_{spec['index']}").write_text("failed")
-    write_json_atomic(out_json, res)
+    write_text(out_json, json.dumps(res, indent=1))
     return 1 if res["error"] else 0
 
 

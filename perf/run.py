@@ -22,6 +22,8 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+from reports.atomic import write_text
+
 BENCHES = ["converter", "train", "eval", "report"]
 
 
@@ -77,12 +79,6 @@ def render_markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="lungbench speed benchmarks")
     ap.add_argument("--only", default=",".join(BENCHES), help="comma list of " + ",".join(BENCHES))
@@ -106,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     # Every figure by its stable name, flat, for tools and for comparing machines.
     doc["figures"] = {name: fig.get("value") for res in doc["benches"].values()
                       for name, fig in res["figures"].items()}
-    _write_atomic(args.out / "results.json", json.dumps(doc, indent=1))
-    _write_atomic(args.out / "RESULTS.md", render_markdown(doc))
+    write_text(args.out / "results.json", json.dumps(doc, indent=1))
+    write_text(args.out / "RESULTS.md", render_markdown(doc))
     print(f"[perf] wrote {args.out / 'RESULTS.md'}")
     return 0 if all(r["status"] == "ok" for r in doc["benches"].values()) else 1
 
