@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -60,21 +59,9 @@ def sanitize(obj: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write ``sanitize(data)`` as JSON to ``path`` via a temp file + rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(sanitize(data), indent=1, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    from converters.fsutil import write_text  # pure: the project's one atomic writer
+
+    return write_text(path, json.dumps(sanitize(data), indent=1, allow_nan=False) + "\n", fsync=True)
 
 
 def write_result(run_dir: str | os.PathLike, result: dict) -> Path:

@@ -36,7 +36,9 @@ from . import phantom
 from .case import run_case, windows_of
 from .config import config_hash, load_config, validate
 from .errors import ConversionError
-from .fsutil import remove_stale_temps, replace_dir, sha256_file
+from . import fsutil
+from .fsutil import (NotOwned, check_owned, output_lock, overlaps, remove_stale_temps,
+                     replace_dir, resolve_output, seal, sha256_file)
 from .instances import CATEGORIES, CLASSES
 from .layout import Discovery, discover
 from .splits import SLICE_RANDOM_WARNING, build_splits
@@ -89,32 +91,36 @@ def is_up_to_date(out: Path, chash: str, disc: Discovery, files: list[Path]) -> 
 
 
 # ---------------------------------------------------------------- output location
-def make_temp_dir(out: Path) -> Path:
-    """Create ``<out>.tmp-<pid>``; any failure is a ConversionError naming the folder."""
-    if out.exists() and not out.is_dir():
-        raise ConversionError(out, "output path exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "dataset.json").exists():
-        # never replace a folder we did not write (it would be deleted)
-        raise ConversionError(out, "output folder exists, is not empty and holds no dataset.json "
-                              "(not a converted dataset); choose another out or empty it")
+DATASET_KIND = "dataset"
+
+
+def check_locations(raw_root: Path, out: Path) -> None:
+    """The converter reads ``raw_root`` and replaces ``out``: they must not overlap (the
+    source would be written into, or deleted with the old dataset)."""
+    if overlaps(raw_root, out):
+        raise ConversionError(out, f"the output folder and the raw folder {raw_root} overlap; "
+                              "lungbench never writes into a folder it reads: choose an out "
+                              "outside the raw data")
+
+
+def make_temp_dir(out: Path, chash: str) -> Path:
+    """A marked temp folder next to ``out`` with images/ and annotations/; refused (NotOwned)
+    when ``out`` is not a folder lungbench may rebuild; any I/O failure is a ConversionError."""
+    check_owned(out, DATASET_KIND, "the output folder (DATA_OUT)", replace=True)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConversionError(out.parent, f"cannot create the output folder: "
                               f"{e.strerror or e}") from None
     remove_stale_temps(out)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp = None
     try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        tmp = fsutil.make_temp_dir(out, DATASET_KIND, chash)
         (tmp / "images").mkdir()
         (tmp / "annotations").mkdir()
-        probe = tmp / ".write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise ConversionError(out.parent, f"output folder is not writable: "
                               f"{e.strerror or e}") from None
     return tmp
@@ -245,8 +251,19 @@ def convert(raw_root: str | Path, out_dir: str | Path, cfg: Any = None) -> Path:
     cfg = load_config(cfg)
     c = OmegaConf.to_container(cfg, resolve=True)
     validate(c)
-    raw_root = Path(raw_root).absolute()
-    out = Path(out_dir).absolute()
+    raw_root = resolve_output(raw_root)
+    out = resolve_output(out_dir)  # a symlinked output is written through, never replaced
+    check_locations(raw_root, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConversionError(out.parent, f"cannot create the output folder: "
+                              f"{e.strerror or e}") from None
+    with output_lock(out, "the output folder (DATA_OUT)"):
+        return _convert_locked(raw_root, out, cfg, c, t0)
+
+
+def _convert_locked(raw_root: Path, out: Path, cfg: DictConfig, c: dict, t0: float) -> Path:
     fail = c["on_bad_case"] == "fail"
 
     disc = discover(raw_root, c["layout"])
@@ -275,7 +292,8 @@ def convert(raw_root: str | Path, out_dir: str | Path, cfg: Any = None) -> Path:
         raise ConversionError(raw_root, f"splits.patient_kfold.k={k} exceeds the number of "
                               f"cases ({len(disc.cases)}): lower k")
 
-    tmp = make_temp_dir(out)
+    check_owned(out, DATASET_KIND, "the output folder (DATA_OUT)", replace=True)
+    tmp = make_temp_dir(out, chash)
     try:
         workers = int(c["workers"] or os.cpu_count() or 1)
         results, errors = run_cases(disc, c, tmp / "images", workers, stop_on_error=fail)
@@ -358,7 +376,8 @@ def convert(raw_root: str | Path, out_dir: str | Path, cfg: Any = None) -> Path:
                       "slices_per_s": round(len(images) / wall, 2) if wall > 0 else None},
         }
         _dump(manifest, tmp / "dataset.json", indent=1)  # written last: marks completeness
-        replace_dir(tmp, out)
+        seal(tmp, DATASET_KIND, chash)
+        replace_dir(tmp, out, DATASET_KIND, "the output folder (DATA_OUT)")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -368,18 +387,28 @@ def convert(raw_root: str | Path, out_dir: str | Path, cfg: Any = None) -> Path:
 
 
 def run(cfg: DictConfig) -> Path:
-    """The CLI's work: generate the phantom when the data config asks, then convert."""
+    """The CLI's work: generate the phantom when the data config asks, then convert.
+
+    Every output is checked before anything is written: the dataset folder first, then the
+    phantom's raw folder (``<out>/../raw/<name>``, lungbench's own: data.root is for real data).
+    """
     validate(OmegaConf.to_container(cfg, resolve=True))  # before generating anything
-    out = Path(cfg.out)
+    out = resolve_output(cfg.out)
     root = cfg.data.get("root")
     gen = cfg.data.get("generate")
-    if gen:
-        root = Path(root) if root else out.absolute().parent / "raw" / str(cfg.data.name)
-        log.info("phantom: generating %s into %s", dict(gen), root)
-        phantom.generate(root, **OmegaConf.to_container(gen, resolve=True))
-    elif not root:
+    if gen and root:
+        raise ConversionError("data.root", f"data={cfg.data.name} generates its own raw volumes; "
+                              f"data.root={root} is for real data: drop DATA_ROOT to use the "
+                              "phantom, or pass DATA=covid19_ct_seg to convert that folder")
+    if not gen and not root:
         raise ConversionError("data.root", "not set: pass data.root=<raw data folder> "
                               "(make data DATA_ROOT=<dir>)")
+    check_owned(out, DATASET_KIND, "the output folder (DATA_OUT)", replace=True)
+    if gen:
+        root = out.parent / "raw" / str(cfg.data.name)
+        check_locations(root, out)
+        log.info("phantom: generating %s into %s", dict(gen), root)
+        phantom.generate(root, **OmegaConf.to_container(gen, resolve=True))
     return convert(root, out, cfg)
 
 
@@ -390,7 +419,7 @@ def _hydra_main() -> None:
     def main(cfg: DictConfig) -> None:
         try:
             out = run(cfg)
-        except ConversionError as e:
+        except (ConversionError, NotOwned, fsutil.OutputBusy) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
         except ValueError as e:  # a bad option value (validate) or phantom parameter

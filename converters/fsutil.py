@@ -1,14 +1,59 @@
-"""Small filesystem helpers: atomic directory builds and streaming sha256."""
+"""Filesystem rules every stage follows: users' folders are never touched, outputs are whole.
+
+Standard library only (``make clean`` runs it without the virtual environment), imported by
+converters/, benchmark/ and reports/ alike.
+
+- **Ownership.** A folder lungbench makes gets an owner marker, ``.lungbench-owner.json``
+  (what made it, when, the config hash, and for folders replaced wholesale the list of
+  files it wrote). Before lungbench replaces, deletes or cleans a folder it checks the
+  marker; a folder without one, or of another kind, or holding files lungbench did not
+  write, is refused with ``NotOwned`` naming the folder and what to do.
+- **Atomic outputs.** Files are written to a temp name and renamed (``write_bytes``);
+  folders are built in a hidden, marked temp folder next to the target and swapped in
+  (``atomic_dir``). Temp and backup names are lungbench's own
+  (``.<name>.lungbench-tmp-<pid>-<random>``, ``.<name>.lungbench-old-<pid>-<random>``) and
+  hold a marker; only such folders of a process that is gone are cleaned up.
+- **One writer per output.** ``output_lock`` takes an exclusive ``flock`` next to the output;
+  a second writer gets ``OutputBusy`` at once.
+- **Links are written through.** An output path that is a symlink is resolved first: the
+  link stays, its target is what is checked and written.
+"""
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import json
 import os
+import secrets
 import shutil
+import socket
+import tempfile
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+MARKER = ".lungbench-owner.json"
+MARKER_SCHEMA = 1
+TMP_TAG = "lungbench-tmp"
+OLD_TAG = "lungbench-old"
+LOCK_TAG = "lungbench-lock"
 
 
+class NotOwned(Exception):
+    """lungbench would write, replace or delete a folder it did not make (or a source)."""
+
+    def __init__(self, folder: str | os.PathLike, problem: str, hint: str = "") -> None:
+        self.folder, self.problem, self.hint = str(folder), problem, hint
+        super().__init__(f"{folder}: {problem}" + (f"; {hint}" if hint else ""))
+
+
+class OutputBusy(Exception):
+    """Another lungbench process is writing the same output right now."""
+
+
+# --------------------------------------------------------------------------- hashing
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -21,6 +66,190 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# --------------------------------------------------------------------------- files
+def write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically: readers see the old file or the new one, never
+    half of one. The temp name is unique (concurrent writers never share it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{TMP_TAG}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str, fsync: bool = False) -> Path:
+    return write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+# --------------------------------------------------------------------------- paths
+def resolve_output(path: str | os.PathLike) -> Path:
+    """The absolute path an output is written at: a symlink is followed (written through)."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    """True when one folder is the other or lies inside it (both resolved)."""
+    a, b = resolve_output(a), resolve_output(b)
+    return a == b or a in b.parents or b in a.parents
+
+
+# --------------------------------------------------------------------------- markers
+def read_marker(folder: str | os.PathLike) -> dict | None:
+    """The owner marker of ``folder`` (a dict), or None when there is none or it is unreadable."""
+    try:
+        m = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and m.get("tool") == "lungbench" else None
+
+
+def write_marker(folder: str | os.PathLike, kind: str, config_hash: str | None = None,
+                 files: Iterable[str] | None = None, **extra) -> dict:
+    """Write ``folder``'s owner marker (atomically). ``files``: relative paths lungbench wrote
+    there, for folders it replaces wholesale (anything else found there later is foreign)."""
+    marker = {"tool": "lungbench", "schema": MARKER_SCHEMA, "kind": kind,
+              "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "host": socket.gethostname(), "pid": os.getpid(), "config_hash": config_hash,
+              **extra}
+    if files is not None:
+        marker["files"] = sorted(files)
+    write_text(Path(folder) / MARKER, json.dumps(marker, indent=1) + "\n")
+    return marker
+
+
+def _is_empty_dir(folder: Path) -> bool:
+    return folder.is_dir() and not any(folder.iterdir())
+
+
+def list_files(folder: Path) -> list[str]:
+    """Every file below ``folder`` (relative, posix), links included as files, the marker not."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        rel = Path(root).relative_to(folder)
+        for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
+            p = (rel / name).as_posix()
+            if p != MARKER:
+                out.append(p)
+        dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+    return sorted(out)
+
+
+def foreign_files(folder: Path, marker: dict) -> list[str]:
+    """Files in an owned folder that lungbench did not write there (its marker's ``files``)."""
+    known = set(marker.get("files") or [])
+    return [p for p in list_files(folder) if p not in known]
+
+
+def _describe(paths: list[str], most: int = 5) -> str:
+    more = f" (+{len(paths) - most} more)" if len(paths) > most else ""
+    return ", ".join(paths[:most]) + more
+
+
+def check_owned(folder: str | os.PathLike, kind: str, what: str, replace: bool = False) -> None:
+    """Raise NotOwned unless lungbench may use ``folder`` as its ``kind`` output.
+
+    Allowed: the folder does not exist, is empty, or holds lungbench's marker of this kind
+    (and, with ``replace``, nothing but the files that marker lists). ``what`` names the
+    folder for the user ("DATA_OUT", "RUN_DIR", ...).
+    """
+    folder = Path(folder)
+    if folder.is_symlink() and not folder.exists():
+        raise NotOwned(folder, f"{what} is a broken symlink", "point it at a folder or remove it")
+    if not folder.exists() or _is_empty_dir(folder):
+        return
+    if not folder.is_dir():
+        raise NotOwned(folder, f"{what} exists and is not a folder", f"choose another {what}")
+    m = read_marker(folder)
+    if m is None:
+        raise NotOwned(folder, f"{what} holds files and was not made by lungbench (no {MARKER})",
+                       f"lungbench never writes into a folder it did not make: choose a new or "
+                       f"empty {what} (an output of a lungbench older than its markers: delete it "
+                       "yourself)")
+    if m.get("kind") != kind:
+        raise NotOwned(folder, f"{what} is a lungbench {m.get('kind')!r} folder, not a {kind!r} folder",
+                       f"choose another {what}")
+    if replace:
+        extra = foreign_files(folder, m)
+        if extra:
+            raise NotOwned(folder, f"{what} would be rebuilt, but it holds files lungbench did not "
+                           f"write there: {_describe(extra)}",
+                           f"move them out first, or choose another {what}")
+
+
+def claim(folder: str | os.PathLike, kind: str, what: str, config_hash: str | None = None,
+          allow: Iterable[str] = ()) -> Path:
+    """Make ``folder`` a lungbench ``kind`` folder (created if missing) and return it resolved.
+
+    Refused (NotOwned) for a folder that holds files and another marker or none. ``allow``:
+    top-level names that may already stand in an unmarked folder because lungbench's own
+    launcher wrote them there a moment ago (Hydra's ``.hydra`` in a run folder it created).
+    """
+    folder = resolve_output(folder)
+    if folder.is_dir() and read_marker(folder) is None:
+        present = {p.name for p in folder.iterdir()}
+        if present and present <= set(allow):
+            write_marker(folder, kind, config_hash)
+            return folder
+    check_owned(folder, kind, what)
+    folder.mkdir(parents=True, exist_ok=True)
+    if read_marker(folder) is None:
+        write_marker(folder, kind, config_hash)
+    return folder
+
+
+# --------------------------------------------------------------------------- locks
+@contextmanager
+def output_lock(output: str | os.PathLike, what: str = "output") -> Iterator[None]:
+    """Hold an exclusive lock on ``output`` (a file next to it) for the block; a second
+    writer raises OutputBusy at once, naming the output and the process that holds it."""
+    output = resolve_output(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    path = output.parent / f".{output.name}.{LOCK_TAG}"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            try:
+                holder = path.read_text().strip() or "another process"
+            except OSError:
+                holder = "another process"
+            raise OutputBusy(f"{output}: {what} is being written by {holder} right now; wait for "
+                             f"it to finish, or choose another {what}") from None
+        # the file may have been unlinked by the previous holder between open and flock
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- folders
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -31,30 +260,54 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(final: Path) -> None:
-    """Delete ``<final>.tmp-<pid>`` / ``.old-<pid>`` folders left by runs that died.
+def _side_name(final: Path, tag: str) -> Path:
+    return final.with_name(f".{final.name}.{tag}-{os.getpid()}-{secrets.token_hex(3)}")
 
-    Folders of a process that is still alive (a concurrent run) are left alone.
+
+def remove_stale_temps(final: Path) -> list[Path]:
+    """Delete lungbench's own temp/backup folders of ``final`` left by processes that died.
+
+    Only hidden folders with lungbench's temp or backup name *and* a lungbench marker are
+    removed (a user's ``covid.old-2020`` is never looked at); those of a live process stay.
+    Returns what was removed.
     """
-    parent = final.parent
-    if not parent.is_dir():
-        return
-    for p in parent.glob(f"{final.name}.*-*"):
-        kind, _, pid = p.name[len(final.name) + 1:].partition("-")
-        if kind in ("tmp", "old") and pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
+    final = resolve_output(final)
+    removed: list[Path] = []
+    if not final.parent.is_dir():
+        return removed
+    for tag in (TMP_TAG, OLD_TAG):
+        for p in final.parent.glob(f".{final.name}.{tag}-*-*"):
+            pid = p.name[len(final.name) + len(tag) + 3:].split("-")[0]
+            if (pid.isdigit() and not _pid_alive(int(pid)) and p.is_dir() and not p.is_symlink()
+                    and read_marker(p) is not None):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished ``tmp`` folder to ``final``, replacing an older ``final``.
+def make_temp_dir(final: Path, kind: str, config_hash: str | None = None) -> Path:
+    """A fresh, marked temp folder next to ``final`` (created)."""
+    tmp = _side_name(final, TMP_TAG)
+    tmp.mkdir(parents=True)
+    write_marker(tmp, kind, config_hash, files=[])
+    return tmp
 
-    ``os.replace`` cannot replace a non-empty folder, so the old one is first renamed
-    aside; in between, ``final`` does not exist (never half-written).
+
+def seal(tmp: Path, kind: str, config_hash: str | None = None, **extra) -> dict:
+    """Record every file now in ``tmp`` in its marker (what a later rebuild may replace)."""
+    return write_marker(tmp, kind, config_hash, files=list_files(tmp), **extra)
+
+
+def replace_dir(tmp: Path, final: Path, kind: str, what: str = "output") -> None:
+    """Swap the finished ``tmp`` folder in at ``final``.
+
+    ``final`` must be absent, empty, or a sealed lungbench ``kind`` folder holding only the
+    files it lists (checked again here, under the caller's lock). The old folder is renamed
+    aside, ``tmp`` renamed into place, then the old one deleted: ``final`` is never half-written.
     """
-    if final.exists() or final.is_symlink():
-        if not final.is_dir():
-            raise NotADirectoryError(f"{final} exists and is not a folder")
-        old = final.with_name(f"{final.name}.old-{os.getpid()}")
+    check_owned(final, kind, what, replace=True)
+    if final.exists():
+        old = _side_name(final, OLD_TAG)
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
@@ -63,19 +316,42 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 
 @contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a fresh temp folder next to ``final``; on success it becomes ``final``.
+def atomic_dir(final: str | os.PathLike, kind: str, what: str = "output",
+               config_hash: str | None = None) -> Iterator[Path]:
+    """Build a folder in a marked temp folder; on success it is sealed and becomes ``final``.
 
-    On any exception the temp folder is deleted and ``final`` is untouched.
+    Refused up front (NotOwned) when ``final`` is a folder lungbench may not replace. On any
+    exception the temp folder is deleted and ``final`` is untouched.
     """
-    final = Path(final)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    final = resolve_output(final)
+    check_owned(final, kind, what, replace=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(final)
+    tmp = make_temp_dir(final, kind, config_hash)
     try:
         yield tmp
+        seal(tmp, kind, config_hash)
+        replace_dir(tmp, final, kind, what)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    replace_dir(tmp, final)
+
+
+# --------------------------------------------------------------------------- clean
+def owned_outputs(root: Path, max_depth: int = 4) -> list[Path]:
+    """Marked lungbench folders below ``root`` (not descending into them, links not followed)."""
+    root = Path(root)
+    found = []
+    for cur, dirs, _ in os.walk(root):
+        depth = len(Path(cur).relative_to(root).parts)
+        keep = []
+        for d in sorted(dirs):
+            p = Path(cur) / d
+            if p.is_symlink():
+                continue
+            if read_marker(p) is not None:
+                found.append(p)
+            elif depth + 1 < max_depth:
+                keep.append(d)
+        dirs[:] = keep
+    return found

@@ -26,7 +26,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
 from scipy import ndimage
 
-from .fsutil import atomic_dir
+from .fsutil import atomic_dir, output_lock, resolve_output
 
 GENERATOR_VERSION = 1
 IMAGE_DIR = "COVID-19-CT-Seg_20cases"
@@ -227,9 +227,10 @@ def generate(out_dir: str | Path, preset: str = "tiny", seed: int = 0, **overrid
     ``out_dir`` gets ``COVID-19-CT-Seg_20cases/phantom_XXX.nii.gz`` plus the mask folders
     chosen by ``mask_layout`` and a ``phantom.json`` stamp. A folder already holding the
     same (preset, seed, overrides, generator version) is left as it is; otherwise it is
-    rebuilt atomically (temp folder, then rename).
+    rebuilt atomically (temp folder, then rename), and only if it is new, empty or a phantom
+    folder lungbench wrote (fsutil.NotOwned otherwise).
     """
-    out_dir = Path(out_dir)
+    out_dir = resolve_output(out_dir)
     spec = spec_for(preset, **overrides)
     stamp = {"generator_version": GENERATOR_VERSION, "preset": preset, "seed": int(seed),
              "spec": dataclasses.asdict(spec)}
@@ -239,7 +240,8 @@ def generate(out_dir: str | Path, preset: str = "tiny", seed: int = 0, **overrid
             return out_dir
     except (OSError, ValueError):
         pass
-    with atomic_dir(out_dir) as tmp:
+    with output_lock(out_dir, "the phantom's raw folder"), \
+            atomic_dir(out_dir, "phantom", "the phantom's raw folder") as tmp:
         dirs = [IMAGE_DIR]
         dirs += [COMBINED_DIR] if spec.mask_layout in ("combined", "both") else []
         dirs += [LUNG_DIR, INFECTION_DIR] if spec.mask_layout in ("separate", "both") else []

@@ -17,6 +17,7 @@ import pytest
 from converters import phantom
 from converters.convert import convert
 from converters.errors import ConversionError
+from converters.fsutil import NotOwned
 
 REPO = Path(__file__).resolve().parent.parent
 IMG, MASK = phantom.IMAGE_DIR, phantom.COMBINED_DIR
@@ -208,7 +209,7 @@ def test_foreign_output_folder_is_never_replaced(raw, tmp_path):
     out = tmp_path / "precious"
     out.mkdir()
     (out / "thesis.tex").write_text("years of work")
-    with pytest.raises(ConversionError, match="not a converted dataset"):
+    with pytest.raises(NotOwned, match="not made by lungbench"):
         convert(raw, out, CFG)
     assert (out / "thesis.tex").read_text() == "years of work"
     assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
