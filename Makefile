@@ -6,14 +6,24 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
+# Public variables come from the command line or the defaults below, never from same-named
+# environment variables: HPC centres export $WORK (the user's work file system), and an
+# exported DATA_ROOT must not choose what a plain `make data` reads or writes.
+PUBLIC_VARS := WORK DATA DATA_ROOT DATA_OUT BACKBONE SOLVER RUN_DIR EXPERIMENT SWEEP_DIR SWEEP ARGS DRY
+$(foreach v,$(PUBLIC_VARS),$(if $(filter environment%,$(origin $(v))),$(eval undefine $(v))))
+
 PYTHON_SYS ?= python3
 VENV       := .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.lungbench-stamp
 WORK       ?= work
+ifeq ($(strip $(WORK)),)
+$(error WORK is empty: outputs would go to /data, /runs, /sweeps. Pass WORK=<folder>, or leave it out for ./work)
+endif
 
-DATA       ?= phantom
 DATA_ROOT  ?=
+# DATA_ROOT alone converts that folder (the real dataset's layout); the phantom makes its own
+DATA       ?= $(if $(strip $(DATA_ROOT)),covid19_ct_seg,phantom)
 DATA_OUT   ?= $(WORK)/data/$(DATA)
 BACKBONE   ?= r50_fpn
 SOLVER     ?= smoke
@@ -39,7 +49,7 @@ $(STAMP): pyproject.toml benchmark/build_detectron2.py
 
 setup: $(STAMP) ## Create/refresh .venv with torch, detectron2 (pure-Python build) and the rest
 
-data: $(STAMP) ## Convert NIfTI to COCO: DATA=phantom|covid19_ct_seg [DATA_ROOT=raw dir] DATA_OUT=dir
+data: $(STAMP) ## Convert NIfTI to COCO: DATA_ROOT=raw dir (or DATA=phantom) DATA_OUT=dir
 	$(PY) -m converters.convert data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) out=$(DATA_OUT) $(ARGS)
 
 download: $(STAMP) ## Fetch + verify + extract the Zenodo archives into DATA_ROOT (default work/raw/covid19_ct_seg)
@@ -55,7 +65,7 @@ report: $(STAMP) ## Build SWEEP/report/ (CSV, Markdown, plots, report.html); def
 	$(PY) -m reports.build $(if $(SWEEP),$(SWEEP),--latest $(WORK)/sweeps)
 
 demo: $(STAMP) ## Phantom -> COCO -> nine-backbone smoke sweep on CPU -> report.html
-	$(MAKE) --no-print-directory data DATA=phantom DATA_OUT=$(WORK)/data/phantom
+	$(MAKE) --no-print-directory data DATA=phantom DATA_ROOT= DATA_OUT=$(WORK)/data/phantom
 	rc=0; $(MAKE) --no-print-directory sweep EXPERIMENT=demo DATA_OUT=$(WORK)/data/phantom SWEEP_DIR=$(WORK)/sweeps/demo || rc=$$?
 	$(MAKE) --no-print-directory report SWEEP=$(WORK)/sweeps/demo
 	echo "demo: open $(WORK)/sweeps/demo/report/report.html (smoke numbers: not comparable to the paper)"
@@ -76,5 +86,5 @@ gpu-check: $(STAMP) ## The GPU check (perf/GPU.md): speed/memory per backbone, r
 wheels: $(STAMP) ## Fill .whl/ with the wheels a GPU machine without internet needs (perf/GPU.md)
 	PYTHON=$(PY) bash perf/wheels.sh
 
-clean: ## Remove generated data and runs (work/); keeps .venv
-	rm -rf $(WORK)
+clean: ## Delete lungbench's own outputs under WORK (marked folders only); keeps .venv and anything else
+	$(PYTHON_SYS) -m converters.clean '$(WORK)'

@@ -78,10 +78,45 @@ class LastCheckpointer(hooks.PeriodicCheckpointer):
                 p.unlink(missing_ok=True)
 
 
+class CheckpointMismatch(RuntimeError):
+    """The run folder's checkpoint was written by another run: it is never resumed."""
+
+
+class RunIdentity:
+    """A checkpointable that writes the run's identity hash into every checkpoint and, on
+    resume, refuses a checkpoint written under another identity (another fold, seed, config
+    or dataset), or one that carries none."""
+
+    KEY = "lungbench_identity"
+
+    def __init__(self, identity: str | None, save_dir: str) -> None:
+        self.identity, self.save_dir, self.checked = identity, save_dir, False
+
+    def state_dict(self) -> dict:
+        return {"hash": self.identity}
+
+    def load_state_dict(self, state: dict) -> None:
+        theirs = (state or {}).get("hash")
+        if self.identity is not None and theirs != self.identity:
+            raise CheckpointMismatch(
+                f"{self.save_dir}: its checkpoint was written by another run (identity {theirs}, "
+                f"this run is {self.identity}: another fold, seed, config or dataset); not "
+                f"resumed. Delete {self.save_dir} to train this run from the start, or use "
+                "another run dir")
+        self.checked = True
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer + lung-swap mapper + keep-last checkpoints + step timer (see module doc)."""
+    """DefaultTrainer + lung-swap mapper + keep-last checkpoints + step timer + the run's
+    identity in every checkpoint (see module doc)."""
 
     progress: Progress | None = None  # set before construction by run_training
+    identity: str | None = None       # likewise: the run's identity hash
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.run_identity = RunIdentity(self.identity, cfg.OUTPUT_DIR)
+        self.checkpointer.add_checkpointable(RunIdentity.KEY, self.run_identity)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -121,14 +156,21 @@ def median_after(times: list[float], skip: int) -> tuple[float | None, int]:
     return None, 0
 
 
-def run_training(d2cfg, progress: Progress) -> dict:
-    """Train (resuming from OUTPUT_DIR's last checkpoint if any). Returns the trainer's facts:
-    start_iter, step times (this process), train_wall_s, and the trained model."""
-    Trainer.progress = progress
+def run_training(d2cfg, progress: Progress, identity: str | None = None) -> dict:
+    """Train (resuming from OUTPUT_DIR's last checkpoint if any, and only if that checkpoint
+    carries ``identity``). Returns the trainer's facts: start_iter, step times (this
+    process), train_wall_s, and the trained model."""
+    Trainer.progress, Trainer.identity = progress, identity
     progress.where = "build model"
     trainer = Trainer(d2cfg)
     progress.where = "load checkpoint"
+    resuming = trainer.checkpointer.has_checkpoint()
     trainer.resume_or_load(resume=True)
+    if resuming and identity is not None and not trainer.run_identity.checked:
+        raise CheckpointMismatch(
+            f"{d2cfg.OUTPUT_DIR}: its checkpoint carries no run identity (written by another "
+            f"run, or by a lungbench older than identities); not resumed. Delete "
+            f"{d2cfg.OUTPUT_DIR} to train this run from the start, or use another run dir")
     start_iter = trainer.start_iter
     if start_iter:
         log.info("resuming from the checkpoint of iteration %d", start_iter - 1)

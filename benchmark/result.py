@@ -1,4 +1,4 @@
-"""result.json (schema 1): the contract between benchmark/ (writer) and reports/ (reader).
+"""result.json (schema 2): the contract between benchmark/ (writer) and reports/ (reader).
 
 One file per run at ``<run dir>/result.json``. AP values are COCO AP on a 0-100 scale,
 Dice in [0, 1], times in seconds, memory in MiB, params in millions, FLOPs in GFLOPs
@@ -17,7 +17,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-SCHEMA = 1
+SCHEMA = 2
+# 2: adds ``identity`` {hash, group, dataset fingerprint} (benchmark.identity)
+READABLE_SCHEMAS = (1, 2)
 FILENAME = "result.json"
 STATUSES = ("ok", "failed")
 TRUNKS = ("R50", "R101", "X101")
@@ -97,8 +99,10 @@ def validate(result: dict) -> list[str]:
             problems.append(f"missing key {key!r}")
     if problems:
         return problems
-    if result["schema"] != SCHEMA:
-        problems.append(f"schema is {result['schema']!r}, expected {SCHEMA}")
+    if result["schema"] not in READABLE_SCHEMAS:
+        problems.append(f"schema is {result['schema']!r}, expected one of {READABLE_SCHEMAS}")
+    elif result["schema"] >= 2 and not isinstance(result.get("identity"), dict):
+        problems.append("identity is not an object")
     if result["status"] not in STATUSES:
         problems.append(f"status {result['status']!r} not in {STATUSES}")
     if result["trunk"] not in TRUNKS:

@@ -2,10 +2,14 @@
 
 ``run(cfg, run_dir)`` is the whole story and returns the exit status:
 
+- the run dir must be new, empty or a lungbench run folder (owner marker); anything else is
+  refused with 2 and left untouched, and so is a run dir another process is running in.
 - ``<run dir>/result.json`` with status ``ok`` -> the run is not redone (0; the file is not
-  touched). If the recorded config differs from this one (beyond the HARMLESS keys),
-  nothing is done and 2 is returned: a folder holds one run. The same holds for a failed
-  run that left a checkpoint: resuming it under another config would mix two runs.
+  touched). If it is not this run (benchmark.identity: another config beyond the HARMLESS
+  keys, or another dataset), nothing is done and 2 is returned: a folder holds one run. The
+  same holds for a failed run that left a checkpoint: resuming it under another config would
+  mix two runs; and a checkpoint itself carries the identity of the run that wrote it, so it
+  is never resumed under another one (even with result.json deleted).
 - otherwise result.json is written at once with status ``failed`` / ``Unfinished`` (so a run
   killed by SIGKILL or the kernel's OOM killer still shows up as failed), then detectron2
   trains in ``<run dir>/d2`` (resuming from its last checkpoint if a previous attempt left
@@ -27,11 +31,16 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark import result as R
+from benchmark.identity import HARMLESS, config_diff, dataset_fingerprint, identity, material_diff, stale_reasons  # noqa: F401
+from converters.fsutil import NotOwned, OutputBusy, claim, output_lock, resolve_output
+
+RUN_KIND = "run"
+# What Hydra writes into a run folder it has just created, before the run starts
+HYDRA_FILES = (".hydra", "train.log")
 
 log = logging.getLogger(__name__)
 
@@ -121,29 +130,6 @@ def environment(device: str | None) -> dict:
     return env
 
 
-def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two plain configs."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new)):
-            out += config_diff(old.get(k), new.get(k), f"{prefix}{k}.")
-        return out
-    return [] if old == new else [prefix.rstrip(".")]
-
-
-# Config keys that change neither what is trained nor what is scored: a run dir may be
-# resumed or skipped with other values for them.
-# batching inference changes predictions by float round-off only
-HARMLESS = ("keep_checkpoint", "measure", "solver.num_workers", "experiment", "dataset_name",
-            "infer_batch_size")
-
-
-def material_diff(old: Any, new: Any) -> list[str]:
-    """config_diff without the HARMLESS keys."""
-    return [k for k in config_diff(old, new)
-            if not any(k == h or k.startswith(h + ".") for h in HARMLESS)]
-
-
 _FORK = "fork" in __import__("multiprocessing").get_all_start_methods()
 
 
@@ -184,24 +170,36 @@ def _joblib_launcher() -> bool:
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
     """Run (or skip, or resume) one run into ``run_dir``; returns the exit status (see module)."""
-    run_dir = Path(run_dir).resolve()
+    run_dir = resolve_output(run_dir)
+    try:
+        claim(run_dir, RUN_KIND, "RUN_DIR", allow=HYDRA_FILES)
+        with output_lock(run_dir, "RUN_DIR"):
+            return _run_locked(cfg, run_dir)
+    except (NotOwned, OutputBusy) as e:
+        print(f"{e}; nothing done.", file=sys.stderr)
+        return 2
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path) -> int:
     config = run_config(cfg)
+    fingerprint = dataset_fingerprint(config["dataset_dir"], cfg.split.scheme, cfg.split.fold)
+    ident = identity(config, fingerprint)
     prev = R.read_result(run_dir)
     if prev is not None and prev.get("status") == "ok":
-        diff = material_diff(prev.get("config"), config)
+        diff = stale_reasons(prev, config, fingerprint)
         if diff:
-            print(f"{run_dir}: holds a finished run with a different config ({', '.join(diff)}); "
+            print(f"{run_dir}: holds a finished run that is not this one ({', '.join(diff)}); "
                   "nothing done. Use another run dir (or delete this one).", file=sys.stderr)
             return 2
         print(f"{run_dir}: finished run (status ok), not redone")
         return 0
     if prev is not None and (run_dir / D2_DIR / "last_checkpoint").is_file():
-        diff = material_diff(prev.get("config"), config)
+        diff = stale_reasons(prev, config, fingerprint)
         if diff:
             # resuming would continue another run's training under this run's name
-            print(f"{run_dir}: holds a checkpoint of a run with a different config "
-                  f"({', '.join(diff)}); nothing done. Delete {run_dir / D2_DIR} to start over, "
-                  "or use another run dir.", file=sys.stderr)
+            print(f"{run_dir}: holds a checkpoint of another run ({', '.join(diff)}); nothing "
+                  f"done. Delete {run_dir / D2_DIR} to start over, or use another run dir.",
+                  file=sys.stderr)
             return 2
     if _joblib_launcher() and _FORK:
         import multiprocessing as mp
@@ -219,7 +217,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
         "metrics": None, "timing": None, "memory": None, "model": None,
         "env": environment(None), "notes": [],
         "artifacts": {"dataset_dir": config["dataset_dir"]},
-        "config": config, "started_at": _now(), "finished_at": None,
+        "config": config, "identity": ident, "started_at": _now(), "finished_at": None,
     }
     R.write_result(run_dir, res)
 
@@ -272,8 +270,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
 def _expected_errors() -> tuple[type, ...]:
     from benchmark.config import ConfigError, WeightsUnavailable
     from benchmark.data import DatasetError
+    from benchmark.engine import CheckpointMismatch
 
-    return (ConfigError, WeightsUnavailable, DatasetError)
+    return (ConfigError, WeightsUnavailable, DatasetError, CheckpointMismatch)
 
 
 def _main_thread() -> bool:
@@ -344,11 +343,11 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
         progress.where = f"train (DDP, {cfg.num_gpus} processes)"
         launch(_worker, cfg.num_gpus, dist_url="auto",
                args=(d2cfg, split, test.name, str(run_dir), bool(cfg.measure.flops), int(cfg.seed),
-                     infer_batch))
+                     infer_batch, None, res["identity"]["hash"]))
         out = json.loads((run_dir / WORKER_OUT).read_text())
     else:
         out = _worker(d2cfg, split, test.name, str(run_dir), bool(cfg.measure.flops),
-                      int(cfg.seed), infer_batch, progress=progress)
+                      int(cfg.seed), infer_batch, progress=progress, identity=res["identity"]["hash"])
 
     res["resumed_from_iter"] = out["start_iter"]
     if out["start_iter"]:
@@ -375,7 +374,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
 
 
 def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed: int,
-            infer_batch: int = 1, progress=None) -> dict:
+            infer_batch: int = 1, progress=None, identity: str | None = None) -> dict:
     """Train + predict + measure in this process (rank r of a launch, or the only one).
     ``split``: (dataset_dir, scheme, fold), to register the splits in spawned processes.
     Returns the facts run() records; under a multi-process launch rank 0 writes them to
@@ -399,7 +398,7 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
         # spawned processes start with empty catalogs: register the splits again
         for part in ("train", "test"):
             D.register_split(*split, part)
-    trained = run_training(d2cfg, progress)
+    trained = run_training(d2cfg, progress, identity)
     if not comm.is_main_process():
         return {}
     model = trained["model"]

@@ -33,12 +33,15 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from converters.fsutil import NotOwned, OutputBusy, check_owned, claim, output_lock, write_text
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 CONFIG_NAME = "train"
 TRAIN_MODULE = "benchmark.train"
 SWEEP_FILE = "sweep.json"
-SWEEP_SCHEMA = 1
+SWEEP_SCHEMA = 2  # 2: each run's identity and group hash (benchmark.identity)
+SWEEP_KIND = "sweep"
 
 # Our conf/hydra/launcher/*.yaml carry the plugins' own names so `hydra/launcher=joblib` etc.
 # pick them; Hydra then validates each against the plugin's schema and warns that this
@@ -60,6 +63,8 @@ class PlannedRun:
     # the run's resolved config as benchmark.run records it (None if it cannot be computed here);
     # an "ok" result.json with a different config is not this run's result
     config: dict | None = field(default=None, repr=False)
+    # benchmark.identity.identity(config, dataset fingerprint): what the report matches on
+    identity: dict | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -136,8 +141,9 @@ def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str
                 job_cfg.hydra.job.num = num
             HydraConfig.instance().set_config(job_cfg)
             label = str(job_cfg.hydra.sweep.subdir)
+            config = _run_config(job_cfg)
             plan.runs.append(PlannedRun(label=label, run_dir=str(sweep_dir / label), overrides=list(job),
-                                        config=_run_config(job_cfg)))
+                                        config=config, identity=_identity(config)))
         dirs = [r.run_dir for r in plan.runs]
         dupes = sorted({d for d in dirs if dirs.count(d) > 1})
         if dupes:
@@ -148,6 +154,16 @@ def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str
         raise SweepError(f"cannot plan the sweep: {type(e).__name__}: {e}") from e
     finally:
         GlobalHydra.instance().clear()
+
+
+def _identity(config: dict | None) -> dict | None:
+    if config is None:
+        return None
+    from benchmark.identity import dataset_fingerprint, identity
+
+    split = config.get("split") or {}
+    fp = dataset_fingerprint(config.get("dataset_dir") or "", split.get("scheme"), split.get("fold", 0))
+    return identity(config, fp)
 
 
 def _run_config(job_cfg) -> dict | None:
@@ -187,11 +203,13 @@ def read_status(run_dir: Path, config: dict | None = None) -> tuple[str, str | N
         return "failed", f"unreadable {path}: {e}"
     if res.get("status") == "ok":
         if config is not None and isinstance(res.get("config"), dict):
-            from benchmark.run import config_diff
+            from benchmark.identity import dataset_fingerprint, stale_reasons
 
-            diff = config_diff(res["config"], config)
+            split = config.get("split") or {}
+            fp = dataset_fingerprint(config.get("dataset_dir") or "", split.get("scheme"), split.get("fold", 0))
+            diff = stale_reasons(res, config, fp)
             if diff:
-                return "failed", (f"StaleResult: folder holds a finished run with another config "
+                return "failed", (f"StaleResult: folder holds a finished run that is not this one "
                                   f"({', '.join(diff[:5])}{', ...' if len(diff) > 5 else ''})")
         return "ok", None
     err = res.get("error") or {}
@@ -233,11 +251,10 @@ def write_sweep_file(plan: SweepPlan, hydra_rc: int | None) -> Path:
     doc = {"schema": SWEEP_SCHEMA, "sweep_dir": plan.sweep_dir, "overrides": plan.overrides,
            "hydra_exit_code": hydra_rc, "summary": summary_line(plan.runs),
            "runs": [{"label": r.label, "run_dir": os.path.relpath(r.run_dir, plan.sweep_dir),
-                     "overrides": r.overrides, "status": r.status, "error": r.error} for r in plan.runs]}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(out)
-    return out
+                     "overrides": r.overrides, "status": r.status, "error": r.error,
+                     "identity": (r.identity or {}).get("hash"), "group": (r.identity or {}).get("group")}
+                    for r in plan.runs]}
+    return write_text(out, json.dumps(doc, indent=1) + "\n")
 
 
 # ----------------------------------------------------------------------------- running
@@ -273,9 +290,27 @@ def run_multirun(overrides: list[str], module: str = TRAIN_MODULE, conf_dir: Pat
         GlobalHydra.instance().clear()
 
 
+def claim_outputs(plan: SweepPlan) -> None:
+    """The sweep folder must be new, empty or a lungbench sweep (then marked), and every run
+    folder new, empty or a lungbench run: checked before Hydra writes anything (NotOwned)."""
+    for r in plan.runs:
+        if Path(r.run_dir).exists():
+            check_owned(r.run_dir, "run", f"the run folder of {r.label}")
+    claim(plan.sweep_dir, SWEEP_KIND, "SWEEP_DIR (hydra.sweep.dir)")
+
+
 def sweep(overrides: list[str], module: str = TRAIN_MODULE, conf_dir: Path = CONF_DIR) -> tuple[int, SweepPlan]:
-    """Plan, run, collect; (exit code, plan with statuses). Raises SweepError if unplannable."""
-    plan = collect(plan_sweep(overrides, conf_dir))
+    """Plan, run, collect; (exit code, plan with statuses). Raises SweepError if unplannable,
+    NotOwned if an output folder is not lungbench's, OutputBusy if the sweep is running already."""
+    plan = plan_sweep(overrides, conf_dir)
+    claim_outputs(plan)
+    with output_lock(plan.sweep_dir, "SWEEP_DIR"):
+        return _sweep_locked(plan, module, conf_dir)
+
+
+def _sweep_locked(plan: SweepPlan, module: str, conf_dir: Path) -> tuple[int, SweepPlan]:
+    collect(plan)
+    write_sweep_file(plan, None)  # the plan is on disk before any run starts (reports read it)
     done = sum(r.status == "ok" for r in plan.runs)
     print(f"sweep: {len(plan.runs)} runs in {plan.sweep_dir}"
           + (f" ({done} already ok: skipped)" if done else ""), flush=True)
@@ -303,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         rc, _ = sweep(args)
-    except SweepError as e:
+    except (SweepError, NotOwned, OutputBusy) as e:
         print(f"sweep: {e}", file=sys.stderr)
         return 2
     return rc

@@ -106,7 +106,7 @@ def check_locations(raw_root: Path, out: Path) -> None:
 def make_temp_dir(out: Path, chash: str) -> Path:
     """A marked temp folder next to ``out`` with images/ and annotations/; refused (NotOwned)
     when ``out`` is not a folder lungbench may rebuild; any I/O failure is a ConversionError."""
-    check_owned(out, DATASET_KIND, "the output folder (DATA_OUT)", replace=True)
+    check_owned(out, DATASET_KIND, "DATA_OUT (out=)", replace=True)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -259,7 +259,7 @@ def convert(raw_root: str | Path, out_dir: str | Path, cfg: Any = None) -> Path:
     except OSError as e:
         raise ConversionError(out.parent, f"cannot create the output folder: "
                               f"{e.strerror or e}") from None
-    with output_lock(out, "the output folder (DATA_OUT)"):
+    with output_lock(out, "DATA_OUT (out=)"):
         return _convert_locked(raw_root, out, cfg, c, t0)
 
 
@@ -292,7 +292,7 @@ def _convert_locked(raw_root: Path, out: Path, cfg: DictConfig, c: dict, t0: flo
         raise ConversionError(raw_root, f"splits.patient_kfold.k={k} exceeds the number of "
                               f"cases ({len(disc.cases)}): lower k")
 
-    check_owned(out, DATASET_KIND, "the output folder (DATA_OUT)", replace=True)
+    check_owned(out, DATASET_KIND, "DATA_OUT (out=)", replace=True)
     tmp = make_temp_dir(out, chash)
     try:
         workers = int(c["workers"] or os.cpu_count() or 1)
@@ -377,7 +377,7 @@ def _convert_locked(raw_root: Path, out: Path, cfg: DictConfig, c: dict, t0: flo
         }
         _dump(manifest, tmp / "dataset.json", indent=1)  # written last: marks completeness
         seal(tmp, DATASET_KIND, chash)
-        replace_dir(tmp, out, DATASET_KIND, "the output folder (DATA_OUT)")
+        replace_dir(tmp, out, DATASET_KIND, "DATA_OUT (out=)")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -403,7 +403,7 @@ def run(cfg: DictConfig) -> Path:
     if not gen and not root:
         raise ConversionError("data.root", "not set: pass data.root=<raw data folder> "
                               "(make data DATA_ROOT=<dir>)")
-    check_owned(out, DATASET_KIND, "the output folder (DATA_OUT)", replace=True)
+    check_owned(out, DATASET_KIND, "DATA_OUT (out=)", replace=True)
     if gen:
         root = out.parent / "raw" / str(cfg.data.name)
         check_locations(root, out)

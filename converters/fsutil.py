@@ -173,8 +173,8 @@ def check_owned(folder: str | os.PathLike, kind: str, what: str, replace: bool =
     if m is None:
         raise NotOwned(folder, f"{what} holds files and was not made by lungbench (no {MARKER})",
                        f"lungbench never writes into a folder it did not make: choose a new or "
-                       f"empty {what} (an output of a lungbench older than its markers: delete it "
-                       "yourself)")
+                       f"empty folder for {what} (an output of a lungbench older than its "
+                       "markers you delete yourself)")
     if m.get("kind") != kind:
         raise NotOwned(folder, f"{what} is a lungbench {m.get('kind')!r} folder, not a {kind!r} folder",
                        f"choose another {what}")

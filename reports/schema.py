@@ -6,7 +6,7 @@ Only constants and small pure helpers: no I/O, no heavy imports.
 from __future__ import annotations
 
 #: result.json schema versions this reader understands fully.
-KNOWN_SCHEMAS = (1,)
+KNOWN_SCHEMAS = (1, 2)
 
 TRUNKS = ("R50", "R101", "X101")
 HEADS = ("C4", "DC5", "FPN")

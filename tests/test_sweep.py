@@ -155,7 +155,7 @@ def test_statuses_summary_and_sweep_file(tmp_path):
     line = S.summary_line(plan.runs)
     assert line.startswith("5 runs: 1 ok, 3 failed (R50-C4: FloatingPointError: Loss became infinite or NaN "
                            "at iteration=1!; R50-DC5: unreadable ")
-    assert "R101-FPN: StaleResult: folder holds a finished run with another config (solver.max_iter)" in line
+    assert "R101-FPN: StaleResult: folder holds a finished run that is not this one (solver.max_iter, dataset" in line
     assert line.endswith(", 1 missing (X101-C4)") and "\n" not in line
 
     out = S.write_sweep_file(plan, hydra_rc=0)

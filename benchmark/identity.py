@@ -1,0 +1,97 @@
+"""What a run *is*: the one rule for "same run", "stale run" and "same group of runs".
+
+A run is its config minus the keys that change neither what is trained nor what is scored
+(HARMLESS), plus the dataset it reads: the manifest's config hash and the sha256 of its
+train and test annotation files. Two results with the same identity are the same run; a
+finished run whose identity differs from what would run now is stale (the run refuses it,
+the sweep reports it, the report never counts it). A group (one row of Table 3) is the
+identity without the replicate axes, split fold and seed; a group cannot mix configs.
+
+Pure (no torch, no detectron2): the run, the sweep planner and the reports all import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+# Config keys that change neither what is trained nor what is scored: a run folder may be
+# resumed or skipped with other values for them. Batched inference changes predictions by
+# float round-off only; workers, GPU slots and packing are scheduling, not the run.
+HARMLESS = ("keep_checkpoint", "measure", "solver.num_workers", "experiment", "dataset_name",
+            "infer_batch_size", "jobs_per_gpu")
+# The replicate axes: runs that differ only here are one group (averaged, tested paired).
+REPLICATES = ("seed", "split.fold")
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += config_diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _under(key: str, names: tuple[str, ...]) -> bool:
+    return any(key == h or key.startswith(h + ".") for h in names)
+
+
+def material_diff(old: Any, new: Any) -> list[str]:
+    """config_diff without the HARMLESS keys."""
+    return [k for k in config_diff(old, new) if not _under(k, HARMLESS)]
+
+
+def _material(config: dict, drop: tuple[str, ...]) -> dict:
+    def walk(d: Any, prefix: str) -> Any:
+        if not isinstance(d, dict):
+            return d
+        return {k: walk(v, f"{prefix}{k}.") for k, v in sorted(d.items())
+                if not _under(f"{prefix}{k}", drop)}
+    # where the dataset lies is not what it is: its fingerprint says that
+    return walk(config, "")
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def dataset_fingerprint(dataset_dir: str | Path, scheme: str, fold: int) -> dict | None:
+    """What the run's data are: the converted dataset's config hash and the sha256 of the
+    split's train and test annotation files (None when the dataset cannot be read: the run
+    then fails at its dataset check with the reason)."""
+    d = Path(dataset_dir)
+    try:
+        manifest = json.loads((d / "dataset.json").read_text())
+        out = {"config_hash": manifest.get("config_hash")}
+        for part in ("train", "test"):
+            f = d / "annotations" / f"{scheme}_f{int(fold)}_{part}.json"
+            out[f"{part}_sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    except (OSError, ValueError, TypeError):
+        return None
+    return out
+
+
+def identity(config: dict, fingerprint: dict | None) -> dict:
+    """``{"hash", "group", "dataset"}``: the run's identity and its group's (see module)."""
+    drop_run = HARMLESS + ("dataset_dir",)
+    group_fp = {"config_hash": (fingerprint or {}).get("config_hash")}
+    return {"hash": _sha({"config": _material(config, drop_run), "dataset": fingerprint}),
+            "group": _sha({"config": _material(config, drop_run + REPLICATES), "dataset": group_fp}),
+            "dataset": fingerprint}
+
+
+def stale_reasons(prev: dict, config: dict, fingerprint: dict | None) -> list[str]:
+    """Why the recorded result ``prev`` is not the run ``config`` on this dataset ([] = same).
+
+    Config keys that differ (beyond HARMLESS; where the dataset lies does not count), and
+    ``dataset`` when the data differ or the result does not record which data it used."""
+    diff = [k for k in material_diff(prev.get("config"), config) if k != "dataset_dir"]
+    old_fp = (prev.get("identity") or {}).get("dataset")
+    if old_fp is None or old_fp != fingerprint:
+        diff.append("dataset (rebuilt or another one)" if old_fp else
+                    "dataset (the result does not record which data it used)")
+    return diff
