@@ -53,7 +53,7 @@ data: $(STAMP) ## Convert NIfTI to COCO: DATA_ROOT=raw dir (or DATA=phantom) DAT
 	$(PY) -m converters.convert data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) out=$(DATA_OUT) $(ARGS)
 
 download: $(STAMP) ## Fetch + verify + extract the Zenodo archives into DATA_ROOT (default work/raw/covid19_ct_seg)
-	$(PY) -m converters.download --dest $(or $(DATA_ROOT),$(WORK)/raw/covid19_ct_seg)
+	$(PY) -m converters.download --dest $(or $(DATA_ROOT),$(WORK)/raw/covid19_ct_seg) $(ARGS)
 
 train: $(STAMP) ## One run: BACKBONE=r50_fpn SOLVER=paper|smoke DATA_OUT=dir RUN_DIR=dir -> RUN_DIR/result.json
 	$(PY) -m benchmark.train backbone=$(BACKBONE) solver=$(SOLVER) dataset_dir=$(DATA_OUT) hydra.run.dir=$(RUN_DIR) $(ARGS)

@@ -1,10 +1,13 @@
-"""Build ``<sweep>/report/`` from every result.json under a sweep dir.
+"""Build ``<sweep>/report/`` from a sweep's runs (its sweep.json plan, else every result.json).
 
     python -m reports.build <sweep_dir>
     python -m reports.build --latest <sweeps_root>   # the sweep with the newest result.json
 
-Prints the path of report.html. collect -> DataFrame -> writers; every file is written to a
-temp name and renamed, so a report folder never holds a half-written file.
+Prints the path of report.html. collect -> DataFrame -> writers. Only a lungbench sweep
+(owner marker of kind "sweep", as `make sweep` leaves it) is reported on; the report folder
+is built whole in a temp folder that then replaces the previous one (converters.fsutil), so
+it never holds a half-written file, and a report folder holding files lungbench did not
+write there is refused, not overwritten. Exit 2 when the build is refused.
 """
 
 from __future__ import annotations
@@ -19,16 +22,47 @@ from typing import Callable
 import pandas as pd
 from tqdm import tqdm
 
+from converters import fsutil
+
 from . import atomic, overlays, plots, render_html, tables
-from .collect import NOTE_SEP, REPORT_DIRNAME, collect, latest_sweep
+from .collect import (NOTE_SEP, PLAN_NAME, REPORT_DIRNAME, SWEEP_KIND, PlanError, SweepRuns, latest_sweep,
+                      read_sweep)
+
+REPORT_KIND = "report"
+IGNORED_NAME = "ignored.csv"
 
 
-def schema_notes(df: pd.DataFrame) -> list[str]:
-    """Report-level notes: best-effort reads (counted), nothing found."""
+def schema_notes(df: pd.DataFrame, planned: int | None = None) -> list[str]:
+    """Report-level notes: best-effort reads (counted), nothing found (``planned``: the
+    number of runs in the sweep's plan, None without one)."""
     if df.empty:
+        if planned is not None:
+            return [f"no result.json for any of the {planned} run(s) in {PLAN_NAME}: every one is MISSING"]
         return ["no result.json found under this sweep dir: every backbone is MISSING"]
     c = Counter(n for v in df["schema_note"] if isinstance(v, str) for n in v.split(NOTE_SEP))
     return [f"{n} ({k} run{'s' if k > 1 else ''})" for n, k in sorted(c.items())]
+
+
+def plan_notes(runs: SweepRuns, most: int = 5) -> list[str]:
+    """What the plan left out: the result.json files outside it (ignored, listed)."""
+    if not runs.ignored:
+        return []
+    paths = [p for p, _ in runs.ignored]
+    more = f" (+{len(paths) - most} more)" if len(paths) > most else ""
+    return [f"ignored {len(paths)} result.json outside this sweep's plan ({PLAN_NAME}): "
+            f"{', '.join(paths[:most])}{more}; listed in {IGNORED_NAME}"]
+
+
+def require_sweep(sweep_dir: Path) -> None:
+    """Raise unless ``sweep_dir`` is a lungbench sweep (FileNotFoundError: no such folder;
+    fsutil.NotOwned: no owner marker of kind "sweep")."""
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep dir {sweep_dir} does not exist or is not a directory")
+    marker = fsutil.read_marker(sweep_dir)
+    if marker is None or marker.get("kind") != SWEEP_KIND:
+        what = "no owner marker" if marker is None else f"a lungbench {marker.get('kind')!r} folder"
+        raise fsutil.NotOwned(sweep_dir, f"not a lungbench sweep ({what})",
+                              "pass the folder a `make sweep` wrote (SWEEP_DIR)")
 
 
 def make_plots(df: pd.DataFrame, sweep_dir: Path, progress: bool = True) -> list[plots.Plot]:
@@ -52,34 +86,47 @@ def make_plots(df: pd.DataFrame, sweep_dir: Path, progress: bool = True) -> list
 
 
 def build_report(sweep_dir: Path, progress: bool = True) -> Path:
-    """Write runs.csv, per_class_ap.csv, table3.csv/.md, the PNGs and report.html into
-    ``<sweep_dir>/report/``; returns the path of report.html."""
+    """Write runs.csv, per_class_ap.csv, table3.csv/.md, ignored.csv, the PNGs and report.html
+    into ``<sweep_dir>/report/``; returns the path of report.html.
+
+    Raises, before writing anything: FileNotFoundError (no such folder), fsutil.NotOwned (not
+    a lungbench sweep, or a report folder holding files lungbench did not write there),
+    fsutil.OutputBusy (another build of this report is running), collect.PlanError
+    (unreadable sweep.json)."""
     sweep_dir = Path(sweep_dir).resolve()
+    require_sweep(sweep_dir)
     out = sweep_dir / REPORT_DIRNAME
-    df = collect(sweep_dir)
-    notes = schema_notes(df)
-    t3 = tables.table3(df)
-    figs = make_plots(df, sweep_dir, progress)
-    atomic.write_text(out / "runs.csv", df.to_csv(index=False))
-    atomic.write_text(out / "per_class_ap.csv", tables.per_class_ap(df).to_csv(index=False))
-    atomic.write_text(out / "table3.csv", t3.to_csv(index=False))
-    atomic.write_text(out / "table3.md", tables.table3_markdown(t3, notes))
-    for f in figs:
-        if f.png is not None:
-            atomic.write_bytes(out / f.name, f.png)
-    files = ["runs.csv", "per_class_ap.csv", "table3.csv", "table3.md"] + [f.name for f in figs if f.png is not None]
-    for old in out.glob("*.png"):  # a plot skipped this time must not survive from an earlier build
-        if old.name not in files:
-            old.unlink()
-    html = render_html.render(sweep_dir=str(sweep_dir), df=df, t3=t3, winners=tables.winners(df),
-                              failed=tables.failed_runs(df), missing=tables.missing_runs(df),
-                              plots=figs, notes=notes, files=files)
-    return atomic.write_text(out / "report.html", html)
+    runs = read_sweep(sweep_dir)  # reads only
+    df = runs.df
+    with fsutil.output_lock(out, "the report folder"), \
+            fsutil.atomic_dir(out, REPORT_KIND, "the report folder") as tmp:
+        planned_missing = runs.missing if runs.plan is not None else None
+        notes = schema_notes(df, None if runs.plan is None else len(runs.plan)) + plan_notes(runs)
+        t3 = tables.table3(df, planned_missing)
+        figs = make_plots(df, sweep_dir, progress)
+        atomic.write_text(tmp / "runs.csv", df.to_csv(index=False))
+        atomic.write_text(tmp / "per_class_ap.csv", tables.per_class_ap(df).to_csv(index=False))
+        atomic.write_text(tmp / "table3.csv", t3.to_csv(index=False))
+        atomic.write_text(tmp / "table3.md", tables.table3_markdown(t3, notes))
+        atomic.write_text(tmp / IGNORED_NAME, pd.DataFrame(runs.ignored, columns=["path", "reason"])
+                          .to_csv(index=False))
+        for f in figs:
+            if f.png is not None:
+                atomic.write_bytes(tmp / f.name, f.png)
+        files = (["runs.csv", "per_class_ap.csv", "table3.csv", "table3.md", IGNORED_NAME]
+                 + [f.name for f in figs if f.png is not None])
+        html = render_html.render(sweep_dir=str(sweep_dir), df=df, t3=t3, winners=tables.winners(df),
+                                  failed=tables.failed_runs(df), missing=tables.missing_runs(df, planned_missing),
+                                  plots=figs, notes=notes, files=files,
+                                  planned=None if runs.plan is None else len(runs.plan))
+        atomic.write_text(tmp / "report.html", html)
+    return out / "report.html"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reports.build", description=__doc__.split("\n\n")[0])
-    ap.add_argument("sweep_dir", nargs="?", type=Path, help="a sweep dir (every result.json below it is read)")
+    ap.add_argument("sweep_dir", nargs="?", type=Path,
+                    help="a sweep dir (the runs of its sweep.json, else every result.json below it)")
     ap.add_argument("--latest", type=Path, metavar="SWEEPS_ROOT", help="use the sweep under this root with the newest result.json")
     args = ap.parse_args(argv)
     if (args.sweep_dir is None) == (args.latest is None):
@@ -87,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = latest_sweep(args.latest) if args.latest else args.sweep_dir
         print(build_report(sweep))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, fsutil.NotOwned, fsutil.OutputBusy, PlanError) as e:
         print(f"reports.build: {e}", file=sys.stderr)
         return 2
     return 0

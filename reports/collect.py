@@ -1,4 +1,10 @@
-"""Collect every result.json under a sweep dir into one tidy DataFrame (one row per run).
+"""Collect a sweep's result.json files into one tidy DataFrame (one row per run).
+
+Which runs: when the sweep dir holds ``sweep.json`` (the plan ``benchmark.sweep`` writes),
+exactly its runs: a planned run with a result.json is a row (counted as failed when the
+result's identity is not the plan's: another config or dataset), one without is MISSING,
+and every other result.json under the sweep dir is ignored and listed. Without a plan:
+every result.json below the sweep dir.
 
 The DataFrame is the source of truth for every view: nested fields are flattened to
 dotted column names (``metrics.segm.per_class.infection.AP``), lists become JSON text,
@@ -6,18 +12,21 @@ null stays missing. Runs describe themselves; folder names are never parsed (the
 is only recorded, relative to the sweep dir, so a reader can find the run).
 
 Added columns (not in result.json): ``run_dir``, ``result_json`` (relative to the sweep
-dir), ``schema_note`` (what best-effort reading had to assume), ``error_reason`` (one line).
+dir), ``schema_note`` (what best-effort reading had to assume), ``error_reason`` (one line),
+and for results without a run identity (schema 1) ``identity.group`` computed from their config.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from benchmark.identity import identity  # pure: the one rule for "same run" and "same group"
 from benchmark.result import validate  # pure (no torch): the writer's own check of schema 1
 
 from .schema import BACKBONES, CLASSES, KNOWN_SCHEMAS, NOT_IN_ZOO, backbone_order, schedule_order
@@ -26,6 +35,12 @@ RESULT_NAME = "result.json"
 #: Separator of the notes inside one ``schema_note`` cell.
 NOTE_SEP = " | "
 REPORT_DIRNAME = "report"
+#: The sweep's plan (benchmark.sweep.SWEEP_FILE) and the owner-marker kind of a sweep dir.
+PLAN_NAME = "sweep.json"
+SWEEP_KIND = "sweep"
+#: error_reason of a planned run whose result.json is another run's.
+STALE_REASON = ("StaleResult: result.json is not this sweep's run (another config or dataset); "
+                "not counted")
 
 #: Columns shown first in runs.csv; every other field follows in first-seen order.
 LEAD_COLUMNS = (
@@ -35,6 +50,22 @@ LEAD_COLUMNS = (
     "metrics.segm.per_class.right_lung.AP", "metrics.segm.per_class.infection.AP",
     "metrics.bbox.AP",
 )
+
+
+class PlanError(ValueError):
+    """The sweep's sweep.json exists but cannot be read as a plan."""
+
+
+@dataclass
+class SweepRuns:
+    """What a report is built from: the runs table and, with a plan, what it left out."""
+    df: pd.DataFrame
+    #: sweep.json's runs (dicts: label, run_dir, identity, group, ...), None without a plan
+    plan: list[dict[str, Any]] | None = None
+    #: planned runs without a result.json: {"label", "run_dir", "group"}
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    #: result.json files not in the plan: (path relative to the sweep dir, reason)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
 
 
 def find_result_files(sweep_dir: Path) -> list[Path]:
@@ -156,6 +187,11 @@ def normalize(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                     notes.append(f"{task} per-class AP read from detectron2's 'AP-<class>' keys (no AP50/AP75)")
         r["metrics"] = metrics
 
+    if not isinstance(r.get("identity"), dict) and isinstance(r.get("config"), dict):
+        # no run identity recorded: the group from the config alone (the data are unknown)
+        r["identity"] = {"hash": None, "group": identity(r["config"], None)["group"], "dataset": None}
+        notes.append("no run identity (schema 1 or older): its group computed from its config")
+
     if "status" not in r:
         has = isinstance(metrics, dict) and isinstance(metrics.get("segm"), dict) and metrics["segm"].get("AP") is not None
         r["status"] = "ok" if has else "failed"
@@ -183,11 +219,60 @@ def load_run(path: Path, sweep_dir: Path) -> dict[str, Any]:
     return row
 
 
-def collect(sweep_dir: Path, files: list[Path] | None = None) -> pd.DataFrame:
-    """The tidy table: one row per result.json under ``sweep_dir``, sorted by backbone, schedule, fold, seed."""
+def read_plan(sweep_dir: Path) -> list[dict[str, Any]] | None:
+    """The runs of ``<sweep_dir>/sweep.json`` (run_dir relative to the sweep dir), or None
+    when there is no plan. Raises PlanError when the file is there but is not a plan."""
+    path = Path(sweep_dir) / PLAN_NAME
+    if not path.exists():
+        return None
+    try:
+        runs = json.loads(path.read_text()).get("runs")
+    except (OSError, ValueError, AttributeError) as e:
+        raise PlanError(f"{path}: cannot read the sweep's plan: {e}") from e
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and r.get("run_dir") for r in runs):
+        raise PlanError(f"{path}: 'runs' is not a list of planned runs with a run_dir")
+    return [{**r, "label": str(r.get("label") or r["run_dir"])} for r in runs]
+
+
+def _rel(path: Path, sweep_dir: Path) -> str:
+    return path.relative_to(sweep_dir).as_posix() if path.is_relative_to(sweep_dir) else str(path)
+
+
+def read_sweep(sweep_dir: Path) -> SweepRuns:
+    """The runs of a sweep dir (see the module docstring): its plan's when it has one."""
     sweep_dir = Path(sweep_dir)
-    files = find_result_files(sweep_dir) if files is None else files
-    rows = [load_run(f, sweep_dir) for f in files]
+    files = find_result_files(sweep_dir)
+    plan = read_plan(sweep_dir)
+    if plan is None:
+        return SweepRuns(collect(sweep_dir, files))
+    rows, missing, planned = [], [], set()
+    for run in plan:
+        path = sweep_dir / run["run_dir"] / RESULT_NAME
+        planned.add(os.path.realpath(path))
+        if not path.exists():
+            missing.append({"label": run["label"], "run_dir": _rel(sweep_dir / run["run_dir"], sweep_dir),
+                            "group": run.get("group")})
+            continue
+        row = load_run(path, sweep_dir)
+        got = row.get("identity.hash")
+        if run.get("identity") and isinstance(got, str) and got and got != run["identity"]:
+            row["status"], row["error_reason"] = "failed", STALE_REASON
+        rows.append(row)
+    ignored = [(_rel(f, sweep_dir), f"not a run of this sweep's plan ({PLAN_NAME})")
+               for f in files if os.path.realpath(f) not in planned]
+    return SweepRuns(_frame(rows), plan, missing, ignored)
+
+
+def collect(sweep_dir: Path, files: list[Path] | None = None) -> pd.DataFrame:
+    """The tidy table, sorted by backbone, schedule, fold, seed: one row per run of the sweep's
+    plan that has a result.json (see read_sweep), or, with ``files``, one row per file given."""
+    sweep_dir = Path(sweep_dir)
+    if files is None:
+        return read_sweep(sweep_dir).df
+    return _frame([load_run(f, sweep_dir) for f in files])
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=list(LEAD_COLUMNS))

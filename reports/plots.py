@@ -135,6 +135,13 @@ def trunk_head_heatmap(df: pd.DataFrame) -> Plot:
     axes = np.atleast_2d(fig.subplots(len(scheds), 2, squeeze=False, gridspec_kw=margins(
         fig, len(scheds), 2, left=0.6, right=1.3, top=0.35, bottom=0.35, wspace=0.7, hspace=0.5)))
     vals = {}
+    cells: dict[tuple, list[str]] = {}  # groups behind each drawn cell
+    for key, g in iter_groups(ok):
+        cells.setdefault((key["schedule"], _first_str(g, "trunk"), _first_str(g, "head")), []).append(group_label(key))
+    mixed = sorted(", ".join(v) for v in cells.values() if len(v) > 1)
+    if mixed:
+        p.note = ("a cell averages several groups (other config or dataset), see Table 3 for each: "
+                  + "; ".join(mixed))
     for si, s in enumerate(scheds):
         sub = df[df["schedule"].map(lambda v: (v if isinstance(v, str) else None) == s)]
         for mi, (_, col) in enumerate(metrics):
@@ -175,6 +182,11 @@ def trunk_head_heatmap(df: pd.DataFrame) -> Plot:
     fig.colorbar(im, cax=cax, label="AP")
     p.png = to_png(fig)
     return p
+
+
+def _first_str(rows: pd.DataFrame, col: str) -> str | None:
+    v = [x for x in rows[col] if isinstance(x, str)] if col in rows.columns else []
+    return v[0] if v else None
 
 
 def ap_vs_cost(df: pd.DataFrame) -> Plot:

@@ -188,12 +188,15 @@ def _runs_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[dict[str, Any]],
            failed: pd.DataFrame, missing: list[dict[str, Any]], plots: list[Plot], notes: list[str],
-           files: list[str]) -> str:
-    """The whole page as one string."""
+           files: list[str], planned: int | None = None) -> str:
+    """The whole page as one string (``planned``: the number of runs in the sweep's plan,
+    None without one: then the nine backbones are what is expected)."""
     paper = load_paper()
     n, n_ok = len(df), int((df["status"] == "ok").sum()) if not df.empty else 0
     present = set(df["backbone"]) if not df.empty else set()
     n_miss_bb = sum(b not in present for b in BACKBONES)
+    expected = (f"of {planned} planned run(s)" if planned is not None
+                else f"{n_miss_bb} of 9 backbones without any run")
     smoke = (not df.empty and "solver.name" in df.columns and (df["solver.name"] == "smoke").any())
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -204,7 +207,7 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
     parts.append("<div class='summary'>"
                  f"<span class='pill'>{n} run(s)</span><span class='pill ok'>{n_ok} ok</span>"
                  f"<span class='pill fail'>{n - n_ok} FAILED</span>"
-                 f"<span class='pill miss'>{len(missing)} MISSING ({n_miss_bb} of 9 backbones without any run)</span></div>")
+                 f"<span class='pill miss'>{len(missing)} MISSING ({expected})</span></div>")
     if smoke:
         parts.append('<div class="banner smoke" id="smoke-warning">SMOKE RUN: these models trained for only a '
                      "few iterations (solver 'smoke') to check that the pipeline works. Their numbers are NOT "
@@ -246,7 +249,7 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
 
     parts.append("<h2 id='failures'>Failed and missing runs</h2>")
     if failed.empty and not missing:
-        parts.append("<p>None: every expected backbone has a result and every run succeeded.</p>")
+        parts.append("<p>None: every expected run has a result and every run succeeded.</p>")
     if not failed.empty:
         parts.append(f"<h3>FAILED ({len(failed)})</h3>")
         fr = failed.rename(columns={"error_reason": "reason", "dataset.fold": "fold", "run_dir": "run dir"})

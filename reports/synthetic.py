@@ -1,5 +1,6 @@
-"""Synthetic sweeps for tests and perf: result.json files (schema 1) with the artifacts a
-report reads (detectron2 metrics.json log, COCO predictions, a tiny COCO test set).
+"""Synthetic sweeps for tests and perf: result.json files (schema 1, or 2 with a run identity)
+with the artifacts a report reads (detectron2 metrics.json log, COCO predictions, a tiny COCO
+test set), in a folder marked as a lungbench sweep, optionally with a sweep.json plan.
 
 Numbers are deterministic pseudo-random functions of (backbone, schedule, fold, seed): they
 exercise the report, they are not results. Run dirs get opaque names (``run_000``...) on
@@ -15,6 +16,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from benchmark.identity import identity
+from converters.fsutil import claim, write_text
+
+from .collect import PLAN_NAME, SWEEP_KIND
 from .schema import BACKBONES, CLASSES, NOT_IN_ZOO
 
 #: A rough quality order so synthetic plots look like something (FPN > DC5 > C4, bigger trunk better).
@@ -42,10 +47,11 @@ def make_result(backbone: str = "R50-FPN", *, schedule: str | None = "3x", fold:
                 status: str = "ok", schema: int | None = 1, solver: str = "smoke", weights: str = "zoo",
                 experiment: str | None = "grid9", dataset_dir: str | None = None,
                 test_annotations: str | None = None, error: dict[str, Any] | None = None,
-                cases: Iterable[str] = ("phantom_000", "phantom_001")) -> dict[str, Any]:
+                cases: Iterable[str] = ("phantom_000", "phantom_001"), base_lr: float = 0.00025) -> dict[str, Any]:
     """One result.json dict (schema 1 layout). ``status='failed'`` gives null metrics/timing and
-    an error (``error`` or a default FloatingPointError). ``schema`` other than 1 only changes the
-    schema field; build older layouts by editing the dict."""
+    an error (``error`` or a default FloatingPointError). ``schema=2`` adds the run identity
+    (from the config; no dataset fingerprint); any other value only changes the schema field;
+    build older layouts by editing the dict. ``base_lr`` is a config value (not the numbers)."""
     trunk, head = backbone.split("-", 1)
     rng = _rng(backbone, schedule, fold, seed)
     base = 55.0 + _HEAD_BONUS.get(head, 0) + _TRUNK_BONUS.get(trunk, 0) + (2.0 if schedule == "3x" else 0.0)
@@ -68,11 +74,13 @@ def make_result(backbone: str = "R50-FPN", *, schedule: str | None = "3x", fold:
         error = {"type": "FloatingPointError", "message": "Loss became infinite or NaN at iteration=1!",
                  "where": "train iter 1", "traceback": "Traceback (most recent call last):\n  ...\nFloatingPointError"}
     ds_dir = dataset_dir or "/abs/converted"
-    return {
+    config = {"backbone": {"trunk": trunk, "head": head}, "solver": {"name": solver, "base_lr": base_lr},
+              "seed": seed, "split": {"name": "patient_kfold", "fold": fold}}
+    out = {
         "schema": schema, "status": status, "error": None if ok else error,
         "backbone": backbone, "trunk": trunk, "head": head, "in_zoo": backbone not in NOT_IN_ZOO,
         "schedule": schedule, "weights": weights, "experiment": experiment,
-        "solver": {"name": solver, "ims_per_batch": 2, "base_lr": 0.00025,
+        "solver": {"name": solver, "ims_per_batch": 2, "base_lr": base_lr,
                    "max_iter": 20 if solver == "smoke" else 5000, "lr_schedule": "paper", "amp": False},
         "dataset": {"name": "phantom", "dir": ds_dir, "split": "patient_kfold", "fold": fold,
                     "n_train_images": 12, "n_test_images": 4, "image_size": [64, 64]},
@@ -84,10 +92,12 @@ def make_result(backbone: str = "R50-FPN", *, schedule: str | None = "3x", fold:
         "artifacts": {"predictions": "d2/inference/coco_instances_results.json", "metrics_log": "d2/metrics.json",
                       "dataset_dir": ds_dir,
                       "test_annotations": test_annotations or f"{ds_dir}/annotations/patient_kfold_f{fold}_test.json"},
-        "config": {"backbone": {"trunk": trunk, "head": head}, "solver": {"name": solver}, "seed": seed,
-                   "split": {"name": "patient_kfold", "fold": fold}},
+        "config": config,
         "started_at": "2026-11-29T10:00:00+00:00", "finished_at": "2026-11-29T10:02:00+00:00",
     }
+    if schema == 2:
+        out["identity"] = identity(config, None)
+    return out
 
 
 def _ellipse(h: int, w: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
@@ -187,16 +197,38 @@ def write_run(run_dir: Path, result: dict[str, Any], artifacts: bool = True) -> 
     return path
 
 
+def mark_sweep(sweep_dir: Path) -> Path:
+    """Make ``sweep_dir`` a lungbench sweep folder (its owner marker), as `make sweep` does."""
+    return claim(sweep_dir, SWEEP_KIND, "SWEEP_DIR")
+
+
+def write_plan(sweep_dir: Path, runs: Iterable[tuple[str, dict[str, Any] | None]]) -> Path:
+    """``<sweep_dir>/sweep.json`` as benchmark.sweep writes it (schema 2), planning ``runs``:
+    (run folder relative to the sweep dir, the result expected there or None). The planned
+    identity and group are the expected result's (its own, else computed from its config)."""
+    planned = []
+    for run_dir, result in runs:
+        ident = (result or {}).get("identity") or (identity(result["config"], None) if result else {})
+        planned.append({"label": Path(run_dir).name, "run_dir": str(run_dir), "overrides": [],
+                        "status": "planned", "error": None, "identity": ident.get("hash"),
+                        "group": ident.get("group")})
+    doc = {"schema": 2, "sweep_dir": str(Path(sweep_dir).resolve()), "overrides": [], "hydra_exit_code": None,
+           "summary": f"{len(planned)} runs", "runs": planned}
+    return write_text(Path(sweep_dir) / PLAN_NAME, json.dumps(doc, indent=1) + "\n")
+
+
 def write_sweep(sweep_dir: Path, dataset_dir: Path | None = None, *, backbones: Iterable[str] = BACKBONES,
                 folds: Iterable[int] = (0,), seeds: Iterable[int] = (0,), schedule: str | None = "3x",
                 failed: Iterable[str] = (), solver: str = "smoke", artifacts: bool = True,
-                n_runs: int | None = None) -> list[Path]:
+                n_runs: int | None = None, plan: bool = False) -> list[Path]:
     """A sweep of synthetic runs in opaque dirs ``run_000``...; returns the result.json paths.
+    The folder is marked as a lungbench sweep; ``plan``: with a sweep.json planning these runs.
 
     ``failed``: backbones whose runs fail. ``n_runs``: stop after that many runs (cycling over
     folds beyond ``folds`` if needed, for perf). Every run's test set is the one of ``dataset_dir``
     (created with :func:`write_dataset` when given as a path that does not exist yet)."""
     sweep_dir = Path(sweep_dir)
+    mark_sweep(sweep_dir)
     test_ann = None
     if dataset_dir is not None:
         ann = Path(dataset_dir) / "annotations" / "patient_kfold_f0_test.json"
@@ -209,11 +241,14 @@ def write_sweep(sweep_dir: Path, dataset_dir: Path | None = None, *, backbones: 
             combos += [(extra, s, b) for s in seeds for b in backbones]
             extra += 1
         combos = combos[:n_runs]
-    paths = []
+    paths, planned = [], []
     for i, (f, s, b) in enumerate(combos):
         r = make_result(b, schedule=schedule, fold=f, seed=s, solver=solver,
                         status="failed" if b in failed else "ok",
                         dataset_dir=str(dataset_dir) if dataset_dir else None,
                         test_annotations=str(test_ann) if test_ann else None)
         paths.append(write_run(sweep_dir / f"run_{i:03d}", r, artifacts=artifacts))
+        planned.append((f"run_{i:03d}", r))
+    if plan:
+        write_plan(sweep_dir, planned)
     return paths

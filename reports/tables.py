@@ -12,11 +12,20 @@ from typing import Any, Iterator
 
 import pandas as pd
 
+from benchmark.identity import HARMLESS, REPLICATES
+
 from .schema import (AP_METRICS, BACKBONES, CLASS_LABELS, CLASSES, NOT_IN_ZOO, REPLICATE_KEYS,
                      TASKS, VARYING_GROUP_KEYS, backbone_order, schedule_order)
 
 PAPER_PATH = Path(__file__).with_name("paper.json")
 SEGM_AP = "metrics.segm.AP"
+#: The run identity's group hash (benchmark.identity): runs of one group differ only in fold/seed.
+GROUP_COL = "identity.group"
+#: Config keys that never tell two groups apart in a label (not what is trained or scored,
+#: or the replicate axes, which every group spans).
+_LABEL_SKIP = HARMLESS + REPLICATES + ("dataset_dir",)
+#: At most this many differing config keys are spelled out in a label.
+_LABEL_KEYS = 3
 
 
 def class_col(c: str, task: str = "segm", metric: str = "AP") -> str:
@@ -70,17 +79,23 @@ def _norm(v: Any) -> Any:
 
 
 def group_keys(df: pd.DataFrame) -> list[str]:
-    """backbone, schedule, plus every non-replicate axis that varies within this sweep."""
+    """backbone, schedule, every non-replicate axis that varies within this sweep, and the
+    run identity's group hash (runs of another config or dataset are another group)."""
     keys = ["backbone", "schedule"]
     for k in VARYING_GROUP_KEYS:
         # null does not count as a value: a run that failed early may lack e.g. dataset.name
         if k in df.columns and len({_norm(v) for v in df[k]} - {None}) > 1:
             keys.append(k)
+    if GROUP_COL in df.columns:
+        keys.append(GROUP_COL)
     return keys
 
 
 def iter_groups(df: pd.DataFrame, keys: list[str] | None = None) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
-    """(key values, rows) per backbone group, in report order (the nine first, 1x before 3x)."""
+    """(key values, rows) per backbone group, in report order (the nine first, 1x before 3x).
+
+    Each key also holds ``label``: the group's name for readers, distinct within ``df``
+    (see group_label)."""
     keys = group_keys(df) if keys is None else keys
     if df.empty:
         return
@@ -88,20 +103,79 @@ def iter_groups(df: pd.DataFrame, keys: list[str] | None = None) -> Iterator[tup
     index: dict[tuple, list[int]] = {}
     for i, t in enumerate(tuples):
         index.setdefault(t, []).append(i)
+    groups = [(dict(zip(keys, t)), df.iloc[rows]) for t, rows in index.items()]
+    for (key, _), label in zip(groups, _distinct_labels(groups)):
+        key["label"] = label
 
-    def order(t: tuple) -> tuple:
-        return (backbone_order(t[0]), schedule_order(t[1]), *(str(x) for x in t[2:]))
+    def order(item: tuple[dict[str, Any], pd.DataFrame]) -> tuple:
+        key = item[0]
+        rest = [str(v) for k, v in key.items() if k not in ("backbone", "schedule", GROUP_COL, "label")]
+        return (backbone_order(key["backbone"]), schedule_order(key["schedule"]), *rest, key["label"])
 
-    for t in sorted(index, key=order):
-        yield dict(zip(keys, t)), df.iloc[index[t]]
+    yield from sorted(groups, key=order)
+
+
+def _label_parts(key: dict[str, Any]) -> tuple[str, list[str]]:
+    """('R50-FPN 3x', ['AMP', 'scratch']): the backbone+schedule and the varying axes' values."""
+    head = str(key["backbone"]) + (f" {key['schedule']}" if key.get("schedule") else "")
+    extra = [("AMP" if v else "fp32") if k == "solver.amp" else str(v) for k, v in key.items()
+             if k not in ("backbone", "schedule", GROUP_COL, "label") and v is not None]
+    return head, extra
+
+
+def _label(head: str, extra: list[str]) -> str:
+    return head + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _value(v: Any) -> str:
+    v = _norm(v)
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return "null" if v is None else str(v)
+
+
+def _group_value(rows: pd.DataFrame, col: str) -> str:
+    vals = sorted({_value(v) for v in rows[col]} - {"null"}) if col in rows.columns else []
+    return "|".join(vals) or "null"
+
+
+def _config_diff(frames: list[pd.DataFrame]) -> list[list[str]]:
+    """Per group, ``key=value`` of the config keys whose values differ between the groups
+    (flattened ``config.*`` columns; then the dataset, which the group hash also covers)."""
+    cols = sorted({c for g in frames for c in g.columns if c.startswith("config.")
+                   and not any(c[7:] == k or c[7:].startswith(k + ".") for k in _LABEL_SKIP)})
+    cols.append("identity.dataset.config_hash")
+    values = {c: [_group_value(g, c) for g in frames] for c in cols}
+    differ = [c for c in cols if len(set(values[c])) > 1]
+    shown = differ[:_LABEL_KEYS]
+    more = [f"+{len(differ) - len(shown)} more"] if len(differ) > len(shown) else []
+    name = {c: "dataset" if c == "identity.dataset.config_hash" else c.removeprefix("config.") for c in shown}
+    def val(c: str, i: int) -> str:
+        return values[c][i][:8] if name[c] == "dataset" and values[c][i] != "null" else values[c][i]
+    return [[f"{name[c]}={val(c, i)}" for c in shown] + more for i in range(len(frames))]
+
+
+def _distinct_labels(groups: list[tuple[dict[str, Any], pd.DataFrame]]) -> list[str]:
+    """Today's labels ('R50-FPN 3x (scratch)'); groups that would share one get the config
+    keys that differ between them appended ('R50-FPN 3x (solver.base_lr=0.01)'), and, should
+    that not tell them apart, their group hash."""
+    parts = [_label_parts(k) for k, _ in groups]
+    labels = [_label(h, e) for h, e in parts]
+    for base in {x for x in labels if labels.count(x) > 1}:
+        idx = [i for i, x in enumerate(labels) if x == base]
+        for i, diff in zip(idx, _config_diff([groups[i][1] for i in idx])):
+            labels[i] = _label(parts[i][0], parts[i][1] + diff)
+    for dup in {x for x in labels if labels.count(x) > 1}:
+        for i in [i for i, x in enumerate(labels) if x == dup]:
+            h = groups[i][0].get(GROUP_COL)
+            labels[i] = _label(parts[i][0], parts[i][1] + [f"group {str(h)[:8] if h else 'unknown'}"])
+    return labels
 
 
 def group_label(key: dict[str, Any]) -> str:
-    """'R50-FPN 3x' plus the values of any other varying axis, e.g. 'R50-FPN 3x (scratch)'."""
-    label = str(key["backbone"]) + (f" {key['schedule']}" if key.get("schedule") else "")
-    extra = [("AMP" if v else "fp32") if k == "solver.amp" else str(v)
-             for k, v in key.items() if k not in ("backbone", "schedule") and v is not None]
-    return label + (f" ({', '.join(extra)})" if extra else "")
+    """'R50-FPN 3x' plus the values of any other varying axis, e.g. 'R50-FPN 3x (scratch)';
+    for a key from iter_groups, the label it chose (distinct within its table)."""
+    return key.get("label") or _label(*_label_parts(key))
 
 
 def ok_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -135,11 +209,32 @@ def _status_note(rows: pd.DataFrame) -> list[str]:
     return []
 
 
-def table3(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per backbone+schedule (plus any varying axis); each of the nine at least once.
+def _missing_row(backbone: str, note: list[str]) -> dict[str, Any]:
+    """A Table 3 row for an expected backbone (or planned run) without any result.json."""
+    known = backbone in BACKBONES
+    paper, pnote = paper_table3(backbone, None) if known else (None, None)
+    t, h = backbone.split("-") if known else (None, None)
+    return {
+        "backbone": backbone, "schedule": None, "trunk": t, "head": h,
+        "in_zoo": backbone not in NOT_IN_ZOO if known else None, "group": backbone,
+        "n_runs": 0, "n_ok": 0, "n_failed": 0,
+        "infection_AP": math.nan, "infection_AP_std": math.nan, "infection_AP_n": 0,
+        "mean_AP": math.nan, "mean_AP_std": math.nan, "mean_AP_n": 0,
+        "paper_AP": paper, "delta_AP": math.nan,
+        "paper_source": pnote if paper is not None else None,
+        "note": "; ".join((["not in zoo"] if backbone in NOT_IN_ZOO else []) + note
+                          + ([] if paper is not None or not known else _paper_by_schedule(backbone))),
+    }
+
+
+def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """One row per backbone group (backbone, schedule, any varying axis, run identity group).
 
     Ours: segm infection AP (compared with the paper, see paper.json 'assumptions') and the
     segm AP over the three classes, each as mean, std and n over folds/seeds (ok runs only).
+    Without a plan (``planned_missing`` None) each of the nine backbones appears at least once
+    (MISSING when it has no run); with one, a planned group without any result.json is a
+    MISSING row named by its planned run (``planned_missing``: collect.SweepRuns.missing).
     """
     keys = group_keys(df)
     rows = []
@@ -150,10 +245,14 @@ def table3(df: pd.DataFrame) -> pd.DataFrame:
         mean_ap = stats(g, SEGM_AP)
         paper, pnote = paper_table3(str(key["backbone"]), key["schedule"])
         notes = (["not in zoo"] if key["backbone"] in NOT_IN_ZOO else []) + _status_note(g)
+        n_miss = sum(m.get("group") is not None and m.get("group") == key.get(GROUP_COL)
+                     for m in planned_missing or [])
+        if n_miss:
+            notes.append(f"{n_miss} planned run(s) MISSING")
         if pnote and paper is None:
             notes.append(pnote)
         rows.append({
-            **key, "trunk": _first(g, "trunk"), "head": _first(g, "head"),
+            **key, "trunk": _first(g, "trunk"), "head": _first(g, "head"), "group": key["label"],
             "in_zoo": key["backbone"] not in NOT_IN_ZOO if key["backbone"] in BACKBONES else _first(g, "in_zoo"),
             "n_runs": len(g), "n_ok": int((g["status"] == "ok").sum()),
             "n_failed": int((g["status"] != "ok").sum()),
@@ -162,21 +261,18 @@ def table3(df: pd.DataFrame) -> pd.DataFrame:
             "paper_AP": paper, "delta_AP": (inf[0] - paper) if paper is not None and inf[2] else math.nan,
             "paper_source": pnote if paper is not None else None, "note": "; ".join(notes) or None,
         })
-    for b in BACKBONES:
-        if b not in seen:
-            paper, pnote = paper_table3(b, None)
-            t, h = b.split("-")
-            rows.append({
-                "backbone": b, "schedule": None, "trunk": t, "head": h, "in_zoo": b not in NOT_IN_ZOO,
-                "n_runs": 0, "n_ok": 0, "n_failed": 0,
-                "infection_AP": math.nan, "infection_AP_std": math.nan, "infection_AP_n": 0,
-                "mean_AP": math.nan, "mean_AP_std": math.nan, "mean_AP_n": 0,
-                "paper_AP": paper, "delta_AP": math.nan,
-                "paper_source": pnote if paper is not None else None,
-                "note": "; ".join((["not in zoo"] if b in NOT_IN_ZOO else []) + ["MISSING: no result.json"]
-                                  + ([] if paper is not None else _paper_by_schedule(b))),
-            })
-    cols = ["backbone", "trunk", "head", "schedule", *keys[2:], "in_zoo", "n_runs", "n_ok", "n_failed",
+    if planned_missing is None:
+        rows += [_missing_row(b, ["MISSING: no result.json"]) for b in BACKBONES if b not in seen]
+    else:
+        present = {_norm(v) for v in df[GROUP_COL]} - {None} if GROUP_COL in df.columns else set()
+        absent: dict[Any, list[str]] = {}
+        for i, m in enumerate(planned_missing):
+            if m.get("group") not in present:  # a group with no result.json at all
+                absent.setdefault(m.get("group") or f"#{i}", []).append(str(m["label"]))
+        for labels in absent.values():
+            more = f" (planned: {', '.join(labels)})" if len(labels) > 1 else ""
+            rows.append(_missing_row(labels[0], [f"MISSING: no result.json{more}"]))
+    cols = ["backbone", "trunk", "head", "schedule", *keys[2:], "group", "in_zoo", "n_runs", "n_ok", "n_failed",
             "infection_AP", "infection_AP_std", "infection_AP_n", "mean_AP", "mean_AP_std", "mean_AP_n",
             "paper_AP", "delta_AP", "paper_source", "note"]
     out = pd.DataFrame(rows, columns=cols)
@@ -188,7 +284,8 @@ def table3(df: pd.DataFrame) -> pd.DataFrame:
 def per_class_ap(df: pd.DataFrame) -> pd.DataFrame:
     """Table 2 mirror for every backbone group, long format.
 
-    Columns: backbone, trunk, head, schedule, [varying axes], task (segm|bbox), class,
+    Columns: backbone, trunk, head, schedule, [varying axes], identity.group, group (its
+    label), task (segm|bbox), class,
     metric (AP|AP50|AP75), mean, std, n (ok runs with a value), paper (Table 2), delta.
     """
     keys = group_keys(df)
@@ -200,9 +297,10 @@ def per_class_ap(df: pd.DataFrame) -> pd.DataFrame:
                     mean, std, n = stats(g, class_col(c, task, m))
                     paper = paper_table2(str(key["backbone"]), task, c, m)
                     rows.append({**key, "trunk": _first(g, "trunk"), "head": _first(g, "head"),
-                                 "task": task, "class": c, "metric": m, "mean": mean, "std": std, "n": n,
+                                 "group": key["label"], "task": task, "class": c, "metric": m,
+                                 "mean": mean, "std": std, "n": n,
                                  "paper": paper, "delta": mean - paper if paper is not None and n else math.nan})
-    cols = ["backbone", "trunk", "head", "schedule", *keys[2:], "task", "class", "metric",
+    cols = ["backbone", "trunk", "head", "schedule", *keys[2:], "group", "task", "class", "metric",
             "mean", "std", "n", "paper", "delta"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -239,9 +337,16 @@ def failed_runs(df: pd.DataFrame) -> pd.DataFrame:
     return bad[[c for c in cols if c in bad.columns]].reset_index(drop=True)
 
 
-def missing_runs(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Expected runs without a result.json: each of the nine backbones that has none, and,
-    when the sweep has several folds/seeds, each backbone group lacking a fold/seed others have."""
+def missing_runs(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Expected runs without a result.json.
+
+    With a plan (``planned_missing``: collect.SweepRuns.missing, [] when none is missing):
+    exactly the planned runs that have none, named by their label. Without one: each of the
+    nine backbones that has none, and, when the sweep has several folds/seeds, each backbone
+    group lacking a fold/seed others have."""
+    if planned_missing is not None:
+        return [{"backbone": str(m["label"]), "what": f"no result.json in {m['run_dir']} (planned run)"}
+                for m in planned_missing]
     out = []
     present = set(df["backbone"]) if not df.empty else set()
     for b in BACKBONES:
@@ -287,10 +392,15 @@ def fmt_delta(v: Any) -> str:
 def table3_display(t3: pd.DataFrame) -> pd.DataFrame:
     """Table 3 as strings for Markdown/HTML: one column per idea, '-' where there is nothing."""
     extra = [c for c in t3.columns if c in VARYING_GROUP_KEYS]
+    # groups told apart by their config only: their labels say how
+    base = [_label(*_label_parts({k: _norm(r[k]) for k in ["backbone", "schedule", *extra]}))
+            for _, r in t3.iterrows()]
+    named = "group" in t3.columns and any(_norm(g) is not None and g != b for g, b in zip(t3["group"], base))
     out = pd.DataFrame({
         "Backbone": t3["backbone"],
         "Schedule": [fmt(s) for s in t3["schedule"]],
         **{c: [fmt(v) for v in t3[c]] for c in extra},
+        **({"Group": [fmt(v) for v in t3["group"]]} if named else {}),
         "Ours: infection AP (segm)": [fmt_pm(m, s, n) for m, s, n in zip(t3["infection_AP"], t3["infection_AP_std"], t3["infection_AP_n"])],
         "Paper AP": [fmt(v) for v in t3["paper_AP"]],
         "Δ (ours − paper)": [fmt_delta(v) for v in t3["delta_AP"]],

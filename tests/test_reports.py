@@ -14,12 +14,19 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from converters import fsutil
 from reports import build, collect, overlays, tables
 from reports.schema import BACKBONES, CLASSES
 from reports.synthetic import make_result, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "covid19_ct_seg.json"
+
+
+def mark_sweep(folder: Path) -> Path:
+    """Make ``folder`` a lungbench sweep (what `make sweep` leaves): the report refuses others."""
+    fsutil.claim(folder, "sweep", "SWEEP_DIR")
+    return folder
 
 
 def to_old_schema(r: dict) -> dict:
@@ -42,7 +49,7 @@ def sweep(tmp_path_factory, tiny_dataset):
     tmp = tmp_path_factory.mktemp("reports")
     data = tiny_dataset
     test_ann = data / "annotations" / "patient_kfold_f0_test.json"
-    sweep_dir = tmp / "sweep"
+    sweep_dir = mark_sweep(tmp / "sweep")
     results = {}
     i = 0
     for b in BACKBONES:
@@ -190,6 +197,7 @@ def test_partial_fold_reported_missing(tmp_path):
 
 
 def test_old_and_unknown_schema_best_effort(tmp_path):
+    mark_sweep(tmp_path)
     old = to_old_schema(make_result("R50-FPN"))
     write_run(tmp_path / "a", old, artifacts=False)
     future = make_result("R101-FPN", schema=7)
@@ -208,11 +216,14 @@ def test_old_and_unknown_schema_best_effort(tmp_path):
 
 
 def test_unreadable_result_and_missing_artifacts(tmp_path):
+    mark_sweep(tmp_path)
     write_run(tmp_path / "ok", make_result("R50-FPN"), artifacts=False)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "result.json").write_text('{"schema": 1, "status": ')
-    (tmp_path / "report").mkdir()
+    build.build_report(tmp_path, progress=False)
+    # A plot an earlier build wrote (listed in the report folder's marker), not drawn this time.
     (tmp_path / "report" / "overlay_3.png").write_bytes(b"from an earlier build")
+    fsutil.seal(tmp_path / "report", "report")
     html = build.build_report(tmp_path, progress=False).read_text()
     df = pd.read_csv(tmp_path / "report" / "runs.csv")
     bad = df[df["run_dir"] == "broken"].iloc[0]
@@ -235,8 +246,8 @@ def test_pick_slices_most_infection_first():
 
 def test_latest_and_cli(tmp_path):
     root = tmp_path / "sweeps"
-    write_run(root / "old" / "0", make_result("R50-FPN"), artifacts=False)
-    write_run(root / "new" / "0", make_result("R50-C4"), artifacts=False)
+    write_run(mark_sweep(root / "old") / "0", make_result("R50-FPN"), artifacts=False)
+    write_run(mark_sweep(root / "new") / "0", make_result("R50-C4"), artifacts=False)
     os.utime(root / "old" / "0" / "result.json", (1e9, 1e9))
     assert collect.latest_sweep(root) == root / "new"
     out = subprocess.run([sys.executable, "-m", "reports.build", "--latest", str(root)], cwd=ROOT,
@@ -258,6 +269,7 @@ def test_paper_json_matches_shared_dataset_facts():
 
 
 def test_schema1_problems_and_run_notes_are_shown(tmp_path):
+    mark_sweep(tmp_path)
     r = make_result("R50-FPN")
     del r["timing"]
     r["notes"] = ["images of several sizes; image_size is the most common one"]

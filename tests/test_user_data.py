@@ -154,7 +154,7 @@ def test_clean_refuses_root_and_home(tmp_path):
 def test_make_never_takes_outputs_from_the_environment(sandbox, tmp_path):
     env = {v: str(tmp_path / "env" / v) for v in ("WORK", "DATA_OUT", "RUN_DIR", "SWEEP_DIR", "SWEEP")}
     env |= {"DATA_ROOT": str(tmp_path / "env" / "raw"), "DATA": "covid19_ct_seg"}
-    for target in ("data", "train", "sweep", "report", "clean"):
+    for target in ("data", "train", "sweep", "report", "clean", "demo", "download"):
         p = make(sandbox, "-n", target, env=env)
         assert p.returncode == 0, p.stderr
         assert str(tmp_path / "env") not in p.stdout, (target, p.stdout)
@@ -376,3 +376,110 @@ def test_a_checkpoint_is_never_resumed_by_another_run(tiny_dataset, tmp_path):
     assert res["status"] == "failed" and res["error"]["type"] == "CheckpointMismatch"
     assert "another run" in res["error"]["message"] and res["metrics"] is None
     assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == weights
+
+
+# ----------------------------------------------------------------------------- every combination
+def stray_folders(root: Path) -> dict[str, Path]:
+    """One user's folder per public variable, each laid out like what lungbench would find
+    or write there, plus a WORK whose usual sub-folders are the user's own."""
+    f = {
+        "DATA_ROOT": precious(root / "raw", "COVID-19-CT-Seg_20cases/readme.txt"),
+        "DATA_OUT": precious(root / "out", "annotations/all.json", "images/a/0000.png"),
+        "RUN_DIR": precious(root / "run", "result.json", ".hydra/config.yaml", "d2/model_final.pth"),
+        "SWEEP_DIR": precious(root / "sweep", "sweep.json", "R50-FPN/result.json", "report/plot.png"),
+        "SWEEP": precious(root / "report_me", "report/report.html", "report/mine.png", "runs.csv"),
+        "WORK": precious(root / "work", "data/phantom/precious.txt", "data/covid19_ct_seg/x.txt",
+                         "raw/phantom/precious.txt", "raw/covid19_ct_seg/x.txt",
+                         "runs/r50_fpn-smoke/result.json", "sweeps/smoke/sweep.json",
+                         "sweeps/demo/sweep.json", "sweeps/grid9/x.txt"),
+    }
+    return f
+
+
+def _combos(names: list[str]) -> list[dict[str, bool]]:
+    out = [{}]
+    for n in names:
+        out = [c | {n: v} for c in out for v in (False, True)]
+    return out
+
+
+# target -> the public variables it reads (DATA is varied separately for data)
+TARGETS = {
+    "data": ["DATA_ROOT", "DATA_OUT", "WORK"],
+    "train": ["RUN_DIR", "DATA_OUT", "WORK"],
+    "sweep": ["SWEEP_DIR", "DATA_OUT", "WORK"],
+    "report": ["SWEEP", "WORK"],
+    "clean": ["WORK"],
+    "download": ["DATA_ROOT", "WORK"],
+    "demo": ["WORK"],
+}
+ARGS = {"data": "workers=1", "train": "solver.max_iter=1 measure.flops=false",
+        "sweep": "backbone=r50_fpn solver.max_iter=1 measure.flops=false",
+        "download": "--base-url http://127.0.0.1:9 --retries 0"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_every_make_target_and_variable_leaves_stray_files_alone(target, sandbox, tmp_path):
+    stray = stray_folders(tmp_path / "user")
+    before = snapshot(*stray.values())
+    names = TARGETS[target]
+    datas = [None, "phantom", "covid19_ct_seg"] if target == "data" else [None]
+    runs = []
+    for data in datas:
+        for combo in _combos(names):
+            if target == "demo" and not combo["WORK"]:
+                continue  # the real demo (make demo itself is timed and checked elsewhere)
+            chosen = {n: str(stray[n]) for n, on in combo.items() if on}
+            if data:
+                chosen["DATA"] = data
+            extra = {"EXPERIMENT": "smoke"} if target == "sweep" else {}
+            args = [f"{k}={v}" for k, v in (chosen | extra).items()]
+            if target in ARGS:
+                args.append(f"ARGS={ARGS[target]}")
+            runs.append((args, None))
+            if target != "demo":  # exported, they are ignored: the demo would run for real
+                runs.append(([a for a in args if a.startswith(("ARGS=", "EXPERIMENT="))], chosen))
+    problems = []
+    for args, env in runs:
+        p = make(sandbox, target, *args, env=env)
+        after = snapshot(*stray.values())
+        changed = [k for k, v in before.items() if after.get(k) != v]
+        new = [k for k in after if k not in before
+               and not (target == "download" and "/.archives" in k)]  # download's own folder
+        if changed or new:
+            problems.append(f"make {target} {' '.join(args)} env={env}: changed {changed[:3]} new {new[:3]}"
+                            f"\n{p.stdout[-800:]}{p.stderr[-800:]}")
+        if target == "clean":
+            assert p.returncode == 0, p.stderr
+    assert not problems, "\n".join(problems)
+    # a refused command says which folder and why
+    p = make(sandbox, target, *[f"{n}={stray[n]}" for n in names],
+             *([f"ARGS={ARGS[target]}"] if target in ARGS else []))
+    if target not in ("clean", "download"):
+        assert p.returncode != 0 and str(tmp_path / "user") in p.stderr, p.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_every_entry_point_leaves_stray_files_alone(tmp_path, tiny_dataset):
+    stray = stray_folders(tmp_path / "user")
+    before = snapshot(*stray.values())
+    py = [sys.executable, "-m"]
+    cmds = [
+        py + ["converters.convert", "data=covid19_ct_seg", f"data.root={stray['DATA_ROOT']}", "out=" + str(tmp_path / "o")],
+        py + ["converters.convert", "data=covid19_ct_seg", f"data.root={tiny_dataset.parent}", f"out={stray['DATA_OUT']}"],
+        py + ["converters.convert", "data=phantom", f"out={stray['WORK'] / 'data' / 'phantom'}"],
+        py + ["converters.convert", "data=phantom", f"data.root={stray['DATA_ROOT']}", "out=" + str(tmp_path / "o")],
+        py + ["benchmark.train", f"dataset_dir={tiny_dataset}", f"hydra.run.dir={stray['RUN_DIR']}"],
+        py + ["benchmark.train", f"dataset_dir={stray['DATA_OUT']}", f"hydra.run.dir={stray['WORK'] / 'runs' / 'r50_fpn-smoke'}"],
+        py + ["benchmark.train", "-m", f"dataset_dir={tiny_dataset}", f"hydra.sweep.dir={stray['SWEEP_DIR']}"],
+        py + ["benchmark.sweep", "+experiment=smoke", f"dataset_dir={tiny_dataset}", f"hydra.sweep.dir={stray['SWEEP_DIR']}"],
+        py + ["reports.build", str(stray["SWEEP"])],
+        py + ["reports.build", "--latest", str(stray["WORK"] / "sweeps")],
+        py + ["converters.clean", str(stray["WORK"])],
+    ]
+    for cmd in cmds:
+        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert snapshot(*stray.values()) == before, f"{' '.join(cmd[2:])}\n{p.stderr[-1500:]}"
+        if cmd[2] != "converters.clean":
+            assert p.returncode != 0, f"{' '.join(cmd[2:])} was not refused"
