@@ -138,6 +138,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def amp_choice(cfg: DictConfig):
+    """``amp`` as the run asks for it: the top-level ``amp`` unless it is ``auto``, then the
+    solver's own ``amp`` where it has one (solver=paper: false, the paper trained in fp32, as
+    the zoo configs do), else ``auto`` (on with CUDA)."""
+    if cfg.amp != "auto":
+        return cfg.amp
+    own = cfg.solver.get("amp")
+    return "auto" if own is None else own
+
+
 def resolve_switch(name: str, value: Any, device: str) -> bool:
     """An on/off option that may be ``auto`` (on with CUDA): ``amp``, ``cudnn_benchmark``.
     amp=true without CUDA is an error (detectron2's AMPTrainer needs it)."""
@@ -222,7 +232,7 @@ def d2_deltas(cfg: DictConfig, *, base, train_name: str, test_name: str, output_
         ("SOLVER.MAX_ITER", int(s.max_iter)),
         ("SOLVER.STEPS", lr_steps(s.lr_schedule, int(s.max_iter), base.SOLVER.STEPS, base.SOLVER.MAX_ITER)),
         ("SOLVER.CHECKPOINT_PERIOD", int(s.checkpoint_period)),
-        ("SOLVER.AMP.ENABLED", resolve_switch("amp", cfg.amp, device)),
+        ("SOLVER.AMP.ENABLED", resolve_switch("amp", amp_choice(cfg), device)),
         ("CUDNN_BENCHMARK", resolve_switch("cudnn_benchmark", cfg.cudnn_benchmark, device)),
         ("TEST.EVAL_PERIOD", int(cfg.eval_period)),
         ("SEED", int(cfg.seed)),

@@ -127,6 +127,18 @@ class Trainer(DefaultTrainer):
         return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, is_train=False))
 
     @classmethod
+    def build_full_test_loader(cls, cfg, dataset_name):
+        """Every test image, in order, whatever the world size: detectron2's default
+        InferenceSampler gives each process only its shard, and the final evaluation scores the
+        whole split in one process."""
+        from detectron2.data import DatasetCatalog
+
+        dataset = DatasetCatalog.get(dataset_name)
+        return build_detection_test_loader(dataset, mapper=build_mapper(cfg, is_train=False),
+                                           sampler=torch.utils.data.SequentialSampler(dataset),
+                                           num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         # only used by eval_period > 0 (detectron2's EvalHook); the final evaluation is ours
         out = output_folder or str(Path(cfg.OUTPUT_DIR) / "inference_periodic")
@@ -205,16 +217,18 @@ def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
     masks) to ``out_json`` atomically. A batch that runs out of GPU memory is run again one image
     at a time (the run finishes; ``oom_batches`` counts them). Returns {"predictions": list,
     "infer_times": seconds per image, one entry per batch (the batch's time / its images),
-    "infer_batches": images in each batch, "oom_batches": int, "eval_wall_s": float}."""
+    "infer_batches": images in each batch, "image_ids": every image predicted, in order,
+    "oom_batches": int, "eval_wall_s": float}. Also in a multi-process run this predicts the
+    whole split (the caller is one process)."""
     from tqdm import tqdm
 
     if batch_size < 1:
         raise ValueError(f"inference batch size {batch_size}: expected >= 1")
-    loader = Trainer.build_test_loader(d2cfg, dataset_name)
+    loader = Trainer.build_full_test_loader(d2cfg, dataset_name)
     meta = MetadataCatalog.get(dataset_name)
     to_dataset_id = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
     cuda = next(model.parameters()).is_cuda
-    preds, times, sizes = [], [], []
+    preds, times, sizes, image_ids = [], [], [], []
     oom_batches = 0
     was_training = model.training
     model.eval()
@@ -239,6 +253,7 @@ def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
                 times.append((time.perf_counter() - t0) / len(inputs))
                 sizes.append(len(inputs))
                 for inp, out in zip(inputs, outputs):
+                    image_ids.append(inp["image_id"])
                     for p in instances_to_coco_json(out["instances"].to("cpu"), inp["image_id"]):
                         p["category_id"] = to_dataset_id[p["category_id"]]
                         preds.append(p)
@@ -247,7 +262,7 @@ def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
         model.train(was_training)
     write_json_atomic(out_json, preds)
     return {"predictions": preds, "infer_times": times, "infer_batches": sizes,
-            "oom_batches": oom_batches, "eval_wall_s": time.perf_counter() - t_all}
+            "image_ids": image_ids, "oom_batches": oom_batches, "eval_wall_s": time.perf_counter() - t_all}
 
 
 def count_params_m(model) -> float:

@@ -91,6 +91,7 @@ def _experiment(cfg: DictConfig) -> str | None:
 
 def describe(cfg: DictConfig, config: dict) -> dict:
     """The fields that say what the run is (every result has them, ok or failed)."""
+    from benchmark.config import amp_choice
     bb, s = cfg.backbone, cfg.solver
     return {
         "schema": R.SCHEMA,
@@ -100,7 +101,7 @@ def describe(cfg: DictConfig, config: dict) -> dict:
         "experiment": _experiment(cfg),
         "solver": {"name": s.name, "ims_per_batch": s.ims_per_batch, "base_lr": s.base_lr,
                    "max_iter": s.max_iter, "lr_schedule": s.lr_schedule,
-                   "amp": cfg.amp if isinstance(cfg.amp, bool) else None},  # auto: set with the device
+                   "amp": _amp if isinstance(_amp := amp_choice(cfg), bool) else None},  # auto: set with the device
         "dataset": {"name": None, "dir": config["dataset_dir"], "split": cfg.split.scheme,
                     "fold": cfg.split.fold, "n_train_images": None, "n_test_images": None,
                     "image_size": None},
@@ -313,9 +314,9 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
     device = C.resolve_device(cfg.device)
     res["env"] = environment(device) | ({"gpu_slot": res["env"]["gpu_slot"]}
                                         if res["env"].get("gpu_slot") is not None else {})
-    res["solver"]["amp"] = C.resolve_switch("amp", cfg.amp, device)
+    res["solver"]["amp"] = C.resolve_switch("amp", C.amp_choice(cfg), device)
     infer_batch = C.resolve_infer_batch(cfg.infer_batch_size, device)
-    if cfg.num_gpus > 1 and (device != "cuda" or torch.cuda.device_count() < cfg.num_gpus):
+    if cfg.num_gpus > 1 and device == "cuda" and torch.cuda.device_count() < cfg.num_gpus:
         raise C.ConfigError(f"num_gpus={cfg.num_gpus} but {torch.cuda.device_count()} CUDA devices")
 
     progress.where = "check weights"
@@ -338,10 +339,13 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
 
     split = (str(dataset_dir), str(cfg.split.scheme), int(cfg.split.fold))
     if cfg.num_gpus > 1:
-        from detectron2.engine import launch
+        from benchmark.ddp import launch
 
         progress.where = f"train (DDP, {cfg.num_gpus} processes)"
-        launch(_worker, cfg.num_gpus, dist_url="auto",
+        if device != "cuda":
+            res["notes"].append(f"{cfg.num_gpus} CPU processes (gloo): the multi-GPU code path run "
+                                "on a CPU, to test it; not a way to train faster")
+        launch(_worker, cfg.num_gpus, device,
                args=(d2cfg, split, test.name, str(run_dir), bool(cfg.measure.flops), int(cfg.seed),
                      infer_batch, None, res["identity"]["hash"]))
         out = json.loads((run_dir / WORKER_OUT).read_text())
@@ -355,6 +359,12 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
                             "train_s_per_iter cover the last process's iterations only")
     res["notes"] += out["notes"]
     res["artifacts"]["predictions"] = PREDICTIONS
+    # every test image predicted exactly once, or the metrics would score a part as the whole
+    ids = out["image_ids"]
+    if len(ids) != len(set(ids)) or len(ids) != test.n_images:
+        raise RuntimeError(f"inference predicted {len(set(ids))} distinct of {test.n_images} test "
+                           f"images ({len(ids)} predictions passes): the metrics would be wrong")
+    res["dataset"]["n_predicted_images"] = len(ids)
     res["model"] = {"params_m": out["params_m"], "gflops": out["gflops"],
                     "gflops_input_hw": out["gflops_input_hw"]}
     train_s, n_timed = median_after(out["step_times"], int(cfg.measure.warmup_iters))
@@ -422,6 +432,7 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
                      "memory and ran again one image at a time (infer_batch_size lower avoids it)")
     out = {"start_iter": trained["start_iter"], "step_times": trained["step_times"],
            "train_wall_s": trained["train_wall_s"], "infer_times": pred["infer_times"],
+           "image_ids": pred["image_ids"],
            "eval_wall_s": pred["eval_wall_s"], "params_m": count_params_m(model),
            "gflops": gflops, "gflops_input_hw": hw, "notes": notes, "memory": peak_memory()}
     if comm.get_world_size() > 1:
