@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from converters.fsutil import check_owned, write_marker
 from reports.atomic import write_text
 
 from perf import gpu_report as R
@@ -206,8 +207,10 @@ def pack_level(k: int, mix: list[dict], plan: Plan, dataset: Path, work: Path, d
     after it are killed (their figures are then missing, and say so)."""
     t0 = time.perf_counter()
     d = work / f"pack{k}"
+    check_owned(d, "gpu-check", "the GPU check's work folder")  # never a folder of the user's
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
+    write_marker(d, "gpu-check")
     threads = plan.threads or max(1, (os.cpu_count() or 1) // k)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in
