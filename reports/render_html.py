@@ -205,9 +205,9 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
     parts.append(f"<div class='sub'>Sweep <code>{escape(str(sweep_dir))}</code> · built "
                  f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</div>")
     parts.append("<div class='summary'>"
-                 f"<span class='pill'>{n} run(s)</span><span class='pill ok'>{n_ok} ok</span>"
-                 f"<span class='pill fail'>{n - n_ok} FAILED</span>"
-                 f"<span class='pill miss'>{len(missing)} MISSING ({expected})</span></div>")
+                 f"<span class='pill' id='n-runs'>{n} run(s)</span><span class='pill ok' id='n-ok'>{n_ok} ok</span>"
+                 f"<span class='pill fail' id='n-failed'>{n - n_ok} FAILED</span>"
+                 f"<span class='pill miss' id='n-missing'>{len(missing)} MISSING ({expected})</span></div>")
     if smoke:
         parts.append('<div class="banner smoke" id="smoke-warning">SMOKE RUN: these models trained for only a '
                      "few iterations (solver 'smoke') to check that the pipeline works. Their numbers are NOT "
@@ -215,7 +215,7 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
     if notes:
         parts.append("<div class='banner notes'><b>Notes</b><ul>" + "".join(f"<li>{escape(x)}</li>" for x in notes) + "</ul></div>")
     if n - n_ok or missing:
-        parts.append(f"<div class='banner bad'><b>{n - n_ok} FAILED, {len(missing)} MISSING</b>: see "
+        parts.append(f"<div class='banner bad' id='problems'><b>{n - n_ok} FAILED, {len(missing)} MISSING</b>: see "
                      "<a href='#failures'>failed and missing runs</a>.</div>")
 
     parts.append("<h2>Winner per class</h2><div class='cards'>")

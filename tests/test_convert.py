@@ -359,7 +359,55 @@ def test_slice_selection_and_min_area(raw2, tmp_path):
     n_inf = lambda m: sum(c["instances"]["infection"] for c in m["cases"])  # noqa: E731
     assert dropped > 0 and n_inf(big) == n_inf(base) - dropped
     four = run("c4", infection={"connectivity": 4})
-    assert n_inf(four) >= n_inf(base)
+    # exact counts, from the source masks: connected components of label 3, slice by slice
+    assert n_inf(base) == source_infection_components(raw2, 8)
+    assert n_inf(four) == source_infection_components(raw2, 4)
+
+
+def source_infection_components(raw: Path, connectivity: int) -> int:
+    """Infection instances a raw folder holds: per axial slice, the connected components of
+    label 3 (scipy's 4- or 8-connectivity), summed over every case's combined mask."""
+    structure = np.ones((3, 3)) if connectivity == 8 else ndimage.generate_binary_structure(2, 1)
+    n = 0
+    for path in sorted((raw / phantom.COMBINED_DIR).glob("*.nii.gz")):
+        lab = source_slices(path)
+        n += sum(ndimage.label(lab[:, :, k] == 3, structure=structure)[1] for k in range(lab.shape[2]))
+    return n
+
+
+def test_infection_connectivity_option(tmp_path):
+    """Two infection blobs that touch at one corner only, and a third apart from both, in
+    slices 1 and 2 of a hand-made volume: 8-connectivity makes the first two one instance
+    (2 per slice), 4-connectivity keeps them apart (3 per slice)."""
+    X, Y, Z = 16, 12, 3
+    lab = np.zeros((X, Y, Z), np.uint8)
+    lab[10:14, 2:10, :] = 1
+    lab[2:6, 2:10, :] = 2
+    lab[2:4, 2:4, 1:] = 3  # blob A
+    lab[4:6, 4:6, 1:] = 3  # blob B: its pixel (4, 4) touches A's (3, 3) diagonally, no shared edge
+    lab[2:4, 7:9, 1:] = 3  # blob C: apart from both
+    hu = np.where(lab > 0, -850, -1000).astype(np.int16)
+    aff = np.diag([0.8, 0.8, 2.5, 1.0])
+    for sub, arr in ((phantom.IMAGE_DIR, hu), (phantom.COMBINED_DIR, lab)):
+        (tmp_path / "raw" / sub).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(arr, aff), str(tmp_path / "raw" / sub / "case_000.nii.gz"))
+    no_splits = {"patient_kfold": {"enabled": False}, "slice_random": {"enabled": False}}
+    for connectivity, per_slice in ((8, [0, 2, 2]), (4, [0, 3, 3])):
+        ds = convert(tmp_path / "raw", tmp_path / f"ds{connectivity}",
+                     {"workers": 1, "splits": no_splits, "infection": {"connectivity": connectivity}})
+        m = json.loads((ds / "dataset.json").read_text())
+        assert m["cases"][0]["instances"]["infection"] == sum(per_slice), connectivity
+        allj = load_all(ds)
+        slice_of = {im["id"]: im["slice_index"] for im in allj["images"]}
+        got = [0] * Z
+        for a in allj["annotations"]:
+            if a["category_id"] == 3:
+                got[slice_of[a["image_id"]]] += 1
+        assert got == per_slice, connectivity
+        # the instance sizes: A+B together (8 px) or apart (4 + 4), C alone (4 px)
+        areas = sorted(a["area"] for a in allj["annotations"]
+                       if a["category_id"] == 3 and slice_of[a["image_id"]] == 1)
+        assert areas == ([4, 8] if connectivity == 8 else [4, 4, 4]), connectivity
 
 
 def test_polygons_option(raw2, tmp_path):

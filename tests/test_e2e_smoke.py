@@ -7,6 +7,7 @@ its own (a valid run with per-class AP for bbox and segm), then the report built
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from benchmark.result import CLASSES, read_result, validate
 from reports.build import build_report
+from tests.test_reports import Page, section_text
 
 REPO = Path(__file__).resolve().parents[1]
 NINE = {"r50_c4": "R50-C4", "r50_dc5": "R50-DC5", "r50_fpn": "R50-FPN",
@@ -25,6 +27,23 @@ NINE = {"r50_c4": "R50-C4", "r50_dc5": "R50-DC5", "r50_fpn": "R50-FPN",
 SMOKE = ["solver.max_iter=4", "solver.checkpoint_period=100", "measure.warmup_iters=1"]
 
 pytestmark = pytest.mark.slow
+# benchmark.sweep's last line: `9 runs: 8 ok, 1 failed (R50-C4: ...), 1 missing (X101-C4)`
+SUMMARY = re.compile(r"(?P<runs>\d+) runs?: (?P<ok>\d+) ok"
+                     r"(?:, (?P<failed>\d+) failed \(.*?\))?(?:, (?P<missing>\d+) missing \(.*\))?")
+
+
+def summary_counts(line: str) -> dict[str, int]:
+    """{runs, ok, failed, missing} read from a sweep's summary line (absent parts count 0)."""
+    m = SUMMARY.fullmatch(line.strip())
+    assert m, f"not a sweep summary line: {line!r}"
+    return {k: int(v or 0) for k, v in m.groupdict().items()}
+
+
+def expected_device() -> str:
+    """What device=auto resolves to here (the sweep runs with the default device)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +70,15 @@ def classes_in(json_file) -> set[str]:
 def test_sweep_finishes_with_summary(smoke_sweep):
     proc, sweep_dir, runs = smoke_sweep
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1].startswith("9 runs: 9 ok")
+    last = proc.stdout.strip().splitlines()[-1]
+    assert summary_counts(last) == {"runs": 9, "ok": 9, "failed": 0, "missing": 0}, last
+    assert last == "9 runs: 9 ok"
     assert sorted(runs) == sorted(NINE.values())
     plan = json.loads((sweep_dir / "sweep.json").read_text())
-    assert len(plan["runs"]) == 9
+    assert plan["summary"] == last
+    assert sorted(r["label"] for r in plan["runs"]) == sorted(NINE.values())
+    assert [r["status"] for r in plan["runs"]] == ["ok"] * 9, [(r["label"], r["status"], r["error"])
+                                                               for r in plan["runs"]]
 
 
 @pytest.mark.parametrize("backbone", NINE)
@@ -81,7 +105,11 @@ def test_backbone_trains_and_writes_result(smoke_sweep, backbone):
     # the median of 3 timed iterations is at most half the sum of the two slowest
     assert t["train_wall_s"] >= 2 * t["train_s_per_iter"]
     assert 20 < m["params_m"] < 300 and m["gflops"] > 0 and m["gflops_input_hw"] == r["dataset"]["image_size"]
-    assert r["memory"]["peak_rss_mb"] > 100 and r["env"]["device"] in ("cpu", "cuda")
+    assert r["memory"]["peak_rss_mb"] > 100 and r["env"]["device"] == expected_device()
+    if r["env"]["device"] == "cuda":
+        assert r["memory"]["peak_gpu_mb"] > 0
+    else:  # a process that never touched CUDA has no GPU peak
+        assert r["memory"]["peak_gpu_mb"] is None
     # artifacts exist; checkpoints are gone (keep_checkpoint false); TensorBoard events stay
     d2 = run_dir / "d2"
     preds = json.loads((run_dir / r["artifacts"]["predictions"]).read_text())
@@ -95,12 +123,22 @@ def test_report_from_the_sweep(smoke_sweep):
     _, sweep_dir, _ = smoke_sweep
     html = build_report(sweep_dir, progress=False)
     report = html.parent
+    runs = pd.read_csv(report / "runs.csv")
+    assert sorted(runs["backbone"]) == sorted(NINE.values())
+    assert list(runs["status"]) == ["ok"] * 9, runs.filter(["backbone", "status", "error_reason"]).to_string()
     t3 = pd.read_csv(report / "table3.csv")
-    assert len(t3) == 9
+    assert sorted(t3["backbone"]) == sorted(NINE.values())
+    assert list(t3["n_runs"]) == list(t3["n_ok"]) == [1] * 9
     per_class = pd.read_csv(report / "per_class_ap.csv")
     classes = per_class.groupby("backbone")["class"].apply(set)
     assert len(classes) == 9 and all(c == set(CLASSES) for c in classes)
-    text = html.read_text()
-    assert "not comparable" in text.lower()
-    assert "FAILED" not in text or "0 failed" in text.lower()
+    page = Page(html.read_text())
+    assert "NOT comparable" in page.text("smoke-warning")
+    # nothing failed, nothing missing: the counts say 0 and the failures section says none
+    assert [page.text(i) for i in ("n-runs", "n-ok", "n-failed", "n-missing")] == [
+        "9 run(s)", "9 ok", "0 FAILED", "0 MISSING (of 9 planned run(s))"]
+    assert "failed" not in page.tables and "missing" not in page.tables and "problems" not in page.texts
+    assert section_text(page, "failures") == "None: every expected run has a result and every run succeeded."
+    every = page.table("runs")
+    assert [r["status"] for r in every.rows] == ["ok"] * 9 and not any(every.classes)
     assert len(list(report.glob("*.png"))) >= 4

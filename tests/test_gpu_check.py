@@ -71,12 +71,17 @@ def test_extrapolate_sequential_and_packed():
     seq = sum(10 + 1000 * b["fp32"]["s_per_iter"] + 100 * 0.05 for b in bbs)
     assert ext["sequential"]["fp32"]["wall_min"] == pytest.approx(seq / 60)
     assert ext["sequential"]["amp"]["n"] == 3
-    d2 = [10 + 1.5 * (1000 * b["amp"]["s_per_iter"] + 5) for b in bbs]
-    assert ext["packed"]["2"]["wall_min"] == pytest.approx(R.makespan(d2, 2) / 60)
+    # packed, AMP, each run = setup 10 s + slowdown x (1000 iters x amp s/iter + 100 images x 0.05 s):
+    #   k=1 (x1.0): 75, 165, 135 s one after another: 375 s = 6.25 min
+    #   k=2 (x1.5): 107.5, 242.5, 197.5 s; slot A 107.5, slot B 242.5, the third job goes to A
+    #               (free first, at 107.5 s): A = 305 s, B = 242.5 s -> 305 s
+    #   k=4 (x3.5): 237.5, 552.5, 447.5 s, each on its own slot -> 552.5 s
+    assert ext["packed"]["1"]["wall_min"] == pytest.approx(375 / 60)
+    assert ext["packed"]["2"]["wall_min"] == pytest.approx(305 / 60)
+    assert ext["packed"]["4"]["wall_min"] == pytest.approx(552.5 / 60)
     assert "8" not in ext["packed"]  # failed level: not extrapolated
-    best = min(ext["packed"], key=lambda k: ext["packed"][k]["wall_min"])
-    assert ext["best_k"] == int(best)
-    assert ext["meets_target"] == (ext["best_wall_min"] < 45)
+    assert ext["best_k"] == 2 and ext["best_wall_min"] == pytest.approx(305 / 60)
+    assert ext["meets_target"] is True  # 5.08 min < 45 min
     assert ext["packed"]["2"]["worst_case_mb"] == pytest.approx(
         4000 * 0.6 * 2 + 2 * R.CONTEXT_MB)
     # a packing that cannot fit in the GPU is never the best
@@ -100,10 +105,12 @@ def test_packed_runs_get_the_workers_a_packed_sweep_gives_them():
     from benchmark.config import auto_workers
     from perf.gpu_check import DRY_PLAN, GPU_PLAN, pack_workers
 
-    # paper solver (num_workers: auto) on the H200's 16 cores: what the joblib launcher does
+    # paper solver (num_workers: auto) on the H200's 16 cores: what the joblib launcher does,
+    # the cores each of k runs gets less one for its main process, between 1 and 4:
+    #   k=1: 16 - 1 = 15 -> 4;  k=2: 8 - 1 = 7 -> 4;  k=4: 4 - 1 = 3;  k=8: 2 - 1 = 1
     assert [pack_workers(GPU_PLAN, k, cores=16) for k in (1, 2, 4, 8)] == [4, 4, 3, 1]
-    assert [pack_workers(GPU_PLAN, k, cores=16) for k in (1, 8)] == [auto_workers(16, 1),
-                                                                     auto_workers(16, 8)]
+    assert [auto_workers(16, k) for k in (1, 2, 4, 8)] == [4, 4, 3, 1]
+    assert [auto_workers(3, k) for k in (1, 2, 4)] == [2, 1, 1]  # 3 - 1 = 2; 1 - 1 = 0 -> 1; 0 - 1 -> 1
     assert pack_workers(DRY_PLAN, 2, cores=16) == 0  # the smoke solver's own 0
     assert pack_workers(replace(GPU_PLAN, num_workers=2), 8, cores=16) == 2  # --workers wins
 
@@ -139,7 +146,10 @@ def test_dry_run_writes_the_table(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads((out / "gpu_check.json").read_text())
     md = (out / "gpu_check.md").read_text()
-    assert doc["dry_run"] is True and doc["env"]["device"] in ("cpu", "cuda")
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # --device auto
+    assert doc["dry_run"] is True and doc["env"]["device"] == device
     assert md in proc.stdout  # the table is printed too
 
     plan = doc["plan"]
@@ -152,8 +162,10 @@ def test_dry_run_writes_the_table(tmp_path):
         assert b["infer_s_per_image"] > 0 and b["infer_images"] >= 2
         assert b["infer_batch"] == plan["infer_batch"] > 1 and b["infer_batched_s_per_image"] > 0
         assert b["infer_peak_mb"] > 0 and b["infer_oom_batches"] == 0
-        if doc["env"]["device"] == "cpu":
+        if device == "cpu":
             assert b["amp"] == {"note": "n/a: AMP needs CUDA"}
+        else:
+            assert b["amp"]["s_per_iter"] > 0 and b["amp"]["iters_timed"] >= 2, b["amp"]
         assert (b["zoo"] is None) == (b["name"] in ("X101-C4", "X101-DC5"))
         assert f"| {b['name']} | " in md
 
@@ -216,5 +228,10 @@ def test_render_a_gpu_doc():
         assert f"{b['fp32']['s_per_iter'] / b['amp']['s_per_iter']:.2g}x" in row
     assert "peak GPU MiB fp32" in md and "| 4 | " in md and "| 97 |" in md
     assert "| 8 | skipped: time budget" in md and "cudnn.benchmark off" in md
-    assert ("meets" if doc["extrapolation"]["meets_target"] else "MISSES") in md
+    # packed 4 at once, AMP, slowdown 2.0 (each packed run at twice its alone s/iter): run i takes
+    # 10 + 2 x (5000 x (0.05 + 0.01 i) + 704 x 0.05) = 580.4 + 100 i s, i = 0..8. Four slots:
+    # 580.4, 680.4, 780.4, 880.4; then 980.4 -> 1560.8, 1080.4 -> 1760.8, 1180.4 -> 1960.8,
+    # 1280.4 -> 2160.8; the last (1380.4) on the slot free first (1560.8): 2941.2 s = 49.02 min
+    assert doc["extrapolation"]["best_wall_min"] == pytest.approx(2941.2 / 60)
+    assert doc["extrapolation"]["meets_target"] is False and "MISSES" in md  # 49 min > 45
     assert "make sweep ARGS='hydra/launcher=joblib jobs_per_gpu=4'" in md  # the best packing, AMP

@@ -7,6 +7,8 @@ import os
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,123 @@ from reports.synthetic import make_result, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "covid19_ct_seg.json"
+
+
+@dataclass
+class Table:
+    """One <table> of the page: its (last) header row, each body row as {header: cell text}, and
+    each body row's class attribute ('' where it has none)."""
+    head: list[str] = field(default_factory=list)
+    rows: list[dict[str, str]] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+
+    def by(self, col: str) -> dict[str, dict[str, str]]:
+        return {r[col]: r for r in self.rows}
+
+
+class Page(HTMLParser):
+    """report.html read back as a reader sees it: the text of each element with an id (``text``),
+    each table with an id (``tables``), and each <h2> section, named by the h2's id or else its
+    text, up to the next <h2>: its text and the titles of its <h3>s (``sections``)."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.texts: dict[str, list[str]] = {}
+        self.tables: dict[str, Table] = {}
+        self.sections: dict[str, dict] = {}
+        self._open: list[tuple[str, str | None]] = []  # (tag, id) of every open element
+        self._table: Table | None = None
+        self._part = ""  # thead | tbody
+        self._row: list[str] | None = None
+        self._row_class = ""
+        self._cell: list[str] | None = None
+        self._section: dict | None = None
+        self._h: list[str] | None = None  # text of the open h2/h3
+        self._h_tag = ""
+        self._h_id: str | None = None
+        self.feed(html)
+        self.close()
+
+    def text(self, element_id: str) -> str:
+        """The element's text, whitespace collapsed (KeyError where no element has that id)."""
+        return " ".join("".join(self.texts[element_id]).split())
+
+    def table(self, table_id: str) -> Table:
+        return self.tables[table_id]
+
+    def section(self, name: str) -> dict:
+        return self.sections[name]
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag not in self.VOID:
+            self._open.append((tag, a.get("id")))
+            if a.get("id"):
+                self.texts.setdefault(a["id"], [])
+        if tag == "table" and a.get("id"):
+            self._table = self.tables[a["id"]] = Table()
+        elif self._table is not None and tag in ("thead", "tbody"):
+            self._part = tag
+        elif self._table is not None and tag == "tr":
+            self._row, self._row_class = [], a.get("class") or ""
+        elif self._row is not None and tag in ("td", "th"):
+            self._cell = []
+        elif tag in ("h2", "h3"):
+            self._h, self._h_tag, self._h_id = [], tag, a.get("id")
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        while self._open:
+            if self._open.pop()[0] == tag:
+                break
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            t = self._table
+            if self._part == "thead":
+                t.head = self._row
+            else:
+                t.rows.append(dict(zip(t.head, self._row)))
+                t.classes.append(self._row_class)
+            self._row = None
+        elif tag == "table" and self._table is not None:
+            self._table = None
+        elif tag == "h2" and self._h is not None:
+            title = " ".join("".join(self._h).split())
+            self._section = self.sections[self._h_id or title] = {"title": title, "h3": [], "text": []}
+            self._h, self._h_tag = None, ""
+        elif tag == "h3" and self._h is not None:
+            if self._section is not None:
+                self._section["h3"].append(" ".join("".join(self._h).split()))
+            self._h, self._h_tag = None, ""
+
+    def handle_data(self, data):
+        for _, element_id in self._open:
+            if element_id:
+                self.texts[element_id].append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._h is not None:
+            self._h.append(data)
+        if self._section is not None and self._h_tag != "h2":
+            self._section["text"].append(data)
+
+
+def section_text(page: Page, name: str) -> str:
+    """A section's text, its text pieces (cells, headings, paragraphs) joined by one space."""
+    return " ".join(" ".join(page.section(name)["text"]).split())
+
+
+def md_table(md: str) -> list[dict[str, str]]:
+    """The first Markdown table of ``md`` as rows of {header: cell}."""
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    split = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in lines]
+    head, body = split[0], [r for r in split[1:] if set(r) != {"---"}]
+    return [dict(zip(head, r)) for r in body]
 
 
 def mark_sweep(folder: Path) -> Path:
@@ -121,13 +240,25 @@ def test_table3_nine_rows_with_paper_beside_ours(sweep):
 
 
 def test_table3_markdown(sweep):
-    sweep_dir, _, _ = sweep
+    sweep_dir, _, results = sweep
     md = (sweep_dir / "report" / "table3.md").read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
-    assert [r.split("|")[1].strip() for r in rows[1:]] == list(BACKBONES)
-    assert "78.37" in md and "± " in md and "(n=2)" in md
+    rows = md_table(md)
+    assert [r["Backbone"] for r in rows] == list(BACKBONES)
+    by = {r["Backbone"]: r for r in rows}
+    # every synthetic run is 3x; X101-DC5 has none, so no schedule
+    assert [r["Schedule"] for r in rows] == ["-" if b == "X101-DC5" else "3x" for b in BACKBONES]
+    # two folds: mean ± sample std (n=2), from the written results; one ok fold: the number alone
+    vals = [results["R50-FPN", f]["metrics"]["segm"]["per_class"]["infection"]["AP"] for f in (0, 1)]
+    assert by["R50-FPN"]["Ours: infection AP (segm)"] == \
+        f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f} (n=2)"
+    assert by["R50-FPN"]["Paper AP"] == "78.37"
+    assert by["R50-FPN"]["Δ (ours − paper)"] == f"{statistics.mean(vals) - 78.37:+.2f}"
+    one = results["R101-C4", 0]["metrics"]["segm"]["per_class"]["infection"]["AP"]
+    assert by["R101-C4"]["Ours: infection AP (segm)"] == f"{one:.2f}"
+    assert (by["R101-C4"]["Runs ok/total"], by["R101-C4"]["Note"]) == ("1/2", "1 of 2 run(s) failed")
+    assert by["X101-DC5"]["Runs ok/total"] == "0/0" and "MISSING" in by["X101-DC5"]["Note"]
+    assert [b for b, r in by.items() if "MISSING" in r["Note"]] == ["X101-DC5"]
     assert "infection AP of Table 2" in md  # the stated assumption
-    assert "1x" in md and "3x" in md
 
 
 def test_per_class_ap_three_classes_per_backbone(sweep):
@@ -151,11 +282,30 @@ def test_html_self_contained_with_failures_missing_and_smoke(sweep):
     sweep_dir, html_path, _ = sweep
     assert html_path == sweep_dir.resolve() / "report" / "report.html"
     html = html_path.read_text()
-    assert "FAILED" in html and "CUDA out of memory (synthetic)" in html and "train iter 7" in html
-    assert "MISSING" in html and "X101-DC5" in html
-    assert "NOT comparable" in html and 'id="smoke-warning"' in html
-    assert "best effort" in html  # the old-layout run is flagged
-    assert 'id="table3"' in html and "78.37" in html
+    page = Page(html)
+    # The summary counts what the sweep holds: 16 results, R101-C4 fold 1 failed, X101-DC5 missing.
+    assert [page.text(i) for i in ("n-runs", "n-ok", "n-failed", "n-missing")] == [
+        "16 run(s)", "15 ok", "1 FAILED", "1 MISSING (1 of 9 backbones without any run)"]
+    assert page.text("problems").startswith("1 FAILED, 1 MISSING")
+    # The failures section lists that run and that backbone, nothing else.
+    assert page.section("failures")["h3"] == ["FAILED (1)", "MISSING (1)"]
+    failed = page.table("failed")
+    assert [(r["backbone"], r["fold"], r["status"]) for r in failed.rows] == [("R101-C4", "1", "failed")]
+    assert failed.rows[0]["reason"] == "RuntimeError: CUDA out of memory (synthetic) (train iter 7)"
+    assert page.table("missing").rows == [{"backbone": "X101-DC5", "missing": "no result.json for this backbone"}]
+    assert "NOT comparable" in page.text("smoke-warning")
+    # Table 3: the nine rows, X101-DC5 greyed out as missing, the paper's 78.37 beside R50-FPN.
+    t3 = page.table("table3")
+    assert [r["Backbone"] for r in t3.rows] == list(BACKBONES)
+    assert [r["Backbone"] for r, c in zip(t3.rows, t3.classes) if c] == ["X101-DC5"]
+    assert dict(zip([r["Backbone"] for r in t3.rows], t3.classes))["X101-DC5"] == "missing"
+    assert t3.by("Backbone")["R50-FPN"]["Paper AP"] == "78.37"
+    assert t3.by("Backbone")["R101-C4"]["Runs ok/total"] == "1/2"
+    # Every run: 16 rows, the failed one marked; the old-layout run (X101-FPN fold 1) flagged.
+    runs = page.table("runs")
+    assert len(runs.rows) == 16 and sum(r["status"] == "ok" for r in runs.rows) == 15
+    assert [(r["backbone"], r["fold"]) for r, c in zip(runs.rows, runs.classes) if c == "failed"] == [("R101-C4", "1")]
+    assert [(r["backbone"], r["fold"]) for r in runs.rows if "best effort" in r["schema note"]] == [("X101-FPN", "1")]
     # Self-contained: images inline, nothing fetched from elsewhere.
     n_img = html.count('src="data:image/png;base64,')
     assert n_img >= 5
@@ -209,8 +359,9 @@ def test_old_and_unknown_schema_best_effort(tmp_path):
     assert "older than schema 1" in a["schema_note"]
     b = df[df["run_dir"] == "b"].iloc[0]
     assert "schema 7" in b["schema_note"]
-    html = build.build_report(tmp_path, progress=False).read_text()
-    assert "older than schema 1" in html and "schema 7" in html
+    runs = Page(build.build_report(tmp_path, progress=False).read_text()).table("runs").by("run dir")
+    assert "older than schema 1" in runs["a"]["schema note"] and "schema 7" not in runs["a"]["schema note"]
+    assert "schema 7" in runs["b"]["schema note"] and "older than schema 1" not in runs["b"]["schema note"]
     md = (tmp_path / "report" / "table3.md").read_text()
     assert "best effort" in md
 
@@ -228,7 +379,10 @@ def test_unreadable_result_and_missing_artifacts(tmp_path):
     df = pd.read_csv(tmp_path / "report" / "runs.csv")
     bad = df[df["run_dir"] == "broken"].iloc[0]
     assert bad["status"] == "failed" and "unreadable" in bad["error_reason"]
-    assert "unreadable" in html
+    page = Page(html)
+    failed = page.table("failed")
+    assert [r["run dir"] for r in failed.rows] == ["broken"] and "unreadable" in failed.rows[0]["reason"]
+    assert page.text("n-failed") == "1 FAILED"
     # No metrics.json, no predictions: those plots are skipped with a note, the rest is drawn.
     assert "Skipped: " in html and "d2/metrics.json not found" in html
     assert (tmp_path / "report" / "per_class_ap.png").is_file()

@@ -15,6 +15,7 @@ from reports import build, collect, tables
 from reports.collect import STALE_REASON
 from reports.schema import BACKBONES, CLASSES
 from reports.synthetic import make_result, mark_sweep, write_plan, write_run
+from tests.test_reports import Page, section_text
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -214,7 +215,10 @@ def test_stale_planned_result_is_not_counted(tmp_path):
     assert pd.isna(t3.at["R50-FPN", "infection_AP"])
     w = {x["what"]: x for x in tables.winners(runs.df)}
     assert w["infection"]["winner"] == "R101-FPN 3x" and w["infection"]["runner_up"] is None
-    assert html.escape(STALE_REASON) in page
+    shown = Page(page)
+    assert [(r["backbone"], r["status"], r["reason"]) for r in shown.table("failed").rows] == [
+        ("R50-FPN", "failed", STALE_REASON)]
+    assert shown.text("n-failed") == "1 FAILED" and shown.text("n-ok") == "1 ok"
 
 
 def test_one_backbone_plan_expects_that_backbone_only(tmp_path):
@@ -223,7 +227,10 @@ def test_one_backbone_plan_expects_that_backbone_only(tmp_path):
     t3 = pd.read_csv(sweep / "report" / "table3.csv")
     assert list(t3["backbone"]) == ["R50-FPN"]
     assert tables.missing_runs(collect.collect(sweep), collect.read_sweep(sweep).missing) == []
-    assert 'id="missing"' not in page and "0 MISSING (of 1 planned run(s))" in page
+    shown = Page(page)
+    assert "missing" not in shown.tables and shown.text("n-missing") == "0 MISSING (of 1 planned run(s))"
+    assert "failed" not in shown.tables and "problems" not in shown.texts
+    assert section_text(shown, "failures") == "None: every expected run has a result and every run succeeded."
     assert "MISSING" not in (sweep / "report" / "table3.md").read_text()
 
 
@@ -240,5 +247,11 @@ def test_planned_run_without_result_is_missing_by_label(tmp_path):
     assert list(t3.index) == ["R50-FPN", "R101-FPN", "X101-FPN_fold=1"]
     assert t3.at["R101-FPN", "n_runs"] == 0 and "MISSING" in t3.at["R101-FPN", "note"]
     assert t3.at["R101-FPN", "paper_AP"] == tables.paper_table3("R101-FPN", None)[0]
-    assert 'id="missing"' in page and "X101-FPN_fold=1" in page and "R50-C4" not in t3.index
-    assert "2 MISSING (of 3 planned run(s))" in page
+    assert "R50-C4" not in t3.index
+    shown = Page(page)
+    assert [(r["backbone"], r["missing"]) for r in shown.table("missing").rows] == [
+        ("R101-FPN", "no result.json in R101-FPN (planned run)"),
+        ("X101-FPN_fold=1", "no result.json in X101-FPN_fold=1 (planned run)")]
+    assert shown.text("n-missing") == "2 MISSING (of 3 planned run(s))"
+    assert [r["Backbone"] for r, c in zip(shown.table("table3").rows, shown.table("table3").classes)
+            if c == "missing"] == ["R101-FPN", "X101-FPN_fold=1"]

@@ -110,8 +110,12 @@ def test_launcher_choices():
 
     joblib = compose_hydra("hydra/launcher=joblib", "hydra.launcher.n_jobs=3").launcher
     assert joblib._target_.endswith("JoblibLauncher") and joblib.n_jobs == 3
-    assert compose_hydra("hydra/launcher=joblib").launcher.n_jobs == 2  # no GPU: two at once
-    assert compose_hydra("hydra/launcher=joblib", "jobs_per_gpu=4").launcher.n_jobs == 2
+    # n_jobs by default: every GPU this machine has x jobs_per_gpu (1 by default), 2 without a GPU
+    import torch
+
+    gpus = torch.cuda.device_count()
+    assert compose_hydra("hydra/launcher=joblib").launcher.n_jobs == (gpus * 1 if gpus else 2)
+    assert compose_hydra("hydra/launcher=joblib", "jobs_per_gpu=4").launcher.n_jobs == (gpus * 4 if gpus else 2)
     assert compose_hydra("hydra/launcher=submitit_local").launcher._target_.endswith("LocalLauncher")
 
 
@@ -121,6 +125,10 @@ def test_joblib_runs_as_many_jobs_as_gpu_slots(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert compose_hydra("hydra/launcher=joblib", "jobs_per_gpu=4").launcher.n_jobs == 8
     assert compose_hydra("hydra/launcher=joblib").launcher.n_jobs == 2  # jobs_per_gpu: 1
+    assert compose_hydra("hydra/launcher=joblib", "hydra.launcher.n_jobs=3").launcher.n_jobs == 3
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # no GPU: two at once, whatever jobs_per_gpu
+    assert compose_hydra("hydra/launcher=joblib").launcher.n_jobs == 2
+    assert compose_hydra("hydra/launcher=joblib", "jobs_per_gpu=4").launcher.n_jobs == 2
     assert compose_hydra("hydra/launcher=joblib", "hydra.launcher.n_jobs=3").launcher.n_jobs == 3
 
 
@@ -168,9 +176,9 @@ def test_statuses_summary_and_sweep_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real sweeps (slow)
-def run_sweep(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_sweep(*args: str, timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "benchmark.sweep", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=None if env is None else {**os.environ, **env})
     print(proc.stdout[-3000:], proc.stderr[-3000:])
     return proc
 
@@ -216,9 +224,15 @@ def test_failed_run_does_not_stop_the_sweep_and_rerun_redoes_only_it(tiny_datase
 
 @pytest.mark.slow
 def test_joblib_runs_two_at_once_with_dataloader_workers(tiny_dataset, tmp_path):
+    import torch
+
     sweep_dir = tmp_path / "sweep"
+    # Two at once on any machine: n_jobs=2 by hand (its default depends on the GPUs), and two GPU
+    # slots per GPU so that on one GPU the second run does not wait for the first one's slot.
+    # The slots live in this test's own folder: no other sweep on the machine holds them.
     proc = run_sweep(*SMOKE, f"dataset_dir={tiny_dataset}", f"hydra.sweep.dir={sweep_dir}", "backbone=r50_fpn",
-                     "seed=0,1", "solver.num_workers=2", "hydra/launcher=joblib")  # n_jobs: 2 with no GPU
+                     "seed=0,1", "solver.num_workers=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     "jobs_per_gpu=2", env={"LUNGBENCH_GPU_SLOTS": str(tmp_path / "slots")})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert last_line(proc) == "2 runs: 2 ok"
     results = [read(sweep_dir / f"R50-FPN_seed={s}") for s in (0, 1)]
@@ -228,3 +242,10 @@ def test_joblib_runs_two_at_once_with_dataloader_workers(tiny_dataset, tmp_path)
              for r in results]
     assert max(s for s, _ in spans) < min(f for _, f in spans), f"runs did not overlap: {spans}"
     assert len({os.path.realpath(sweep_dir / f"R50-FPN_seed={s}") for s in (0, 1)}) == 2
+    # device=auto: on CUDA each run held one of the slots 0, 1 (slot s on GPU s % GPUs); on the CPU none
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert [r["env"]["device"] for r in results] == ["cuda" if gpus else "cpu"] * 2
+    if gpus:
+        assert sorted(r["env"]["gpu_slot"] for r in results) == sorted(s % gpus for s in (0, 1))
+    else:
+        assert all("gpu_slot" not in r["env"] for r in results)
