@@ -224,6 +224,42 @@ def coco_metrics(
     return out
 
 
+def segm_ap_per_case(
+    gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], backend: str = "auto"
+) -> dict[str, dict[str, float | None]]:
+    """Mask (segm) AP per test case and class: ``{case_id: {class: AP}}``, cases sorted.
+
+    The same COCOeval run as :func:`coco_metrics`, restricted to one case's images (its
+    ground truth and the predictions on those images), so each patient gets its own AP
+    on a 0-100 scale; ``None`` for a class without ground truth in that case. With
+    patient-level folds every case is tested once per run, which makes backbones
+    comparable case by case.
+    """
+    gt = load_gt(gt)
+    _check_predictions(gt, predictions, "segm")
+    by_case: dict[str, set] = defaultdict(set)
+    for im in gt["images"]:
+        if "case_id" not in im:
+            raise ValueError(f"image {im.get('id')} ({im.get('file_name')}): missing 'case_id', "
+                             "needed for per-case AP")
+        by_case[str(im["case_id"])].add(im["id"])
+    out: dict[str, dict[str, float | None]] = {}
+    for case_id in sorted(by_case):
+        ids = by_case[case_id]
+        sub = {**gt, "images": [im for im in gt["images"] if im["id"] in ids],
+               "annotations": [a for a in gt["annotations"] if a["image_id"] in ids]}
+        preds = [p for p in predictions if p["image_id"] in ids]
+        m = coco_metrics(sub, preds, "segm", backend)
+        out[case_id] = {name: v["AP"] for name, v in m["per_class"].items()}
+    return out
+
+
+def _per_case(segm_ap: Mapping[str, Mapping[str, float | None]], dice: Mapping[str, Mapping[str, float]]) -> dict:
+    """``{case: {"segm_AP": {class: AP}, "dice": {class: d}}}`` over the cases of either."""
+    return {case: {"segm_AP": dict(segm_ap.get(case, {})), "dice": dict(dice.get(case, {}))}
+            for case in sorted(set(segm_ap) | set(dice))}
+
+
 # ---------------------------------------------------------------------------- volumes
 
 
@@ -425,7 +461,9 @@ def evaluate(
     score_thresh: float = 0.5,
     backend: str = "auto",
 ) -> dict:
-    """The ``metrics`` section of result.json: segm and bbox AP, Dice, infection burden error.
+    """The ``metrics`` section of result.json: segm and bbox AP, Dice, infection burden error,
+    and ``per_case``: per test case the segm AP and the Dice per class (see
+    :func:`segm_ap_per_case`), the unit the report's paired comparisons are made on.
 
     ``predictions`` is the list of COCO result dicts or the path of a COCO results JSON
     (detectron2's ``coco_instances_results.json``). ``score_thresh`` applies to the
@@ -438,9 +476,11 @@ def evaluate(
             raise ValueError(f"{path}: a COCO results JSON holds a list of predictions, "
                              f"not {type(predictions).__name__}")
     counts = voxel_counts(gt, predictions, score_thresh)
+    dice = _dice_from_counts(counts, _class_names(gt))
     return {
         "segm": coco_metrics(gt, predictions, "segm", backend),
         "bbox": coco_metrics(gt, predictions, "bbox", backend),
-        "dice": _dice_from_counts(counts, _class_names(gt)),
+        "dice": dice,
         "infection_burden_abs_error": _burden_from_counts(counts),
+        "per_case": _per_case(segm_ap_per_case(gt, predictions, backend), dice["per_case"]),
     }

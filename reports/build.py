@@ -24,12 +24,15 @@ from tqdm import tqdm
 
 from converters import fsutil
 
-from . import atomic, overlays, plots, render_html, tables
+from . import atomic, overlays, plots, render_html, stats, tables
 from .collect import (NOTE_SEP, PLAN_NAME, REPORT_DIRNAME, SWEEP_KIND, PlanError, SweepRuns, latest_sweep,
                       read_sweep)
 
 REPORT_KIND = "report"
 IGNORED_NAME = "ignored.csv"
+#: Every group against the best, per metric and class (reports.stats), and the per-case numbers.
+PAIRWISE_NAME = "pairwise.csv"
+PER_CASE_NAME = "per_case.csv"
 
 
 def schema_notes(df: pd.DataFrame, planned: int | None = None) -> list[str]:
@@ -65,10 +68,19 @@ def require_sweep(sweep_dir: Path) -> None:
                               "pass the folder a `make sweep` wrote (SWEEP_DIR)")
 
 
-def make_plots(df: pd.DataFrame, sweep_dir: Path, progress: bool = True) -> list[plots.Plot]:
+def _no_test(comparison: stats.Comparison) -> str | None:
+    """Why the primary metric cannot be tested (None when it can)."""
+    v = comparison.verdict(stats.MEAN)
+    return v["verdict"] if v["verdict"].startswith("no test possible") else None
+
+
+def make_plots(df: pd.DataFrame, sweep_dir: Path, progress: bool = True,
+               comparison: stats.Comparison | None = None) -> list[plots.Plot]:
     """Every figure; one that raises becomes a note instead of sinking the report."""
+    comparison = stats.compare(df) if comparison is None else comparison
     steps: list[tuple[str, Callable[[], list[plots.Plot]]]] = [
         ("per-class AP", lambda: [plots.per_class_bars(df)]),
+        ("rank stability", lambda: [plots.rank_stability(comparison.per_case, _no_test(comparison))]),
         ("trunk x head", lambda: [plots.trunk_head_heatmap(df)]),
         ("AP vs cost", lambda: [plots.ap_vs_cost(df)]),
         ("loss curves", lambda: [plots.loss_curves(df, sweep_dir)]),
@@ -86,8 +98,8 @@ def make_plots(df: pd.DataFrame, sweep_dir: Path, progress: bool = True) -> list
 
 
 def build_report(sweep_dir: Path, progress: bool = True) -> Path:
-    """Write runs.csv, per_class_ap.csv, table3.csv/.md, ignored.csv, the PNGs and report.html
-    into ``<sweep_dir>/report/``; returns the path of report.html.
+    """Write runs.csv, per_class_ap.csv, table3.csv/.md, pairwise.csv, per_case.csv, ignored.csv,
+    the PNGs and report.html into ``<sweep_dir>/report/``; returns the path of report.html.
 
     Raises, before writing anything: FileNotFoundError (no such folder), fsutil.NotOwned (not
     a lungbench sweep, or a report folder holding files lungbench did not write there),
@@ -102,20 +114,24 @@ def build_report(sweep_dir: Path, progress: bool = True) -> Path:
             fsutil.atomic_dir(out, REPORT_KIND, "the report folder") as tmp:
         planned_missing = runs.missing if runs.plan is not None else None
         notes = schema_notes(df, None if runs.plan is None else len(runs.plan)) + plan_notes(runs)
-        t3 = tables.table3(df, planned_missing)
-        figs = make_plots(df, sweep_dir, progress)
+        comparison = stats.compare(df)
+        t3 = tables.table3(df, planned_missing, comparison)
+        figs = make_plots(df, sweep_dir, progress, comparison)
         atomic.write_text(tmp / "runs.csv", df.to_csv(index=False))
         atomic.write_text(tmp / "per_class_ap.csv", tables.per_class_ap(df).to_csv(index=False))
         atomic.write_text(tmp / "table3.csv", t3.to_csv(index=False))
         atomic.write_text(tmp / "table3.md", tables.table3_markdown(t3, notes))
+        atomic.write_text(tmp / PAIRWISE_NAME, comparison.pairwise.to_csv(index=False))
+        atomic.write_text(tmp / PER_CASE_NAME, comparison.per_case.to_csv(index=False))
         atomic.write_text(tmp / IGNORED_NAME, pd.DataFrame(runs.ignored, columns=["path", "reason"])
                           .to_csv(index=False))
         for f in figs:
             if f.png is not None:
                 atomic.write_bytes(tmp / f.name, f.png)
-        files = (["runs.csv", "per_class_ap.csv", "table3.csv", "table3.md", IGNORED_NAME]
+        files = (["runs.csv", "per_class_ap.csv", "table3.csv", "table3.md", PAIRWISE_NAME, PER_CASE_NAME,
+                  IGNORED_NAME]
                  + [f.name for f in figs if f.png is not None])
-        html = render_html.render(sweep_dir=str(sweep_dir), df=df, t3=t3, winners=tables.winners(df),
+        html = render_html.render(sweep_dir=str(sweep_dir), df=df, t3=t3, winners=tables.winners(df, comparison),
                                   failed=tables.failed_runs(df), missing=tables.missing_runs(df, planned_missing),
                                   plots=figs, notes=notes, files=files,
                                   planned=None if runs.plan is None else len(runs.plan))

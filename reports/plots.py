@@ -347,3 +347,36 @@ def loss_curves(df: pd.DataFrame, sweep_dir: Path) -> Plot:
                bbox_to_anchor=(0.5, 1.0))
     p.png = to_png(fig)
     return p
+
+
+def rank_stability(per_case: pd.DataFrame, no_test: str | None = None) -> Plot:
+    """Bars: how often each group ranks first on the mean segm AP (mean over the classes)
+    when the test cases are resampled with replacement (reports.stats.rank_first_frequency).
+    ``no_test``: the reason no paired test is possible; the plot is skipped with it."""
+    from . import stats as st  # stats builds on tables, as this module does
+
+    p = Plot("rank_stability.png", "Rank stability over cases",
+             f"Share of {st.RANK_RESAMPLES} bootstrap resamples of the test cases (with replacement, fixed seed) "
+             "in which each group has the highest mean segm AP (mean of the three classes), on the cases "
+             "every group tested; ties split the count.")
+    if no_test:
+        p.note = no_test
+        return p
+    share, n_cases = st.rank_first_frequency(per_case)
+    if share.empty or n_cases < st.MIN_CASES:
+        p.note = st.NO_TEST if share.size else st.NO_DATA
+        return p
+    fig = Figure(figsize=(max(5.0, 0.7 * len(share) + 2.5), 4.2))
+    ax = fig.subplots(1, 1, gridspec_kw=margins(fig, 1, 1, left=0.8, bottom=1.6, top=0.45))
+    x = np.arange(len(share))
+    ax.bar(x, 100 * share.to_numpy(), color="#4c72b0", alpha=0.9)
+    for xi, v in zip(x, share.to_numpy()):
+        ax.text(xi, 100 * v + 1.5, f"{100 * v:.0f}%", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, list(share.index), rotation=30, ha="right")
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("ranked first (% of resamples)")
+    ax.set_title(f"{n_cases} cases", fontsize=10, loc="left")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    p.png = to_png(fig)
+    return p

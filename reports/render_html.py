@@ -218,14 +218,19 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
         parts.append(f"<div class='banner bad' id='problems'><b>{n - n_ok} FAILED, {len(missing)} MISSING</b>: see "
                      "<a href='#failures'>failed and missing runs</a>.</div>")
 
-    parts.append("<h2>Winner per class</h2><div class='cards'>")
+    parts.append("<h2>Best per class (paired test over cases)</h2><div class='cards'>")
     for w in winners:
         color = _CLASS_CSS.get(w["what"], "#888")
         if w["winner"] is None:
             parts.append(f"<div class='card' style='--c:{color}'><div class='what'>{escape(w['what'])}</div>"
                          "<div class='who'>-</div><div class='val'>no successful run</div></div>")
             continue
-        more = (f"ahead of {escape(w['runner_up'])} by {w['margin']:.2f} AP" if w["runner_up"] else "the only one")
+        verdict = w.get("verdict")
+        if verdict:
+            lead = "" if w.get("significant") else "highest mean, not a winner: "
+            more = escape(lead + verdict)
+        else:
+            more = (f"ahead of {escape(w['runner_up'])} by {w['margin']:.2f} AP" if w["runner_up"] else "the only one")
         parts.append(f"<div class='card' style='--c:{color}'><div class='what'>{escape(w['what'])}</div>"
                      f"<div class='who'>{escape(w['winner'])}</div>"
                      f"<div class='val'>segm AP {escape(fmt_pm(w['AP'], w['std'], w['n']))}</div>"

@@ -227,7 +227,16 @@ def _missing_row(backbone: str, note: list[str]) -> dict[str, Any]:
     }
 
 
-def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+def _comparison(df: pd.DataFrame, comparison: Any) -> Any:
+    """The paired case-by-case tests of ``df`` (reports.stats.compare) unless given."""
+    if comparison is None:
+        from .stats import compare  # stats builds on this module
+        comparison = compare(df)
+    return comparison
+
+
+def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None,
+           comparison: Any = None) -> pd.DataFrame:
     """One row per backbone group (backbone, schedule, any varying axis, run identity group).
 
     Ours: segm infection AP (compared with the paper, see paper.json 'assumptions') and the
@@ -235,8 +244,11 @@ def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None
     Without a plan (``planned_missing`` None) each of the nine backbones appears at least once
     (MISSING when it has no run); with one, a planned group without any result.json is a
     MISSING row named by its planned run (``planned_missing``: collect.SweepRuns.missing).
+    ``infection_verdict`` and ``mean_verdict`` say what the paired case-by-case tests
+    (reports.stats, ``comparison``: its compare(df), computed when not given) found.
     """
     keys = group_keys(df)
+    comparison = _comparison(df, comparison)
     rows = []
     seen = set()
     for key, g in iter_groups(df, keys):
@@ -260,6 +272,8 @@ def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None
             "mean_AP": mean_ap[0], "mean_AP_std": mean_ap[1], "mean_AP_n": mean_ap[2],
             "paper_AP": paper, "delta_AP": (inf[0] - paper) if paper is not None and inf[2] else math.nan,
             "paper_source": pnote if paper is not None else None, "note": "; ".join(notes) or None,
+            "infection_verdict": comparison.row_verdict(key["label"], "infection"),
+            "mean_verdict": comparison.row_verdict(key["label"], "mean"),
         })
     if planned_missing is None:
         rows += [_missing_row(b, ["MISSING: no result.json"]) for b in BACKBONES if b not in seen]
@@ -274,7 +288,7 @@ def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None
             rows.append(_missing_row(labels[0], [f"MISSING: no result.json{more}"]))
     cols = ["backbone", "trunk", "head", "schedule", *keys[2:], "group", "in_zoo", "n_runs", "n_ok", "n_failed",
             "infection_AP", "infection_AP_std", "infection_AP_n", "mean_AP", "mean_AP_std", "mean_AP_n",
-            "paper_AP", "delta_AP", "paper_source", "note"]
+            "paper_AP", "delta_AP", "paper_source", "note", "infection_verdict", "mean_verdict"]
     out = pd.DataFrame(rows, columns=cols)
     order = sorted(range(len(out)), key=lambda i: (backbone_order(out.at[i, "backbone"]),
                                                    schedule_order(_norm(out.at[i, "schedule"]))))
@@ -305,26 +319,38 @@ def per_class_ap(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def winners(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Best backbone group per class (segm AP, mean over replicates) and for the mean segm AP."""
-    targets = [(CLASS_LABELS[c], class_col(c)) for c in CLASSES] + [("mean of 3 classes", SEGM_AP)]
+def winners(df: pd.DataFrame, comparison: Any = None) -> list[dict[str, Any]]:
+    """Best backbone group per class (segm AP) and for the mean segm AP, with what the paired
+    case-by-case tests say of it (reports.stats; ``comparison``: its compare(df)).
+
+    ``winner`` is the leading group: the best by the mean over cases when the runs hold
+    per-case results, else by the mean over replicates. ``verdict`` is the test's words
+    ('ahead of all (p < 0.05 after Holm)', 'tied with ...', 'no test possible ...') and
+    ``significant`` whether the leader is ahead of every other group."""
+    comparison = _comparison(df, comparison)
+    targets = [(CLASS_LABELS[c], class_col(c), c) for c in CLASSES] + [("mean of 3 classes", SEGM_AP, "mean")]
     out = []
     groups = list(iter_groups(df))
-    for what, col in targets:
+    for what, col, target in targets:
         scored = []
         for key, g in groups:
             mean, std, n = stats(g, col)
             if n:
                 scored.append((mean, std, n, group_label(key)))
         scored.sort(key=lambda s: -s[0])  # stable: ties keep report order
+        v = comparison.verdict(target)
+        lead = [s for s in scored if s[3] == v["best"]]
+        if lead:  # the tests' best (mean over cases) leads
+            scored = lead + [s for s in scored if s[3] != v["best"]]
         if scored:
             best = scored[0]
             out.append({"what": what, "winner": best[3], "AP": best[0], "std": best[1], "n": best[2],
                         "runner_up": scored[1][3] if len(scored) > 1 else None,
-                        "margin": best[0] - scored[1][0] if len(scored) > 1 else math.nan})
+                        "margin": best[0] - scored[1][0] if len(scored) > 1 else math.nan,
+                        "verdict": v["verdict"], "significant": v["winner"] is not None and v["winner"] == best[3]})
         else:
             out.append({"what": what, "winner": None, "AP": math.nan, "std": math.nan, "n": 0,
-                        "runner_up": None, "margin": math.nan})
+                        "runner_up": None, "margin": math.nan, "verdict": v["verdict"], "significant": False})
     return out
 
 
@@ -406,6 +432,9 @@ def table3_display(t3: pd.DataFrame) -> pd.DataFrame:
         "Δ (ours − paper)": [fmt_delta(v) for v in t3["delta_AP"]],
         "Ours: mean segm AP (3 classes)": [fmt_pm(m, s, n) for m, s, n in zip(t3["mean_AP"], t3["mean_AP_std"], t3["mean_AP_n"])],
         "Runs ok/total": [f"{a}/{b}" for a, b in zip(t3["n_ok"], t3["n_runs"])],
+        **({"Paired test: infection AP": [fmt(v) for v in t3["infection_verdict"]],
+            "Paired test: mean segm AP": [fmt(v) for v in t3["mean_verdict"]]}
+           if "mean_verdict" in t3.columns else {}),
         "Note": [fmt(v) for v in t3["note"]],
     })
     return out
@@ -427,6 +456,10 @@ def table3_markdown(t3: pd.DataFrame, notes: list[str]) -> str:
     lines = ["# Table 3: our Mask R-CNN backbones beside Gaikwad & Joshi (2020)", "",
              to_markdown(table3_display(t3)), "Assumptions:", ""]
     lines += [f"- {a}" for a in paper["assumptions"]]
+    lines += ["", "Paired tests (columns 'Paired test'): per test case (patient), each group against the group "
+              "with the highest mean segm AP over cases, on the cases both tested (seeds averaged first); "
+              "Wilcoxon signed-rank, Holm-corrected per class, 95% bootstrap CI of the mean difference "
+              "(pairwise.csv, per_case.csv)."]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

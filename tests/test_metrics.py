@@ -308,7 +308,7 @@ def test_evaluate_returns_the_metrics_section(gt_path, gt, tmp_path):
     preds_path = tmp_path / "coco_instances_results.json"
     preds_path.write_text(json.dumps(_as_predictions(gt["annotations"])))
     m = metrics.evaluate(gt_path, preds_path, score_thresh=0.5)
-    assert set(m) == {"segm", "bbox", "dice", "infection_burden_abs_error"}
+    assert set(m) == {"segm", "bbox", "dice", "infection_burden_abs_error", "per_case"}
     for t in ("segm", "bbox"):
         assert set(m[t]) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}
         assert m[t]["AP"] == 100.0
