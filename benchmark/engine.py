@@ -170,19 +170,34 @@ def median_after(times: list[float], skip: int) -> tuple[float | None, int]:
 
 def run_training(d2cfg, progress: Progress, identity: str | None = None) -> dict:
     """Train (resuming from OUTPUT_DIR's last checkpoint if any, and only if that checkpoint
-    carries ``identity``). Returns the trainer's facts: start_iter, step times (this
-    process), train_wall_s, and the trained model."""
+    carries ``identity``; else from MODEL.WEIGHTS through ``benchmark.weights``, which refuses
+    a file that is no checkpoint or does not fit the trunk). Returns the trainer's facts:
+    start_iter, step times (this process), train_wall_s, the trained model, and notes: what
+    the initial weights did not cover (re-initialised or fresh layers)."""
+    from detectron2.utils import comm
+
+    from benchmark import weights as W
+
     Trainer.progress, Trainer.identity = progress, identity
     progress.where = "build model"
     trainer = Trainer(d2cfg)
     progress.where = "load checkpoint"
     resuming = trainer.checkpointer.has_checkpoint()
-    trainer.resume_or_load(resume=True)
-    if resuming and identity is not None and not trainer.run_identity.checked:
-        raise CheckpointMismatch(
-            f"{d2cfg.OUTPUT_DIR}: its checkpoint carries no run identity (written by another "
-            f"run, or by a lungbench older than identities); not resumed. Delete "
-            f"{d2cfg.OUTPUT_DIR} to train this run from the start, or use another run dir")
+    if resuming:
+        trainer.resume_or_load(resume=True)
+        if identity is not None and not trainer.run_identity.checked:
+            raise CheckpointMismatch(
+                f"{d2cfg.OUTPUT_DIR}: its checkpoint carries no run identity (written by another "
+                f"run, or by a lungbench older than identities); not resumed. Delete "
+                f"{d2cfg.OUTPUT_DIR} to train this run from the start, or use another run dir")
+        notes = W.read_notes(d2cfg.OUTPUT_DIR)
+    else:
+        # what trainer.resume_or_load does without a checkpoint (MODEL.WEIGHTS, the model's
+        # tensors only, from iteration 0), and what did not fit is recorded
+        report = W.load_initial_weights(trainer.model, d2cfg.MODEL.WEIGHTS)
+        notes = report.notes() if report is not None else []
+        if comm.is_main_process():
+            W.write_notes(d2cfg.OUTPUT_DIR, notes)
     start_iter = trainer.start_iter
     if start_iter:
         log.info("resuming from the checkpoint of iteration %d", start_iter - 1)
@@ -193,7 +208,7 @@ def run_training(d2cfg, progress: Progress, identity: str | None = None) -> dict
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
     return {"start_iter": start_iter, "step_times": trainer.step_timer.times,
-            "train_wall_s": wall, "model": model}
+            "train_wall_s": wall, "model": model, "notes": notes}
 
 
 def _same_size_batches(loader, batch_size: int):
