@@ -30,6 +30,17 @@ class WeightsUnavailable(RuntimeError):
     """Initial weights cannot be obtained (offline, or a missing local file)."""
 
 
+class WeightsMismatch(WeightsUnavailable):
+    """The initial weights file cannot be used: it is not a checkpoint, or its trunk does not
+    fit the backbone (``benchmark.weights``). The message names the file and the first tensor
+    that does not fit."""
+
+
+# seconds a download may wait on the network for one step (connect, one read): a network that
+# drops packets fails the run instead of hanging it
+DOWNLOAD_TIMEOUT_S = 60
+
+
 @dataclass(frozen=True)
 class Weights:
     """Where a run's initial weights come from.
@@ -116,13 +127,20 @@ def fetch_weights(weights: Weights, download: bool = True) -> str:
     if not download:
         raise WeightsUnavailable(f"{weights.kind} weights are not in the cache and "
                                  f"weights.download=false: {hint}")
+    import socket
+
     from detectron2.utils.file_io import PathManager
 
+    # iopath's urlretrieve has no timeout of its own: it waits on the process default
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S if old_timeout is None else old_timeout)
     try:
         return PathManager.get_local_path(weights.url)
     except Exception as e:  # noqa: BLE001 - any network/IO error means the same to the user
         raise WeightsUnavailable(f"cannot download {weights.kind} weights ({type(e).__name__}: "
                                  f"{e}); offline? {hint}") from e
+    finally:
+        socket.setdefaulttimeout(old_timeout)
 
 
 def resolve_device(device: str) -> str:
@@ -192,6 +210,27 @@ def _input_sizes(input_size: Any, image_hw: Sequence[int] | None) -> list[tuple[
     raise ConfigError(f"solver.input_size={input_size!r}: expected zoo, dataset or a positive int")
 
 
+def effective_lr(cfg: DictConfig) -> float:
+    """SOLVER.BASE_LR of the run: the weights' recipe's (scratch) where it sets one, else the solver's."""
+    r = cfg.weights.get("recipe")
+    return float(r.base_lr) if r and r.get("base_lr") is not None else float(cfg.solver.base_lr)
+
+
+def _recipe(r, max_iter: int) -> list[tuple[str, Any]]:
+    """The weights' training recipe (conf/weights/scratch.yaml): LR, warm-up, gradient clipping."""
+    if not r:
+        return []
+    ops: list[tuple[str, Any]] = []
+    if r.get("base_lr") is not None:
+        ops.append(("SOLVER.BASE_LR", float(r.base_lr)))
+    if r.get("warmup_iters") is not None:
+        ops.append(("SOLVER.WARMUP_ITERS", min(int(r.warmup_iters), max(1, max_iter // 4))))
+    if r.get("clip_gradients"):
+        ops += [("SOLVER.CLIP_GRADIENTS.ENABLED", True), ("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm"),
+                ("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", float(r.clip_gradients))]
+    return ops
+
+
 def lr_steps(schedule: str, max_iter: int, zoo_steps: Sequence[int], zoo_max_iter: int) -> tuple:
     """SOLVER.STEPS for lr_schedule ``paper`` (none: constant LR after warm-up, as the paper's
     5000-iteration run on the zoo config had, its steps at 210k/250k never being reached) or
@@ -244,6 +283,7 @@ def d2_deltas(cfg: DictConfig, *, base, train_name: str, test_name: str, output_
         ops.append(("MODEL.BACKBONE.FREEZE_AT", int(w.freeze_at)))
     if s.warmup_iters is not None:
         ops.append(("SOLVER.WARMUP_ITERS", int(s.warmup_iters)))
+    ops += _recipe(w.get("recipe"), int(s.max_iter))
     if s.roi_batch_size_per_image is not None:
         ops.append(("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", int(s.roi_batch_size_per_image)))
     if s.detections_per_image is not None:

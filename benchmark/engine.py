@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase, hooks
+from detectron2.utils import comm
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 
@@ -112,6 +113,7 @@ class Trainer(DefaultTrainer):
 
     progress: Progress | None = None  # set before construction by run_training
     identity: str | None = None       # likewise: the run's identity hash
+    label: str | None = None          # likewise: the progress bar's name (None: no bar)
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -154,9 +156,24 @@ class Trainer(DefaultTrainer):
                 continue
             if isinstance(h, hooks.PeriodicCheckpointer):
                 h = LastCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=1)
+            if isinstance(h, hooks.PeriodicWriter):
+                # detectron2 writes metrics.json every 20 iterations: a short run would have a loss
+                # curve of one or two points; at least 10 points for any run of 10+ iterations
+                h = hooks.PeriodicWriter(h._writers, period=writer_period(self.cfg.SOLVER.MAX_ITER))
             ret.append(h)
         self.step_timer = StepTimer(self.progress)
-        return [self.step_timer] + ret
+        extra = []
+        if self.label is not None and comm.is_main_process():
+            from benchmark.logs import progress_hook
+
+            extra.append(progress_hook(self.label))
+        return [self.step_timer] + ret + extra
+
+
+def writer_period(max_iter: int) -> int:
+    """Iterations between metric writes: detectron2's 20, fewer for runs under 200 iterations
+    so every loss curve has at least 10 points (1 for runs under 20)."""
+    return max(1, min(20, max_iter // 10))
 
 
 def median_after(times: list[float], skip: int) -> tuple[float | None, int]:
@@ -168,7 +185,8 @@ def median_after(times: list[float], skip: int) -> tuple[float | None, int]:
     return None, 0
 
 
-def run_training(d2cfg, progress: Progress, identity: str | None = None) -> dict:
+def run_training(d2cfg, progress: Progress, identity: str | None = None,
+                 label: str | None = None) -> dict:
     """Train (resuming from OUTPUT_DIR's last checkpoint if any, and only if that checkpoint
     carries ``identity``; else from MODEL.WEIGHTS through ``benchmark.weights``, which refuses
     a file that is no checkpoint or does not fit the trunk). Returns the trainer's facts:
@@ -178,7 +196,7 @@ def run_training(d2cfg, progress: Progress, identity: str | None = None) -> dict
 
     from benchmark import weights as W
 
-    Trainer.progress, Trainer.identity = progress, identity
+    Trainer.progress, Trainer.identity, Trainer.label = progress, identity, label
     progress.where = "build model"
     trainer = Trainer(d2cfg)
     progress.where = "load checkpoint"

@@ -91,7 +91,7 @@ def _experiment(cfg: DictConfig) -> str | None:
 
 def describe(cfg: DictConfig, config: dict) -> dict:
     """The fields that say what the run is (every result has them, ok or failed)."""
-    from benchmark.config import amp_choice
+    from benchmark.config import amp_choice, effective_lr
     bb, s = cfg.backbone, cfg.solver
     return {
         "schema": R.SCHEMA,
@@ -99,7 +99,7 @@ def describe(cfg: DictConfig, config: dict) -> dict:
         "schedule": cfg.schedule.name,
         "weights": str(cfg.weights.path) if cfg.weights.get("path") else cfg.weights.source,
         "experiment": _experiment(cfg),
-        "solver": {"name": s.name, "ims_per_batch": s.ims_per_batch, "base_lr": s.base_lr,
+        "solver": {"name": s.name, "ims_per_batch": s.ims_per_batch, "base_lr": effective_lr(cfg),
                    "max_iter": s.max_iter, "lr_schedule": s.lr_schedule,
                    "amp": _amp if isinstance(_amp := amp_choice(cfg), bool) else None},  # auto: set with the device
         "dataset": {"name": None, "dir": config["dataset_dir"], "split": cfg.split.scheme,
@@ -140,12 +140,28 @@ def run_config(cfg: DictConfig) -> dict:
     launcher where fork is missing (macOS, Windows: hydra#964). benchmark.sweep calls it too."""
     if _joblib_launcher() and not _FORK and cfg.solver.num_workers:
         OmegaConf.update(cfg, "solver.num_workers", 0)
+    _norm_from_file(cfg)
     if cfg.solver.num_workers == "auto":
         from benchmark.config import auto_workers
 
         OmegaConf.update(cfg, "solver.num_workers", auto_workers(os.cpu_count() or 1,
                                                                  _concurrent_runs()))
     return resolved_config(cfg)
+
+
+def _norm_from_file(cfg: DictConfig) -> None:
+    """weights.path with a trainable-norm weights group (the default, scratch): a file trained
+    with BatchNorm (a zoo or ImageNet file, a fine-tune of one) keeps the trunk it was trained
+    with (frozen BN, the zoo config's FREEZE_AT, the solver's LR), not the random-init recipe."""
+    w = cfg.weights
+    if not w.get("path") or w.get("norm") in (None, "FrozenBN", "BN", "SyncBN"):
+        return
+    from benchmark.weights import trained_norm
+
+    if trained_norm(Path(str(w.path)).expanduser()) == "BN":
+        for key in ("norm", "freeze_at", "recipe"):
+            if key in w:
+                OmegaConf.update(cfg, f"weights.{key}", None)
 
 
 def _concurrent_runs() -> int:
@@ -258,7 +274,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> int:
     if res["status"] == "ok":
         if not cfg.keep_checkpoint:
             remove_checkpoints(run_dir / D2_DIR)
-        print(f"{run_dir}/result.json: ok")
+        from benchmark.logs import summary_line
+
+        print(summary_line(res), flush=True)
         return 0
     err = res["error"]
     print(f"{run_dir}/result.json: FAILED at {err['where']}: {err['type']}: {err['message']}",
@@ -334,6 +352,9 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
                            weights_file=weights_file, device=device, image_hw=train.image_hw)
     d2_dir.mkdir(parents=True, exist_ok=True)
     (d2_dir / "config.yaml").write_text(d2cfg.dump())
+    from benchmark.logs import route_logs
+
+    res["artifacts"]["log"] = f"{D2_DIR}/{route_logs(d2_dir).name}"  # detectron2's INFO chatter
     res["artifacts"].update(config_yaml=f"{D2_DIR}/config.yaml", tensorboard=D2_DIR,
                             metrics_log=METRICS_LOG)
 
@@ -347,11 +368,12 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
                                 "on a CPU, to test it; not a way to train faster")
         launch(_worker, cfg.num_gpus, device,
                args=(d2cfg, split, test.name, str(run_dir), bool(cfg.measure.flops), int(cfg.seed),
-                     infer_batch, None, res["identity"]["hash"]))
+                     infer_batch, None, res["identity"]["hash"], res["backbone"]))
         out = json.loads((run_dir / WORKER_OUT).read_text())
     else:
         out = _worker(d2cfg, split, test.name, str(run_dir), bool(cfg.measure.flops),
-                      int(cfg.seed), infer_batch, progress=progress, identity=res["identity"]["hash"])
+                      int(cfg.seed), infer_batch, progress=progress, identity=res["identity"]["hash"],
+                      label=res["backbone"])
 
     res["resumed_from_iter"] = out["start_iter"]
     if out["start_iter"]:
@@ -384,7 +406,8 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
 
 
 def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed: int,
-            infer_batch: int = 1, progress=None, identity: str | None = None) -> dict:
+            infer_batch: int = 1, progress=None, identity: str | None = None,
+            label: str | None = None) -> dict:
     """Train + predict + measure in this process (rank r of a launch, or the only one).
     ``split``: (dataset_dir, scheme, fold), to register the splits in spawned processes.
     Returns the facts run() records; under a multi-process launch rank 0 writes them to
@@ -408,13 +431,17 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
         # spawned processes start with empty catalogs: register the splits again
         for part in ("train", "test"):
             D.register_split(*split, part)
-    trained = run_training(d2cfg, progress, identity)
+    if comm.get_world_size() > 1:  # a spawned process: its logs go where the run's do
+        from benchmark.logs import route_logs
+
+        route_logs(run_dir / D2_DIR)
+    trained = run_training(d2cfg, progress, identity, label)
     if not comm.is_main_process():
         return {}
     model = trained["model"]
     progress.where = "inference"
     pred = predict(model, d2cfg, test_name, run_dir / PREDICTIONS, progress, batch_size=infer_batch)
-    notes: list[str] = []
+    notes: list[str] = list(trained.get("notes", []))
     progress.where = "measure"
     gflops, hw = None, None
     if flops:

@@ -247,3 +247,20 @@ def read_notes(output_dir: str | Path) -> list[str]:
     except (OSError, ValueError):
         return []
     return [str(n) for n in notes] if isinstance(notes, list) else []
+
+
+def trained_norm(path: str | Path) -> str | None:
+    """How the trunk in ``path`` was normalised: "BN" (BatchNorm statistics, or Caffe2's
+    ``*_bn_s`` blobs: zoo and ImageNet files, fine-tunes of them), "GN" (norm weights without
+    statistics: a run trained from scratch), None (no trunk norm found, or unreadable: the
+    load itself then says what is wrong)."""
+    try:
+        data = DetectionCheckpointer(torch.nn.Module())._load_file(str(path))
+        keys = list((data.get("model") or {}).keys())
+    except Exception:  # noqa: BLE001 - the real load reports it, with the file's name
+        return None
+    if any(k.endswith(("running_mean", "_bn_s")) for k in keys):
+        return "BN"
+    if any(k.endswith(".norm.weight") for k in keys):
+        return "GN"
+    return None

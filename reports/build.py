@@ -32,6 +32,7 @@ REPORT_KIND = "report"
 IGNORED_NAME = "ignored.csv"
 #: Every group against the best, per metric and class (reports.stats), and the per-case numbers.
 PAIRWISE_NAME = "pairwise.csv"
+LEAK_NAME = "leak.csv"
 PER_CASE_NAME = "per_case.csv"
 
 
@@ -123,18 +124,20 @@ def build_report(sweep_dir: Path, progress: bool = True) -> Path:
         atomic.write_text(tmp / "table3.md", tables.table3_markdown(t3, notes))
         atomic.write_text(tmp / PAIRWISE_NAME, comparison.pairwise.to_csv(index=False))
         atomic.write_text(tmp / PER_CASE_NAME, comparison.per_case.to_csv(index=False))
+        leak = stats.leak(df)
+        atomic.write_text(tmp / LEAK_NAME, leak.to_csv(index=False))
         atomic.write_text(tmp / IGNORED_NAME, pd.DataFrame(runs.ignored, columns=["path", "reason"])
                           .to_csv(index=False))
         for f in figs:
             if f.png is not None:
                 atomic.write_bytes(tmp / f.name, f.png)
         files = (["runs.csv", "per_class_ap.csv", "table3.csv", "table3.md", PAIRWISE_NAME, PER_CASE_NAME,
-                  IGNORED_NAME]
+                  LEAK_NAME, IGNORED_NAME]
                  + [f.name for f in figs if f.png is not None])
         html = render_html.render(sweep_dir=str(sweep_dir), df=df, t3=t3, winners=tables.winners(df, comparison),
                                   failed=tables.failed_runs(df), missing=tables.missing_runs(df, planned_missing),
                                   plots=figs, notes=notes, files=files,
-                                  planned=None if runs.plan is None else len(runs.plan))
+                                  planned=None if runs.plan is None else len(runs.plan), leak=leak)
         atomic.write_text(tmp / "report.html", html)
     return out / "report.html"
 
@@ -149,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give either a sweep dir or --latest <sweeps_root>")
     try:
         sweep = latest_sweep(args.latest) if args.latest else args.sweep_dir
-        print(build_report(sweep))
+        html = build_report(sweep)
+        print(tables.winners_text(tables.winners(read_sweep(Path(sweep)).df)))
+        print(html)
     except (FileNotFoundError, fsutil.NotOwned, fsutil.OutputBusy, PlanError) as e:
         print(f"reports.build: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from .plots import Plot
+from .stats import MIN_CASES
 from .schema import BACKBONES, CLASS_LABELS, CLASSES
 from .tables import (SEGM_AP, class_col, fmt, fmt_pm, group_label, iter_groups, load_paper, stats,
                      table3_display)
@@ -188,7 +189,7 @@ def _runs_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[dict[str, Any]],
            failed: pd.DataFrame, missing: list[dict[str, Any]], plots: list[Plot], notes: list[str],
-           files: list[str], planned: int | None = None) -> str:
+           files: list[str], planned: int | None = None, leak: pd.DataFrame | None = None) -> str:
     """The whole page as one string (``planned``: the number of runs in the sweep's plan,
     None without one: then the nine backbones are what is expected)."""
     paper = load_paper()
@@ -236,6 +237,22 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
                      f"<div class='val'>segm AP {escape(fmt_pm(w['AP'], w['std'], w['n']))}</div>"
                      f"<div class='more'>{more}</div></div>")
     parts.append("</div>")
+
+    if leak is not None and not leak.empty:
+        parts.append("<h2 id='leak'>The leak: slices of one patient in train and test</h2>")
+        parts.append("<p>The same backbone trained and tested on the same folds, split by patient "
+                     "(<code>patient_kfold</code>) and by slice (<code>slice_random</code>, the paper's likely, "
+                     "unstated protocol): a slice split puts neighbouring, nearly identical slices of one "
+                     "patient in train and test. Gap = slice_random − patient_kfold, per case (segm AP), "
+                     "with a 95% bootstrap interval and a paired Wilcoxon p-value (no interval under "
+                     f"{MIN_CASES} cases). A positive gap is score that a patient-level test does not "
+                     "confirm; it measures the leak on these data, not on any other dataset.</p>")
+        shown = leak.assign(**{"class": leak["class"].map(lambda c: CLASS_LABELS.get(c, "mean of classes")),
+                               "gap [95% CI]": [f"{fmt(g)} [{fmt(lo)}, {fmt(hi)}]" for g, lo, hi in
+                                                zip(leak["gap"], leak["ci_low"], leak["ci_high"])]})
+        shown = shown[["backbone", "class", "n_cases", "patient_kfold", "slice_random", "gap [95% CI]", "p"]]
+        parts.append(_table(shown.map(lambda v: fmt(v) if isinstance(v, float) else v), table_id="leak-table",
+                            num_cols=["n_cases", "patient_kfold", "slice_random", "gap [95% CI]", "p"]))
 
     disp = table3_display(t3)
     row_class = ["missing" if r == 0 else ("failed" if ok == 0 else "") for r, ok in zip(t3["n_runs"], t3["n_ok"])]

@@ -226,3 +226,45 @@ def rank_first_frequency(per_case: pd.DataFrame, metric: str = PRIMARY, n: int =
     top = np.isclose(means, means.max(axis=1, keepdims=True), rtol=0, atol=1e-9)
     share = (top / top.sum(axis=1, keepdims=True)).mean(axis=0)
     return pd.Series(share, index=list(mat.columns)), int(vals.shape[0])
+
+
+LEAK_COLUMNS = ["backbone", "class", "n_cases", "patient_kfold", "slice_random", "gap", "ci_low",
+                "ci_high", "p"]
+LEAK_SPLITS = ("patient_kfold", "slice_random")
+
+
+def leak(df: pd.DataFrame, metric: str = PRIMARY) -> pd.DataFrame:
+    """The leak of a slice-level split, measured: for every backbone (and schedule) with runs on
+    both ``patient_kfold`` and ``slice_random``, the per-case ``metric`` under each and their
+    paired gap (slice_random - patient_kfold) with a 95% bootstrap CI and a Wilcoxon p-value,
+    per class and for the mean over the classes. A case's value under slice_random is the mean
+    over the folds that tested its slices. Empty without such pairs."""
+    pc = per_case_table(df)
+    split_of: dict[str, tuple[Any, str]] = {}
+    for key, g in iter_groups(df):
+        splits = {s for s in g.get("dataset.split", pd.Series(dtype=object)) if isinstance(s, str)}
+        if len(splits) == 1 and (s := splits.pop()) in LEAK_SPLITS:
+            split_of[key["label"]] = ((key["backbone"], key.get("schedule")), s)
+    pairs: dict[Any, dict[str, str]] = {}
+    for label, (bb, s) in split_of.items():
+        pairs.setdefault(bb, {})[s] = label
+    rows = []
+    for (backbone, schedule), p in pairs.items():
+        if set(p) != set(LEAK_SPLITS) or pc.empty:
+            continue
+        for target in (*CLASSES, MEAN):
+            mat = case_matrix(pc, metric, target)
+            if not {p["patient_kfold"], p["slice_random"]} <= set(mat.columns):
+                continue
+            both = mat[[p["patient_kfold"], p["slice_random"]]].dropna()
+            r = {"backbone": f"{backbone} {schedule}" if schedule else str(backbone), "class": target,
+                 "n_cases": len(both), "patient_kfold": float(both.iloc[:, 0].mean()) if len(both) else math.nan,
+                 "slice_random": float(both.iloc[:, 1].mean()) if len(both) else math.nan,
+                 "gap": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan}
+            if len(both) >= MIN_CASES:
+                t = paired_test(both.iloc[:, 1].to_numpy(), both.iloc[:, 0].to_numpy())
+                r.update(gap=t["mean_diff"], ci_low=t["ci_low"], ci_high=t["ci_high"], p=t["p"])
+            elif len(both):
+                r["gap"] = r["slice_random"] - r["patient_kfold"]
+            rows.append(r)
+    return pd.DataFrame(rows, columns=LEAK_COLUMNS)

@@ -354,6 +354,16 @@ def winners(df: pd.DataFrame, comparison: Any = None) -> list[dict[str, Any]]:
     return out
 
 
+def winners_text(rows: list[dict[str, Any]]) -> str:
+    """The winner table for a terminal: per class, the leading group, its segm AP and what
+    the paired tests say of it (never a bare "winner")."""
+    lines = [f"{'class':<18} {'best (segm AP)':<34} paired test over cases"]
+    for w in rows:
+        lead = f"{w['winner']} ({fmt(w['AP'])})" if w["winner"] else "-"
+        lines.append(f"{w['what']:<18} {lead:<34} {w['verdict']}")
+    return "\n".join(lines)
+
+
 def failed_runs(df: pd.DataFrame) -> pd.DataFrame:
     """Runs whose status is not ok, with the one-line reason."""
     cols = ["backbone", "schedule", "dataset.fold", "seed", "status", "error_reason", "run_dir"]

@@ -160,3 +160,38 @@ def test_runs_without_per_case_results_say_so(tmp_path):
     df = collect.collect(tmp_path)
     w = {x["what"]: x for x in tables.winners(df)}
     assert w["infection"]["verdict"] == stats.NO_DATA and not w["infection"]["significant"]
+
+
+def test_leak_section_measures_the_slice_split_gap(tmp_path):
+    """R50-FPN on patient_kfold and slice_random over two folds: the gap is paired per case."""
+    synthetic.mark_sweep(tmp_path)
+    patient = {c: 40.0 + i for i, c in enumerate(CASES)}
+    sliced = {c: v + 15.0 + (i % 3) for i, (c, v) in enumerate(patient.items())}
+    i = 0
+    for scheme, values in (("patient_kfold", patient), ("slice_random", sliced)):
+        for fold in (0, 1):
+            r = synthetic.make_result("R50-FPN", fold=fold, cases=CASES)
+            r["dataset"]["split"] = r["config"]["split"]["name"] = scheme
+            r["config"]["split"]["scheme"] = scheme
+            r.pop("identity", None)
+            # each fold tests every case's slices once under slice_random; half the cases otherwise
+            mine = CASES if scheme == "slice_random" else CASES[fold::2]
+            synthetic.set_per_case(r, {c: {k: values[c] for k in CLASSES} for c in mine})
+            synthetic.write_run(tmp_path / f"run_{i:03d}", r, artifacts=False)
+            i += 1
+    df = collect.collect(tmp_path)
+    leak = stats.leak(df)
+    mean = leak[leak["class"] == stats.MEAN].iloc[0]
+    gaps = np.array([sliced[c] - patient[c] for c in CASES])
+    assert mean["n_cases"] == len(CASES) and mean["gap"] == pytest.approx(gaps.mean())
+    assert mean["p"] == pytest.approx(sps.wilcoxon(list(sliced.values()), list(patient.values())).pvalue)
+    assert mean["ci_low"] > 0  # every case gains: the interval excludes 0
+    html = (build.build_report(tmp_path)).read_text()
+    assert "id='leak'" in html and 'id="leak-table"' in html
+    assert (tmp_path / "report" / "leak.csv").read_text().count("\n") == 1 + len(CLASSES) + 1
+
+
+def test_no_leak_section_without_both_splits(tmp_path):
+    df = _write(tmp_path, {"R50-FPN": {0: _values(0, 1)}, "R101-FPN": {0: _values(0, 2)}})
+    assert stats.leak(df).empty
+    assert "id='leak'" not in build.build_report(tmp_path).read_text()

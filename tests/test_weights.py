@@ -497,3 +497,23 @@ def test_resumed_run_repeats_the_first_loads_notes(paper_run, tmp_path, monkeypa
     assert r["status"] == "ok" and r["resumed_from_iter"] == 2 and loaded == []
     notes = [n for n in r["notes"] if n.startswith("initial weights")]
     assert notes == [n for n in first["notes"] if n.startswith("initial weights")] and notes
+
+
+@pytest.mark.slow
+def test_weights_path_alone_fine_tunes_a_zoo_file(tiny_dataset, tmp_path):
+    """make train SOLVER=paper ARGS='weights.path=<zoo .pkl> ...': the default weights group is
+    scratch (GroupNorm), but a BatchNorm-trained file keeps the trunk it was trained with."""
+    write_zoo_pkl(tmp_path / "zoo.pkl")
+    run_dir = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "benchmark.train", "backbone=r50_fpn", "solver=paper",
+                        f"weights.path={tmp_path / 'zoo.pkl'}", "solver.max_iter=2", "solver.input_size=dataset",
+                        "measure.flops=false", f"dataset_dir={tiny_dataset}", f"hydra.run.dir={run_dir}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res["status"] == "ok" and res["weights"] == str(tmp_path / "zoo.pkl")
+    assert res["config"]["weights"]["norm"] is None and res["config"]["weights"]["recipe"] is None
+    assert res["solver"]["base_lr"] == 0.00025  # the paper's LR, not the scratch recipe's
+    assert any("roi_heads.box_predictor.cls_score" in n for n in res["notes"]), res["notes"]
+    d2 = (run_dir / "d2" / "config.yaml").read_text()
+    assert "NORM: FrozenBN" in d2 and "FREEZE_AT: 2" in d2

@@ -1,0 +1,84 @@
+"""What a run shows on the terminal, and what goes to its log file.
+
+The terminal gets one line per run: a progress bar of training iterations with the current
+loss, then the run's AP (``summary_line``); warnings and errors are printed in full.
+detectron2's (and fvcore's) INFO logs, config and model dumps go to ``<run dir>/d2/log.txt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+# loggers whose INFO output is detectron2's training chatter (config, model, every 20 iterations)
+CHATTY = ("detectron2", "d2", "fvcore", "iopath")
+LOG_NAME = "log.txt"
+
+
+def route_logs(log_dir: Path) -> Path:
+    """INFO and up of detectron2/fvcore into ``log_dir/log.txt``; WARNING and up also to stderr.
+    Idempotent (a second call in one process replaces the handlers). Returns the file."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / LOG_NAME
+    to_file = logging.FileHandler(path)
+    to_file.setLevel(logging.INFO)
+    to_file.setFormatter(logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s",
+                                           datefmt="%m/%d %H:%M:%S"))
+    to_err = logging.StreamHandler(sys.stderr)
+    to_err.setLevel(logging.WARNING)
+    to_err.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in CHATTY:
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+            h.close()
+        lg.addHandler(to_file)
+        lg.addHandler(to_err)
+        # INFO enabled: DefaultTrainer then does not call setup_logger (its stdout handler)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+    return path
+
+
+def progress_hook(label: str):
+    """A detectron2 hook drawing ``label``'s training progress as one tqdm line (iterations,
+    current total loss). Off where stderr is not a terminal (tqdm's own rule)."""
+    from detectron2.engine import HookBase
+    from tqdm import tqdm
+
+    class ProgressBar(HookBase):
+        def before_train(self) -> None:
+            self.bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter,
+                            desc=label, unit="it", disable=None, dynamic_ncols=True)
+
+        def after_step(self) -> None:
+            try:
+                loss = self.trainer.storage.history("total_loss").latest()
+                self.bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
+            except KeyError:
+                pass
+            self.bar.update(1)
+
+        def after_train(self) -> None:
+            self.bar.close()
+
+    return ProgressBar()
+
+
+def summary_line(res: dict) -> str:
+    """``R50-FPN  ok  segm AP  left 57.1  right 72.3  infection 0.0  (312 s)`` or the failure."""
+    name = res.get("backbone") or "run"
+    if res.get("status") != "ok":
+        err = res.get("error") or {}
+        return f"{name}  FAILED at {err.get('where')}: {err.get('type')}: {str(err.get('message'))[:200]}"
+    pc = ((res.get("metrics") or {}).get("segm") or {}).get("per_class") or {}
+
+    def ap(c: str) -> str:
+        v = (pc.get(c) or {}).get("AP")
+        return "n/a" if v is None else f"{v:.1f}"
+
+    wall = (res.get("timing") or {}).get("train_wall_s")
+    took = f"  ({wall:.0f} s training)" if isinstance(wall, (int, float)) else ""
+    return (f"{name}  ok  segm AP  left lung {ap('left_lung')}  right lung {ap('right_lung')}  "
+            f"infection {ap('infection')}{took}")
