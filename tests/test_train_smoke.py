@@ -37,7 +37,7 @@ def test_finished_run_is_not_redone(tiny_dataset, tmp_path, capsys):
 def test_diverging_run_records_failed(tiny_dataset, tmp_path):
     """Scratch training with the zoo's frozen BatchNorm diverges at once (DESIGN.md)."""
     cfg = compose([f"dataset_dir={tiny_dataset}", *SMOKE, "weights.norm=FrozenBN",
-                   "weights.freeze_at=2", "solver.base_lr=10.0"])
+                   "weights.freeze_at=2", "weights.recipe.base_lr=10.0", "weights.recipe.clip_gradients=null"])
     assert run(cfg, tmp_path) == 1
     r = read_result(tmp_path)
     assert validate(r) == []
