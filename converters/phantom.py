@@ -65,8 +65,8 @@ class PhantomSpec:
 PRESETS: dict[str, PhantomSpec] = {
     # tests: a few seconds end to end (5 cases -> 5 patient folds with one test case each)
     "tiny": PhantomSpec(n_cases=5, size=64, slices=14),
-    # make demo: nine smoke trainings on a 2-core CPU must stay short
-    "default": PhantomSpec(n_cases=6, size=128, slices=24),
+    # make demo: nine trainings on a 2-core CPU in ~20 minutes, 5 test cases in a 2-fold split
+    "default": PhantomSpec(n_cases=10, size=96, slices=16, blobs=(4, 8)),
 }
 
 
