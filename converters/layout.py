@@ -1,6 +1,6 @@
 """Find the cases in a raw folder: detect the layout, pair each image with its masks.
 
-Two layouts of the public release exist (see ``shared/data/covid19_ct_seg.json``):
+Two layouts of the public release exist (see ``converters/covid19_ct_seg.json``):
 
 * Zenodo: ``COVID-19-CT-Seg_20cases/<id>.nii.gz`` plus ``Lung_and_Infection_Mask/<id>.nii.gz``
   (labels 1 left lung, 2 right lung, 3 infection) or ``Lung_Mask/`` (1, 2) +

@@ -1,6 +1,5 @@
 """Facts about the public COVID-19-CT-Seg release that the converter needs at run time, read
-from the packaged ``converters/covid19_ct_seg.json`` (a copy of the project's dataset facts,
-``shared/data/covid19_ct_seg.json``; ``tests/test_convert_splits.py`` checks the two agree).
+from the packaged ``converters/covid19_ct_seg.json`` (the dataset's published facts).
 
 Official folds: Ma et al. 2021, COVID-19-CT-Seg-Benchmark, Task 1, 80/20 patient-level 5-fold.
 """

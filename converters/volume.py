@@ -26,7 +26,7 @@ from nibabel.orientations import aff2axcodes, apply_orientation, inv_ornt_aff, i
 from .errors import ConversionError
 
 # The Radiopaedia cases of the release are already windowed to this lung window and
-# rescaled to 0..255 (shared/data/covid19_ct_seg.json, "intensity").
+# rescaled to 0..255 (converters/covid19_ct_seg.json, "intensity").
 PREWINDOW_HU = (-1250.0, 250.0)
 ORIENTATION = {
     "canonical": "RAS+ (nibabel as_closest_canonical): i -> patient right, j -> anterior, "

@@ -1,4 +1,4 @@
-"""The GPU check (issue 5): per-backbone speed and memory next to detectron2's zoo, and how
+"""The GPU check: per-backbone speed and memory next to detectron2's zoo, and how
 many runs one GPU should hold at once. Run it through ``perf/gpu_check.sh`` (which installs
 what the GPU machine lacks from ``.whl/``), or directly::
 
@@ -16,7 +16,7 @@ what the GPU machine lacks from ``.whl/``), or directly::
    best packing, writes ``gpu_check.md`` + ``gpu_check.json`` into ``--out`` and prints the
    Markdown.
 
-A time budget (``--budget-s``; 420 s on a GPU, under the issue's 8 minutes with set-up) is
+A time budget (``--budget-s``; 420 s on a GPU, under 8 minutes with set-up) is
 split between the two parts; what would overrun it is skipped and listed, never cut short
 silently. Exit status: 0, or 1 if any measurement failed.
 """
@@ -77,8 +77,8 @@ class Plan:
     infer_batch: int = 8  # images per inference pass (the harness's infer_batch_size=auto on CUDA)
 
 
-# An H200 slot: ~10 s to install wheels and import, then 420 s of measurements: the whole
-# script stays under the issue's 8 minutes.
+# On an H200: ~10 s to install wheels and import, then 420 s of measurements: the whole
+# script stays under 8 minutes.
 GPU_PLAN = Plan(size=512, n_cases=3, slices=10, solver="paper", backbones=list(R.GRID9),
                 warmup=3, iters=12, window_s=6.0, levels=[1, 2, 4, 8], pack_warmup=3,
                 pack_window_s=15.0, budget_s=420.0)
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (REPO / ("work/gpu_check_dry" if args.dry_run else "perf/gpu"))
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock(plan.budget_s)
-    # a hang (a stuck DataLoader worker, a wedged CUDA call) must not eat the slot silently:
+    # a hang (a stuck DataLoader worker, a wedged CUDA call) must not eat the time budget silently:
     # print every thread's stack and exit well before the device tool's own limit
     faulthandler.dump_traceback_later(plan.budget_s + 90, exit=True)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue 5), for a single-GPU machine without internet (perf/GPU.md):
+# The GPU check, for a single-GPU machine without internet (perf/GPU.md):
 #   bash perf/gpu_check.sh [--dry-run] [--out DIR] [other perf/gpu_check.py options]
 # 1. installs what the machine lacks from the wheels in .whl/ (filled by perf/wheels.sh where
 #    pip reaches PyPI; carried along with the working tree) into /tmp/lungbench-site;

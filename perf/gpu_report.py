@@ -1,6 +1,6 @@
 """The GPU check's arithmetic and its table: pure functions, no torch, no detectron2.
 
-``perf/gpu_check.py`` measures; this module turns the measurements into the figures the issue
+``perf/gpu_check.py`` measures; this module turns the measurements into the figures the GPU check
 asks for and renders them:
 
 * ``zoo_figures``: detectron2's model-zoo row for a backbone, scaled to our images per GPU.
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 ZOO_JSON = Path(__file__).with_name("zoo.json")
-TARGET_MIN = 45.0  # issue 5: grid9 on one H200 in under 45 minutes
+TARGET_MIN = 45.0  # the goal: grid9 on one large GPU in under 45 minutes
 GRID9 = ["r50_c4", "r50_dc5", "r50_fpn", "r101_c4", "r101_dc5", "r101_fpn",
          "x101_c4", "x101_dc5", "x101_fpn"]
 
@@ -39,7 +39,7 @@ def display_name(key: str) -> str:
 
 
 def load_zoo(path: str | Path = ZOO_JSON) -> dict:
-    """perf/zoo.json (a copy of shared/data/detectron2_zoo.json's speed columns)."""
+    """perf/zoo.json (the speed columns of detectron2's published model-zoo table)."""
     return json.loads(Path(path).read_text())
 
 

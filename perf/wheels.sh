@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fill .whl/ with the wheels the GPU machine lacks (Python 3.12, x86_64, no internet), for
 # perf/gpu_check.sh to install there. Run it here, where pip reaches PyPI:
-#   bash perf/wheels.sh            # then carry .whl in the device call (perf/GPU.md)
+#   bash perf/wheels.sh            # then copy .whl to the GPU machine with the checkout (perf/GPU.md)
 # - detectron2: the pure-Python wheel `make setup` builds (benchmark/build_detectron2.py, cached
 #   in ~/.cache/lungbench/wheels; built now if missing);
 # - the rest at the versions installed in .venv (what the tests run against): binary wheels
@@ -58,6 +58,6 @@ done
 size_kb=$(du -sk "$DEST" | cut -f1)
 echo "wheels: $(ls "$DEST"/*.whl | wc -l) wheels in $DEST, $((size_kb / 1024)) MiB ($size_kb KiB); they install for CPython 3.12 manylinux x86_64"
 if [ "$size_kb" -gt $((MAX_MB * 1024)) ]; then
-  echo "wheels: $DEST is over $MAX_MB MiB: the device call carries 64 MiB in all" >&2
+  echo "wheels: $DEST is over $MAX_MB MiB, the size budget for copying them along" >&2
   exit 1
 fi
