@@ -267,7 +267,7 @@ def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
     model.eval()
     t_all = time.perf_counter()
     try:
-        with torch.no_grad(), tqdm(total=len(loader), desc="inference", unit="img", leave=False) as bar:
+        with torch.no_grad(), tqdm(total=len(loader), desc="inference", unit="img", leave=False, disable=None) as bar:
             for inputs in _same_size_batches(loader, batch_size):
                 progress.where = f"inference image {bar.n}"
                 t0 = time.perf_counter()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConversionError
+from .fsutil import LOCK_TAG, MARKER
 
 # lower-cased folder name -> role
 ROLE_DIRS = {
@@ -148,6 +149,8 @@ def discover(root: str | Path, layout: str = "auto") -> Discovery:
             dirnames[:] = []
             continue
         for fn in sorted(filenames):
+            if fn == MARKER or fn.endswith(LOCK_TAG):  # lungbench's own bookkeeping
+                continue
             reason = "outside the image/mask folders"
             if fn.lower() == "metadata.csv":
                 reason = "Kaggle index file; cases are paired by file name instead"

@@ -5,6 +5,8 @@
 #    pip reaches PyPI; carried along with the working tree) into /tmp/lungbench-site;
 # 2. runs python -m perf.gpu_check: phantom 512x512 -> per-backbone fp32/AMP speed, inference,
 #    memory next to the zoo; 1/2/4/8 runs at once; grid9 extrapolation -> DIR/gpu_check.{md,json}.
+# Where CUDA is visible, the whole test suite runs first (the suite must pass on a GPU machine
+# too; --skip-tests leaves it out), and a failing suite stops the check.
 # --dry-run: the same code path at toy sizes on the CPU (CI). Python: $PYTHON, else .venv's,
 # else python3 (the GPU image's, which holds torch).
 set -euo pipefail
@@ -31,4 +33,17 @@ if ! missing=$("$PY" -m perf.gpu_env missing); then
 fi
 # what a "bus error" (DataLoader shared memory) or "too many open files" would need to explain
 echo "gpu_check: /dev/shm $(df -h /dev/shm 2>/dev/null | awk 'NR==2 {print $2 " total, " $4 " free"}'); ulimit -n $(ulimit -n)"
-exec "$PY" -m perf.gpu_check "$@"
+args=()
+run_tests=1
+for a in "$@"; do
+  case "$a" in
+    --skip-tests) run_tests=0 ;;
+    --dry-run) run_tests=0; args+=("$a") ;;
+    *) args+=("$a") ;;
+  esac
+done
+if [ "$run_tests" = 1 ] && "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  echo "gpu_check: the test suite on this CUDA machine first"
+  "$PY" -m pytest -q -p no:cacheprovider || { echo "gpu_check: the test suite failed on CUDA" >&2; exit 4; }
+fi
+exec "$PY" -m perf.gpu_check "${args[@]}"
