@@ -41,27 +41,43 @@ def route_logs(log_dir: Path) -> Path:
     return path
 
 
-def progress_hook(label: str):
-    """A detectron2 hook drawing ``label``'s training progress as one tqdm line (iterations,
-    current total loss). Off where stderr is not a terminal (tqdm's own rule)."""
+def progress_text(label: str, done: int, total: int, loss: float | None, width: int = 24) -> str:
+    """``R50-FPN  [#########---------------]  120/300  loss 1.234``: one run's training line."""
+    filled = int(width * done / total) if total else width
+    tail = f"  loss {loss:.3f}" if loss is not None else ""
+    return f"{label}  [{'#' * filled}{'-' * (width - filled)}]  {done}/{total}{tail}"
+
+
+def progress_hook(label: str, stream=None):
+    """A detectron2 hook drawing ``label``'s training progress as one line that redraws in place
+    (iterations done, current total loss); drawn only where ``stream`` (stderr) is a terminal."""
     from detectron2.engine import HookBase
-    from tqdm import tqdm
+
+    out = stream or sys.stderr
 
     class ProgressBar(HookBase):
         def before_train(self) -> None:
-            self.bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter,
-                            desc=label, unit="it", disable=None, dynamic_ncols=True)
+            self.on = bool(getattr(out, "isatty", lambda: False)())
+            self.done = self.trainer.start_iter
+            self._draw(None)
 
         def after_step(self) -> None:
+            self.done += 1
             try:
                 loss = self.trainer.storage.history("total_loss").latest()
-                self.bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
             except KeyError:
-                pass
-            self.bar.update(1)
+                loss = None
+            self._draw(loss)
 
         def after_train(self) -> None:
-            self.bar.close()
+            if self.on:
+                out.write("\n")
+                out.flush()
+
+        def _draw(self, loss) -> None:
+            if self.on:
+                out.write("\r" + progress_text(label, self.done, self.trainer.max_iter, loss))
+                out.flush()
 
     return ProgressBar()
 

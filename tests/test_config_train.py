@@ -128,9 +128,15 @@ def test_solver_presets(monkeypatch):
         monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
         assert d2cfg("solver=paper").DATALOADER.NUM_WORKERS == workers, cores
     monkeypatch.undo()
-    p = d2cfg("solver=paper")
+    p = d2cfg("solver=paper", "weights=zoo")  # the paper's protocol
     assert (p.SOLVER.IMS_PER_BATCH, p.SOLVER.BASE_LR, p.SOLVER.MAX_ITER) == (2, 0.00025, 5000)
-    assert p.SOLVER.WARMUP_ITERS == 1000
+    assert p.SOLVER.WARMUP_ITERS == 1000 and not p.SOLVER.CLIP_GRADIENTS.ENABLED
+    # from scratch, every solver takes the scratch recipe (conf/weights/scratch.yaml)
+    r = d2cfg("solver=paper", "weights=scratch")
+    assert (r.SOLVER.BASE_LR, r.SOLVER.WARMUP_ITERS, r.SOLVER.MAX_ITER) == (0.005, 50, 5000)
+    assert r.SOLVER.CLIP_GRADIENTS.ENABLED and r.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "norm"
+    assert r.SOLVER.CLIP_GRADIENTS.CLIP_VALUE == 5.0
+    assert d2cfg("solver=smoke").SOLVER.WARMUP_ITERS == 5  # a quarter of its 20 iterations
     assert not p.SOLVER.AMP.ENABLED and not p.CUDNN_BENCHMARK  # amp auto on the CPU: off; cudnn off
     assert p.INPUT.MIN_SIZE_TEST == 800 and p.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 512
     s = d2cfg("solver=smoke", image_hw=(64, 64))

@@ -407,7 +407,10 @@ def test_latest_and_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "reports.build", "--latest", str(root)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str((root / "new" / "report" / "report.html").resolve())
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == str((root / "new" / "report" / "report.html").resolve())  # last: the path
+    assert lines[0].startswith("class") and lines[2].startswith("right lung  ")  # the winner table
+    assert "R50-C4 3x (65.22)" in lines[2] and "no test possible" in lines[2]
     assert (root / "new" / "report" / "table3.csv").is_file()
     with pytest.raises(FileNotFoundError, match="no sweep dir"):
         collect.latest_sweep(tmp_path / "sweeps" / "new" / "report")

@@ -54,7 +54,14 @@ def test_sweep_terminal_is_one_line_per_run_and_logs_go_to_the_run(tiny_dataset,
     log = (sweep / "R50-FPN" / "d2" / "log.txt").read_text()
     assert "GeneralizedRCNN(" in log and "Starting training from iteration 0" in log
     # one progress line for the run (iterations with the loss), then its AP, then the summary
-    assert "R50-FPN" in err_text and "3/3" in err_text and "loss " in err_text
+    assert "R50-FPN  [" in err_text and "]  3/3  loss " in err_text
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert any(ln.startswith("R50-FPN  ok  segm AP  left lung ") for ln in lines), out
     assert lines[-1] == "1 run: 1 ok"
+
+
+def test_progress_text():
+    from benchmark.logs import progress_text
+
+    assert progress_text("R50-FPN", 120, 300, 1.23456, width=10) == "R50-FPN  [####------]  120/300  loss 1.235"
+    assert progress_text("R50-C4", 0, 60, None, width=4) == "R50-C4  [----]  0/60"
