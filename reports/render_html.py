@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from .plots import Plot
-from .stats import MIN_CASES
+from .stats import MIN_CASES, TIED_ZERO
 from .schema import BACKBONES, CLASS_LABELS, CLASSES
 from .tables import (SEGM_AP, class_col, fmt, fmt_pm, group_label, iter_groups, load_paper, stats,
                      table3_display)
@@ -226,6 +226,11 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
             parts.append(f"<div class='card' style='--c:{color}'><div class='what'>{escape(w['what'])}</div>"
                          "<div class='who'>-</div><div class='val'>no successful run</div></div>")
             continue
+        if w.get("verdict") == TIED_ZERO:  # nothing learnt this class: no name to show
+            parts.append(f"<div class='card' style='--c:{color}'><div class='what'>{escape(w['what'])}</div>"
+                         f"<div class='who'>-</div><div class='val'>segm AP 0.00 for every group</div>"
+                         f"<div class='more'>{escape(TIED_ZERO)}</div></div>")
+            continue
         verdict = w.get("verdict")
         if verdict:
             lead = "" if w.get("significant") else "highest mean, not a winner: "
@@ -259,7 +264,7 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
     best = {}
     for col, raw in (("Ours: infection AP (segm)", "infection_AP"), ("Ours: mean segm AP (3 classes)", "mean_AP")):
         v = pd.to_numeric(t3[raw], errors="coerce")
-        if v.notna().any():
+        if v.notna().any() and v.max() > 0:  # no "best" among zeros
             best[col] = int(v.idxmax())
     parts.append("<h2>Table 3: ours beside the paper</h2>")
     parts.append(_table(disp, table_id="table3", row_class=row_class, best=best,

@@ -359,7 +359,8 @@ def winners_text(rows: list[dict[str, Any]]) -> str:
     the paired tests say of it (never a bare "winner")."""
     lines = [f"{'class':<18} {'best (segm AP)':<34} paired test over cases"]
     for w in rows:
-        lead = f"{w['winner']} ({fmt(w['AP'])})" if w["winner"] else "-"
+        zero = str(w.get("verdict", "")).startswith("tied at 0.00")
+        lead = f"{w['winner']} ({fmt(w['AP'])})" if w["winner"] and not zero else "-"
         lines.append(f"{w['what']:<18} {lead:<34} {w['verdict']}")
     return "\n".join(lines)
 

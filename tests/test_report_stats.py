@@ -78,6 +78,13 @@ def test_a_tie_at_zero_has_no_winner(tmp_path):
     df = _write(tmp_path, {"R50-FPN": {0: zero, 1: zero}, "R101-FPN": {0: zero, 1: zero}})
     v = stats.compare(df).verdict("infection")
     assert v["verdict"] == stats.TIED_ZERO and v["winner"] is None
+    # the report names nobody: no card, no terminal line, no Table 3 highlight for a 0.00 "best"
+    html = build.build_report(tmp_path).read_text()
+    card = html.split("Best per class")[1].split("<h2")[0]
+    assert "R50-FPN" not in card and "R101-FPN" not in card and "segm AP 0.00 for every group" in card
+    text = tables.winners_text(tables.winners(df))
+    assert "R50-FPN" not in text and "R101-FPN" not in text and text.count("tied at 0.00") == 4
+    assert "best" not in html.split('id="table3"')[1].split("</table>")[0]
 
 
 def test_fewer_than_5_cases_is_no_test(tmp_path):
