@@ -257,11 +257,17 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> int:
         interrupted = e
         res.update(status="failed", error=R.error_info(e, progress.where))
     except Exception as e:  # noqa: BLE001 - every failure is a result
-        if isinstance(e, _expected_errors()):  # a clear message says it all
+        if (stop := _interrupt_behind(e)) is not None:
+            # Ctrl-C / SIGTERM, then a hook failed while detectron2 cleaned up (after_train runs
+            # in a finally): the interrupt is what happened
+            interrupted = stop
+            res.update(status="failed", error=R.error_info(stop, progress.where))
+        elif isinstance(e, _expected_errors()):  # a clear message says it all
             log.error("run failed at %s: %s", progress.where, e)
         else:
             log.exception("run failed at %s", progress.where)
-        res.update(status="failed", error=R.error_info(e, progress.where))
+        if stop is None:
+            res.update(status="failed", error=R.error_info(e, progress.where))
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
@@ -284,6 +290,17 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> int:
     if interrupted is not None:
         raise interrupted
     return 1
+
+
+def _interrupt_behind(e: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or Terminated that ``e`` was raised while handling, if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (KeyboardInterrupt, Terminated)):
+            return e
+        e = e.__context__
+    return None
 
 
 def _expected_errors() -> tuple[type, ...]:

@@ -93,3 +93,21 @@ def test_sigterm_then_sigkill_then_resume(tiny_dataset, tmp_path):
     # the training log covers every iteration once the runs are put together
     iters = {json.loads(line)["iteration"] for line in (run_dir / "d2" / "metrics.json").open()}
     assert max(iters) == 9
+
+
+def test_an_interrupt_is_not_masked_by_a_cleanup_failure():
+    """SIGTERM early in training, then detectron2's after_train hooks (run in a finally) fail
+    on the half-filled event storage: the run records the interrupt, not the hook's error."""
+    from benchmark.run import Terminated, _interrupt_behind
+
+    def train():
+        try:
+            raise Terminated("signal SIGTERM received")
+        finally:
+            1 / 0  # what a timer hook did with zero timed iterations
+
+    with pytest.raises(ZeroDivisionError) as info:
+        train()
+    stop = _interrupt_behind(info.value)
+    assert isinstance(stop, Terminated) and "SIGTERM" in str(stop)
+    assert _interrupt_behind(ValueError("plain failure")) is None
