@@ -98,7 +98,7 @@ def make_plots(df: pd.DataFrame, sweep_dir: Path, progress: bool = True,
     return out
 
 
-def build_report(sweep_dir: Path, progress: bool = True) -> Path:
+def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | None = None) -> Path:
     """Write runs.csv, per_class_ap.csv, table3.csv/.md, pairwise.csv, per_case.csv, ignored.csv,
     the PNGs and report.html into ``<sweep_dir>/report/``; returns the path of report.html.
 
@@ -134,7 +134,10 @@ def build_report(sweep_dir: Path, progress: bool = True) -> Path:
         files = (["runs.csv", "per_class_ap.csv", "table3.csv", "table3.md", PAIRWISE_NAME, PER_CASE_NAME,
                   LEAK_NAME, IGNORED_NAME]
                  + [f.name for f in figs if f.png is not None])
-        html = render_html.render(sweep_dir=str(sweep_dir), df=df, t3=t3, winners=tables.winners(df, comparison),
+        winners = tables.winners(df, comparison)
+        if winners_out is not None:  # the CLI prints them: no second read and test of the runs
+            winners_out.extend(winners)
+        html = render_html.render(sweep_dir=str(sweep_dir), df=df, t3=t3, winners=winners,
                                   failed=tables.failed_runs(df), missing=tables.missing_runs(df, planned_missing),
                                   plots=figs, notes=notes, files=files,
                                   planned=None if runs.plan is None else len(runs.plan), leak=leak)
@@ -152,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give either a sweep dir or --latest <sweeps_root>")
     try:
         sweep = latest_sweep(args.latest) if args.latest else args.sweep_dir
-        html = build_report(sweep)
-        print(tables.winners_text(tables.winners(read_sweep(Path(sweep)).df)))
+        winners: list = []
+        html = build_report(sweep, winners_out=winners)
+        print(tables.winners_text(winners))
         print(html)
     except (FileNotFoundError, fsutil.NotOwned, fsutil.OutputBusy, PlanError) as e:
         print(f"reports.build: {e}", file=sys.stderr)
