@@ -17,9 +17,12 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
+from converters.catalog import CLASS_NAMES
+
 DETECTRON2_PREFIX = "detectron2://"
 DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
-CLASSES = ("left_lung", "right_lung", "infection")
+#: Class names in category-id order (converters.catalog); detectron2's contiguous ids 0, 1, 2.
+CLASSES = CLASS_NAMES
 
 
 class ConfigError(ValueError):

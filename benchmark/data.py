@@ -1,7 +1,11 @@
 """The converted dataset inside detectron2: split registration and the training mapper.
 
-Splits are ``<dataset_dir>/annotations/<scheme>_f<fold>_<part>.json`` (COCO, RLE masks,
-images under ``<dataset_dir>/images``). Category ids 1 left_lung, 2 right_lung, 3 infection
+A converted dataset is read through its manifest, ``<dataset_dir>/dataset.json``
+(converters.convert): a split's annotation file (COCO, RLE masks, images under
+``<dataset_dir>/images``) is the one its ``annotation_files`` lists, and the manifest is
+checked first (``read_manifest``, ``split_file``), so a dataset that is not what the
+converter wrote fails with the file, the problem and the command that rebuilds it.
+Category ids 1 left_lung, 2 right_lung, 3 infection
 (the patient's sides); detectron2 sees them as contiguous ids 0, 1, 2 in that order.
 """
 
@@ -21,12 +25,10 @@ from detectron2.data.detection_utils import read_image
 from detectron2.data.transforms import HFlipTransform
 
 from benchmark.config import CLASSES
+from converters.catalog import LUNG_CLASSES, NAME_BY_ID
 
-PARTS = ("train", "test")
-
-
-class DatasetError(ValueError):
-    """The converted dataset is missing a file or does not hold what a run needs."""
+from benchmark.manifest import (MANIFEST, MANIFEST_SCHEMAS, PARTS, DatasetError,  # noqa: F401
+                                _check_members, _read_coco, _rebuild, read_manifest, split_file)
 
 
 @dataclass(frozen=True)
@@ -39,38 +41,6 @@ class Split:
     n_images: int
     image_hw: tuple[int, int] | None  # the most common (height, width), pixels
     mixed_sizes: bool
-
-
-def annotation_path(dataset_dir: str | Path, scheme: str, fold: int, part: str) -> Path:
-    """``<dataset_dir>/annotations/<scheme>_f<fold>_<part>.json``."""
-    if part not in PARTS:
-        raise ValueError(f"part {part!r} not in {PARTS}")
-    return Path(dataset_dir) / "annotations" / f"{scheme}_f{int(fold)}_{part}.json"
-
-
-def _read_coco(json_file: Path) -> dict:
-    if not json_file.is_file():
-        scheme = json_file.name.rsplit("_f", 1)[0]
-        folds = sorted(p.name.removeprefix(f"{scheme}_f").split("_")[0]
-                       for p in json_file.parent.glob(f"{scheme}_f*_train.json"))
-        hint = (f"folds of {scheme} here: {', '.join(folds)}" if folds else
-                f"no {scheme} split in {json_file.parent} (a converted dataset? "
-                "python -m converters.convert)")
-        raise DatasetError(f"{json_file}: no such annotation file; {hint}")
-    try:
-        coco = json.loads(json_file.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{json_file}: not valid JSON ({e})") from e
-    for key in ("images", "annotations", "categories"):
-        if key not in coco:
-            raise DatasetError(f"{json_file}: not COCO instances JSON (no {key!r})")
-    cats = {c["id"]: c["name"] for c in coco["categories"]}
-    want = {i + 1: n for i, n in enumerate(CLASSES)}
-    if cats != want:
-        raise DatasetError(f"{json_file}: categories {cats} differ from the contract {want}")
-    if not coco["images"]:
-        raise DatasetError(f"{json_file}: holds no images")
-    return coco
 
 
 def load_split(json_file: str | Path, image_root: str | Path, name: str | None = None) -> list[dict]:
@@ -89,10 +59,19 @@ def load_split(json_file: str | Path, image_root: str | Path, name: str | None =
 def register_split(dataset_dir: str | Path, scheme: str, fold: int, part: str) -> Split:
     """Register one split with DatasetCatalog/MetadataCatalog (idempotent: a second call with
     the same file reuses the registration). The name carries a hash of the file's absolute
-    path, so two datasets never share a registration."""
+    path, so two datasets never share a registration.
+
+    The file is the one dataset.json lists for the split, and both are checked first
+    (read_manifest, split_file, its image count): DatasetError names the file, the problem
+    and what to re-run."""
     dataset_dir = Path(dataset_dir).resolve()
-    json_file = annotation_path(dataset_dir, scheme, fold, part)
-    coco = _read_coco(json_file)
+    manifest = read_manifest(dataset_dir)
+    json_file = split_file(dataset_dir, scheme, fold, part, manifest)
+    try:
+        coco = _read_coco(json_file)
+    except DatasetError as e:  # unreadable, not COCO, other categories, no images
+        raise DatasetError(f"{e}; {_rebuild(dataset_dir, manifest)}") from e
+    _check_members(json_file, coco, manifest, scheme, fold, part, dataset_dir)
     image_root = dataset_dir / "images"
     tag = hashlib.sha1(str(json_file).encode()).hexdigest()[:8]
     name = f"lungbench_{scheme}_f{int(fold)}_{part}_{tag}"
@@ -105,13 +84,13 @@ def register_split(dataset_dir: str | Path, scheme: str, fold: int, part: str) -
         MetadataCatalog.get(name).set(
             json_file=str(json_file), image_root=str(image_root), evaluator_type="coco",
             thing_classes=list(CLASSES),
-            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(CLASSES))},
+            thing_dataset_id_to_contiguous_id={cid: i for i, cid in enumerate(NAME_BY_ID)},
         )
     return split
 
 
 def _lung_swap(thing_classes) -> dict[int, int]:
-    left, right = thing_classes.index("left_lung"), thing_classes.index("right_lung")
+    left, right = (thing_classes.index(name) for name in LUNG_CLASSES)
     return {left: right, right: left}
 
 

@@ -1,14 +1,25 @@
-"""Hydra callbacks of the train app (conf/train.yaml ``hydra.callbacks``).
+"""Hydra glue of the train app: its callbacks (conf/train.yaml ``hydra.callbacks``) and the
+launcher configs behind ``hydra/launcher=joblib|submitit_local|submitit_slurm``.
 
 ``OwnedOutputs`` checks the output folder before Hydra writes anything into it (its
 ``.hydra/`` and log file come before the task function runs): a run folder or sweep folder
 must be new, empty, or one lungbench made (fsutil's owner marker); it is then marked. A
 folder of the user's is refused with exit 2 and left as it was.
+
+``register_launchers`` makes the launcher plugins' own names carry lungbench's settings
+(``conf/hydra/launcher/lungbench_<name>.yaml``). Those files cannot have the plugins' names:
+Hydra checks a config file against the ConfigStore entry of the same name (the plugin's
+schema) by "automatic schema matching", deprecated since Hydra 1.1 and announced for removal.
+Nor can a defaults list pick them by the launcher choice: the primary config's defaults list
+is expanded before Hydra's own, so ``${hydra/launcher}`` is unknown there. So the plugin's
+ConfigStore entry is replaced by itself merged with lungbench's settings: a structured config,
+which Hydra loads without any schema matching.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -16,6 +27,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from converters.fsutil import NotOwned, claim
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+LAUNCHER_PREFIX = "lungbench_"
 
 
 def _claim_or_exit(folder: str, kind: str, what: str) -> None:
@@ -34,3 +48,36 @@ class OwnedOutputs(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
         _claim_or_exit(str(config.hydra.sweep.dir), "sweep", "SWEEP_DIR (hydra.sweep.dir)")
+
+
+def register_launchers(conf_dir: str | Path = CONF_DIR) -> list[str]:
+    """Store ``hydra/launcher/<name>`` in Hydra's ConfigStore as the plugin's own config merged
+    with ``<conf_dir>/hydra/launcher/lungbench_<name>.yaml`` (for every such file whose plugin
+    is installed); returns the names. Idempotent. Call it before Hydra composes a config:
+    benchmark.sweep does; joblib and submitit workers receive the ConfigStore from the sweep.
+
+    Each file's defaults list must be ``[<name>, _self_]``: the same file then also works as
+    ``hydra/launcher=lungbench_<name>`` through Hydra alone."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+    from omegaconf import OmegaConf
+
+    # A plugin stores its config when Hydra first scans the plugins; scanning now means that
+    # store comes before ours (a later scan in this process does not happen).
+    Plugins.instance()
+    store = ConfigStore.instance()
+    installed = set(store.list("hydra/launcher"))
+    done = []
+    for path in sorted(Path(conf_dir, "hydra", "launcher").glob(f"{LAUNCHER_PREFIX}*.yaml")):
+        name = path.stem.removeprefix(LAUNCHER_PREFIX)
+        if f"{name}.yaml" not in installed:  # that launcher plugin is not installed
+            continue
+        settings = OmegaConf.load(path)
+        defaults = OmegaConf.to_container(settings.pop("defaults", None) or [])
+        if defaults != [name, "_self_"]:
+            raise ValueError(f"{path}: its defaults list must be [{name}, _self_], not {defaults}")
+        plugin = store.load(f"hydra/launcher/{name}.yaml")
+        store.store(name=name, group="hydra/launcher", package=plugin.package, provider="lungbench",
+                    node=OmegaConf.merge(plugin.node, settings))
+        done.append(name)
+    return done

@@ -63,14 +63,16 @@ def dataset_fingerprint(dataset_dir: str | Path, scheme: str, fold: int) -> dict
     """What the run's data are: the converted dataset's config hash and the sha256 of the
     split's train and test annotation files (None when the dataset cannot be read: the run
     then fails at its dataset check with the reason)."""
+    from benchmark.manifest import read_manifest, split_file
+
     d = Path(dataset_dir)
     try:
-        manifest = json.loads((d / "dataset.json").read_text())
+        manifest = read_manifest(d)
         out = {"config_hash": manifest.get("config_hash")}
         for part in ("train", "test"):
-            f = d / "annotations" / f"{scheme}_f{int(fold)}_{part}.json"
+            f = split_file(d, scheme, int(fold), part, manifest)  # the file the manifest lists
             out[f"{part}_sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError):  # DatasetError is a ValueError
         return None
     return out
 

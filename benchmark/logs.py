@@ -48,12 +48,25 @@ def progress_text(label: str, done: int, total: int, loss: float | None, width: 
     return f"{label}  [{'#' * filled}{'-' * (width - filled)}]  {done}/{total}{tail}"
 
 
+# Runs of one sweep that share this process's terminal (the joblib launcher runs several at
+# once): one line redrawn in place by each would overwrite the others'.
+_shared = {"runs": 1}
+
+
+def share_terminal(runs: int) -> None:
+    """Declare how many runs draw on this terminal at once (1: this one alone)."""
+    _shared["runs"] = max(1, int(runs))
+
+
 def progress_hook(label: str, stream=None):
     """A detectron2 hook drawing ``label``'s training progress as one line that redraws in place
-    (iterations done, current total loss); drawn only where ``stream`` (stderr) is a terminal."""
+    (iterations done, current total loss); drawn only where ``stream`` (stderr) is a terminal.
+    Where other runs share the terminal (``share_terminal``), it prints a whole line at each
+    quarter of the iterations instead, so the runs' lines do not overwrite each other."""
     from detectron2.engine import HookBase
 
     out = stream or sys.stderr
+    in_place = _shared["runs"] == 1
 
     class ProgressBar(HookBase):
         def before_train(self) -> None:
@@ -70,20 +83,30 @@ def progress_hook(label: str, stream=None):
             self._draw(loss)
 
         def after_train(self) -> None:
-            if self.on:
+            if self.on and in_place:
                 out.write("\n")
                 out.flush()
 
         def _draw(self, loss) -> None:
-            if self.on:
-                out.write("\r" + progress_text(label, self.done, self.trainer.max_iter, loss))
-                out.flush()
+            if not self.on:
+                return
+            total = self.trainer.max_iter
+            if in_place:
+                out.write("\r" + progress_text(label, self.done, total, loss))
+            elif self.done in {round(total * q / 4) for q in range(1, 5)}:
+                out.write(progress_text(label, self.done, total, loss) + "\n")
+            else:
+                return
+            out.flush()
 
     return ProgressBar()
 
 
 def summary_line(res: dict) -> str:
-    """``R50-FPN  ok  segm AP  left 57.1  right 72.3  infection 0.0  (312 s)`` or the failure."""
+    """``R50-FPN  ok  segm AP  left lung 57.1  right lung 72.3  infection 0.0  (312 s training)``
+    (the classes of converters.catalog, in id order) or the failure."""
+    from converters.catalog import CLASSES
+
     name = res.get("backbone") or "run"
     if res.get("status") != "ok":
         err = res.get("error") or {}
@@ -96,5 +119,5 @@ def summary_line(res: dict) -> str:
 
     wall = (res.get("timing") or {}).get("train_wall_s")
     took = f"  ({wall:.0f} s training)" if isinstance(wall, (int, float)) else ""
-    return (f"{name}  ok  segm AP  left lung {ap('left_lung')}  right lung {ap('right_lung')}  "
-            f"infection {ap('infection')}{took}")
+    per_class = "  ".join(f"{c.label} {ap(c.name)}" for c in CLASSES)
+    return f"{name}  ok  segm AP  {per_class}{took}"

@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_util
 
+from converters.catalog import INFECTION_CLASS, LUNG_CLASSES
+
 log = logging.getLogger(__name__)
 
 IOU_TYPES = ("segm", "bbox")
 BACKENDS = ("auto", "faster", "pycocotools")
-LUNG_CLASSES = ("left_lung", "right_lung")
-INFECTION_CLASS = "infection"
 # COCOeval's default parameters: area ranges all/small/medium/large, maxDets 1/10/100,
 # IoU thresholds 0.50:0.05:0.95 (index 0 is 0.50, index 5 is 0.75).
 _AREA_INDEX = {"AP": 0, "APs": 1, "APm": 2, "APl": 3}

@@ -17,14 +17,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from converters.catalog import CLASS_NAMES, HEADS, TRUNKS
+
 SCHEMA = 2
 # 2: adds ``identity`` {hash, group, dataset fingerprint} (benchmark.identity)
 READABLE_SCHEMAS = (1, 2)
 FILENAME = "result.json"
 STATUSES = ("ok", "failed")
-TRUNKS = ("R50", "R101", "X101")
-HEADS = ("C4", "DC5", "FPN")
-CLASSES = ("left_lung", "right_lung", "infection")
+# TRUNKS, HEADS and the class names come from converters.catalog (re-exported here)
+CLASSES = CLASS_NAMES
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 PER_CLASS_KEYS = ("AP", "AP50", "AP75")
 

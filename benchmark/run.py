@@ -347,6 +347,13 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
 
     progress.where = "check device"
     device = C.resolve_device(cfg.device)
+    concurrent = _concurrent_runs()
+    if device == "cpu" and concurrent > 1:
+        # the runs held at once share the cores: one torch thread pool each would oversubscribe
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // concurrent))
+    from benchmark.logs import share_terminal
+
+    share_terminal(concurrent)
     res["env"] = environment(device) | ({"gpu_slot": res["env"]["gpu_slot"]}
                                         if res["env"].get("gpu_slot") is not None else {})
     res["solver"]["amp"] = C.resolve_switch("amp", C.amp_choice(cfg), device)

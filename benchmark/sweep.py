@@ -21,6 +21,26 @@ Every argument is a Hydra override, exactly as for `python -m benchmark.train -m
 
 Runs describe themselves in result.json; folder names are computed here from the config
 (never parsed back).
+
+Hydra internals (hence the exact hydra-core pin in pyproject.toml). The plan must be the list
+of jobs Hydra's basic sweeper will launch, and the run must use the same config folder;
+Hydra's public API has no call for either:
+
+* expanding a sweep: the public sweeper interface (`hydra.plugins.sweeper.Sweeper`) has only
+  `setup()` and `sweep()`, and `BasicSweeper.sweep()` launches the jobs (and writes
+  `<sweep dir>/multirun.yaml`); it has no dry run. The expansion itself,
+  `BasicSweeper.split_arguments` (the experiment's `hydra.sweeper.params`, then the command
+  line; a later override of a key replaces an earlier one in place; the product of the
+  values), lives in `hydra._internal.core_plugins.basic_sweeper`. The public override parser
+  (`hydra.core.override_parser.overrides_parser.OverridesParser`) gives each override's values,
+  but the product rule would then be a copy of the sweeper's, free to drift from it;
+* composing as a multirun does: `hydra.compose()` composes in RUN mode only (it refuses
+  `a=1,2`), and the master config of a multirun (RunMode.MULTIRUN) and each job's config
+  (`load_sweep_config`) come from the `Hydra` object of `hydra._internal.hydra`, built with
+  `hydra._internal.utils.create_config_search_path` for an explicit config folder;
+* running a multirun in this process over that folder: `@hydra.main` finds its config folder
+  relative to the app's module (an imported app would look for a `conf` Python package); only
+  `Hydra.multirun` takes the folder as given.
 """
 
 from __future__ import annotations
@@ -29,10 +49,10 @@ import importlib
 import json
 import os
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmark.hydra_callbacks import register_launchers
 from converters.fsutil import NotOwned, OutputBusy, check_owned, claim, output_lock, write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,14 +60,8 @@ CONF_DIR = REPO / "conf"
 CONFIG_NAME = "train"
 TRAIN_MODULE = "benchmark.train"
 SWEEP_FILE = "sweep.json"
-SWEEP_SCHEMA = 2  # 2: each run's identity and group hash (benchmark.identity)
+SWEEP_SCHEMA = 3  # 2: each run's identity and group hash (benchmark.identity); 3: its backbone, in_zoo
 SWEEP_KIND = "sweep"
-
-# Our conf/hydra/launcher/*.yaml carry the plugins' own names so `hydra/launcher=joblib` etc.
-# pick them; Hydra then validates each against the plugin's schema and warns that this
-# "automatic schema matching" is deprecated. With hydra-core pinned (1.3.8) the note is noise.
-warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\S+' is validated against ConfigStore schema")
-
 
 class SweepError(RuntimeError):
     """The sweep cannot be planned (bad override, unknown experiment, unsupported sweeper)."""
@@ -82,7 +96,7 @@ def _short(key: str) -> str:
 
 def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str = CONFIG_NAME) -> SweepPlan:
     """Expand the sweep into runs without running anything (Hydra's basic sweeper semantics)."""
-    # Hydra internals, pinned with hydra-core==1.3.8: the same calls its multirun makes.
+    # Hydra internals (see the module docstring): the same calls its multirun makes.
     from hydra import version
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.hydra import Hydra
@@ -92,10 +106,11 @@ def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from hydra.types import RunMode
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import OmegaConf, open_dict, read_write
     from omegaconf.errors import OmegaConfBaseException
 
     version.setbase("1.3")
+    register_launchers(conf_dir)  # hydra/launcher=joblib etc.: lungbench's settings
     GlobalHydra.instance().clear()
     hyd = Hydra.create_main_hydra2(task_name=config_name,
                                    config_search_path=create_config_search_path(str(conf_dir)))
@@ -141,7 +156,10 @@ def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str
                 job_cfg.hydra.job.num = num
             HydraConfig.instance().set_config(job_cfg)
             label = str(job_cfg.hydra.sweep.subdir)
-            config = _run_config(job_cfg)
+            with read_write(job_cfg.hydra.runtime):  # what Hydra sets before it calls the run
+                job_cfg.hydra.runtime.output_dir = str(sweep_dir / label)
+            HydraConfig.instance().set_config(job_cfg)
+            config = _run_config(job_cfg, label)
             plan.runs.append(PlannedRun(label=label, run_dir=str(sweep_dir / label), overrides=list(job),
                                         config=config, identity=_identity(config)))
         dirs = [r.run_dir for r in plan.runs]
@@ -166,25 +184,32 @@ def _identity(config: dict | None) -> dict | None:
     return identity(config, fp)
 
 
-def _run_config(job_cfg) -> dict | None:
-    """The config the run will record in result.json (benchmark.run's own function), or None.
+def _run_config(job_cfg, label: str) -> dict:
+    """The config the run will record in result.json (benchmark.run's own ``run_config``).
 
-    Called with HydraConfig set to the job's config, as inside the run.
+    Called with HydraConfig set to the job's config, as inside the run. A config that cannot
+    be resolved here cannot be resolved by the run either: the run computes it before anything
+    else, outside the part that records a failure, so it would stop the whole multirun. Such a
+    config is the user's to fix: SweepError (exit 2) names the run before any run starts.
+    Anything else is a bug; it propagates, with a note naming the run.
     """
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
+    from benchmark import run as run_mod
+
+    cfg = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])
     try:
-        from benchmark import run as run_mod
-
-        cfg = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])
-        if hasattr(run_mod, "run_config"):
-            return run_mod.run_config(cfg)
-        # older benchmark.run: resolve, then apply its joblib adjustment (hydra#964) the same way
-        if run_mod._joblib_launcher() and cfg.solver.get("num_workers"):
-            OmegaConf.update(cfg, "solver.num_workers", 0)
-        return run_mod.resolved_config(cfg)
-    except Exception:  # noqa: BLE001 - another app's config, or a value only the run can resolve
-        return None
+        return run_mod.run_config(cfg)
+    # OmegaConf's errors, all of them the config's: a missing mandatory value (dataset_dir=???),
+    # an interpolation to a missing key, a resolver that fails (${lungbench_jobs:...}), a value
+    # of the wrong type
+    except OmegaConfBaseException as e:
+        raise SweepError(f"run {label}: its config cannot be resolved: {type(e).__name__}: "
+                         f"{str(e).strip()}") from e
+    except Exception as e:
+        e.add_note(f"benchmark.sweep: while computing the config of the planned run {label}")
+        raise
 
 
 # ----------------------------------------------------------------------------- collecting
@@ -252,7 +277,10 @@ def write_sweep_file(plan: SweepPlan, hydra_rc: int | None) -> Path:
            "hydra_exit_code": hydra_rc, "summary": summary_line(plan.runs),
            "runs": [{"label": r.label, "run_dir": os.path.relpath(r.run_dir, plan.sweep_dir),
                      "overrides": r.overrides, "status": r.status, "error": r.error,
-                     "identity": (r.identity or {}).get("hash"), "group": (r.identity or {}).get("group")}
+                     "identity": (r.identity or {}).get("hash"), "group": (r.identity or {}).get("group"),
+                     # what a report shows for a planned run that never wrote its result.json
+                     "backbone": ((r.config or {}).get("backbone") or {}).get("name"),
+                     "in_zoo": ((r.config or {}).get("backbone") or {}).get("in_zoo")}
                     for r in plan.runs]}
     return write_text(out, json.dumps(doc, indent=1) + "\n")
 
@@ -274,6 +302,7 @@ def run_multirun(overrides: list[str], module: str = TRAIN_MODULE, conf_dir: Pat
     app = importlib.import_module(module)
     task_function = getattr(app.main, "__wrapped__", app.main)  # the undecorated function
     version.setbase("1.3")
+    register_launchers(conf_dir)
     GlobalHydra.instance().clear()
     try:
         hyd = Hydra.create_main_hydra2(task_name=config_name,

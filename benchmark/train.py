@@ -16,6 +16,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from benchmark.hydra_callbacks import register_launchers
+
+# `-m hydra/launcher=joblib|submitit_*` gets lungbench's launcher settings (conf/hydra/launcher)
+register_launchers()
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> int:

@@ -10,13 +10,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import catalog
 from .errors import ConversionError
 from .instances import LABELS, slice_instances
 from .layout import CaseFiles
 from .volume import (axcodes, canonical, check_finite, check_geometry, check_labels,
                      display_slice, is_prewindowed, read_volume, squeeze_3d, window_slice)
 
-CLASS_NAMES = {1: "left_lung", 2: "right_lung", 3: "infection"}
+CLASS_NAMES = catalog.NAME_BY_ID
+_LEFT, _RIGHT = catalog.LEFT_LUNG.label_value, catalog.RIGHT_LUNG.label_value
+_INFECTION = catalog.INFECTION.label_value
+#: Label values each mask file may hold: the combined mask holds the class ids; the separate
+#: lung mask the two lungs' ids, the separate infection mask 1 for infection.
+_ALLOWED = {"combined": LABELS, "lung": (catalog.BACKGROUND, _LEFT, _RIGHT),
+            "infection": (catalog.BACKGROUND, 1)}
 
 
 def windows_of(cfg: dict) -> list[tuple[float, float]]:
@@ -57,20 +64,19 @@ def load_verified(case: CaseFiles, cfg: dict):
         arr = squeeze_3d(vol, cid)
         check_geometry(image.path, img.shape, image.affine, vol.path, arr.shape, vol.affine,
                        atol, cid)
-        allowed = {"combined": LABELS, "lung": (0, 1, 2), "infection": (0, 1)}[role]
-        arrays[role], counts = check_labels(vol, arr, allowed, cid)
+        arrays[role], counts = check_labels(vol, arr, _ALLOWED[role], cid)
     if "combined" in arrays:
         labels = arrays["combined"]
         lung_file = masks[0][1].path
     else:
-        # infection (label 3) overrides the lung label, as in Lung_and_Infection_Mask
-        labels = np.where(arrays["infection"] == 1, np.uint8(3), arrays["lung"])
+        # infection overrides the lung label, as in Lung_and_Infection_Mask
+        labels = np.where(arrays["infection"] == 1, np.uint8(_INFECTION), arrays["lung"])
         lung_file = dict(masks)["lung"].path
-        counts = {v: int(np.count_nonzero(labels == v)) for v in (1, 2, 3)}
-    if counts[1] == 0 and counts[2] == 0:
-        raise ConversionError(lung_file, "lung mask is empty: no voxel labelled 1 (left lung) "
-                              "or 2 (right lung)", case_id=cid)
-    for v in (1, 2):
+        counts = {v: int(np.count_nonzero(labels == v)) for v in CLASS_NAMES}
+    if counts[_LEFT] == 0 and counts[_RIGHT] == 0:
+        raise ConversionError(lung_file, f"lung mask is empty: no voxel labelled {_LEFT} (left lung) "
+                              f"or {_RIGHT} (right lung)", case_id=cid)
+    for v in (_LEFT, _RIGHT):
         if counts[v] == 0:
             raise ConversionError(lung_file, f"{CLASS_NAMES[v]} (label {v}) is empty", case_id=cid)
     return image, img, [v for _, v in masks], labels, counts
@@ -97,9 +103,9 @@ def process_case(case: CaseFiles, root: str, cfg: dict, images_dir: str) -> dict
     case_dir = Path(images_dir) / cid
     case_dir.mkdir(parents=True, exist_ok=True)
     images = []
-    n_inst = {"left_lung": 0, "right_lung": 0, "infection": 0}
+    n_inst = {name: 0 for name in catalog.CLASS_NAMES}
     dropped = 0
-    side = {1: [0.0, 0.0], 2: [0.0, 0.0]}  # lung -> [sum(area * bbox centre x), sum(area)]
+    side = {_LEFT: [0.0, 0.0], _RIGHT: [0.0, 0.0]}  # lung -> [sum(area * bbox centre x), sum(area)]
     for k in keep:
         lab2d = display_slice(lab_ras, k)
         # window in the (W, H) memory order, transpose only the uint8 result
@@ -121,10 +127,11 @@ def process_case(case: CaseFiles, root: str, cfg: dict, images_dir: str) -> dict
                        "annotations": anns})
     # sanity check of the label/affine pair: the patient's left lung (label 1) must lie
     # on the image's right (larger x) of the right lung (label 2)
-    if side[1][1] and side[2][1] and side[1][0] / side[1][1] < side[2][0] / side[2][1]:
+    (l_sum, l_area), (r_sum, r_area) = side[_LEFT], side[_RIGHT]
+    if l_area and r_area and l_sum / l_area < r_sum / r_area:
         warnings.append("label 1 (left lung) lies on the patient's right of label 2 according "
                         "to the affine: the labels or the affine may be swapped")
-    lung_vox = int(counts[1] + counts[2] + counts[3])
+    lung_vox = int(sum(counts[v] for v in CLASS_NAMES))
     root = Path(root)
     record = {
         "id": cid,
@@ -143,9 +150,8 @@ def process_case(case: CaseFiles, root: str, cfg: dict, images_dir: str) -> dict
         "n_images": len(images),
         "instances": n_inst,
         "infection_components_dropped": dropped,
-        "voxels": {"left_lung": int(counts[1]), "right_lung": int(counts[2]),
-                   "infection": int(counts[3])},
-        "infection_burden_pct": round(100.0 * int(counts[3]) / lung_vox, 4) if lung_vox else None,
+        "voxels": {name: int(counts[v]) for v, name in CLASS_NAMES.items()},
+        "infection_burden_pct": round(100.0 * int(counts[_INFECTION]) / lung_vox, 4) if lung_vox else None,
         "warnings": warnings,
     }
     return {"case_id": cid, "images": images, "record": record}

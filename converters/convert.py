@@ -35,7 +35,7 @@ from tqdm import tqdm
 from . import phantom
 from .case import run_case, windows_of
 from .config import config_hash, load_config, validate
-from .errors import ConversionError
+from .errors import ConfigError, ConversionError
 from . import fsutil
 from .fsutil import (NotOwned, check_owned, output_lock, overlaps, remove_stale_temps,
                      replace_dir, resolve_output, seal, sha256_file)
@@ -244,11 +244,16 @@ def convert(raw_root: str | Path, out_dir: str | Path, cfg: Any = None) -> Path:
     """Convert the raw folder ``raw_root`` into the COCO dataset ``out_dir``; return it.
 
     ``cfg``: dict or DictConfig with the keys of conf/convert.yaml (missing keys take
-    their defaults; ``out`` and ``data.root`` are ignored here). Raises ConversionError
-    (file + problem) on bad input; nothing is written to ``out_dir`` then.
+    their defaults, composed by Hydra from conf/; ``out`` and ``data.root`` are ignored
+    here). Raises ConfigError (a ValueError naming the key) on a bad option value and
+    ConversionError (file + problem) on bad input; nothing is written to ``out_dir`` then.
     """
+    return _convert(raw_root, out_dir, load_config(cfg))
+
+
+def _convert(raw_root: str | Path, out_dir: str | Path, cfg: DictConfig) -> Path:
+    """``convert`` with ``cfg`` already complete (composed)."""
     t0 = time.perf_counter()
-    cfg = load_config(cfg)
     c = OmegaConf.to_container(cfg, resolve=True)
     validate(c)
     raw_root = resolve_output(raw_root)
@@ -306,11 +311,11 @@ def _convert_locked(raw_root: Path, out: Path, cfg: DictConfig, c: dict, t0: flo
         if not results:
             raise ConversionError(raw_root, "no usable case left after skipping bad cases")
         case_ids = [r["case_id"] for r in results]
+        if c["splits"]["patient_kfold"]["enabled"] and k > len(case_ids):
+            raise ConversionError(raw_root, f"splits.patient_kfold.k={k} exceeds the number of "
+                                  f"cases left after skipping bad cases ({len(case_ids)}): lower k")
         images, anns = assemble(results)
-        try:
-            splits, omitted = build_splits(case_ids, [im["file_name"][:-4] for im in images], c)
-        except ValueError as e:
-            raise ConversionError(raw_root, str(e)) from None
+        splits, omitted = build_splits(case_ids, [im["file_name"][:-4] for im in images], c)
         for scheme, why in omitted.items():
             log.info("split %s left out: %s", scheme, why)
         if "slice_random" in splits:
@@ -386,11 +391,23 @@ def _convert_locked(raw_root: Path, out: Path, cfg: DictConfig, c: dict, t0: flo
     return out
 
 
+def _check_phantom(gen: Any) -> None:
+    """Reject unknown phantom presets / parameters (``data.generate``) before generating."""
+    params = OmegaConf.to_container(gen, resolve=True) if isinstance(gen, DictConfig) else dict(gen)
+    params.pop("seed", None)  # phantom.generate's own argument, not part of the spec
+    try:
+        phantom.spec_for(**params)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def run(cfg: DictConfig) -> Path:
     """The CLI's work: generate the phantom when the data config asks, then convert.
 
-    Every output is checked before anything is written: the dataset folder first, then the
-    phantom's raw folder (``<out>/../raw/<name>``, lungbench's own: data.root is for real data).
+    ``cfg`` is a complete converter config (the Hydra app's, or ``config.load_config``'s).
+    Options are checked first (ConfigError), then every output before anything is written:
+    the dataset folder first, then the phantom's raw folder (``<out>/../raw/<name>``,
+    lungbench's own: data.root is for real data).
     """
     validate(OmegaConf.to_container(cfg, resolve=True))  # before generating anything
     out = resolve_output(cfg.out)
@@ -403,13 +420,15 @@ def run(cfg: DictConfig) -> Path:
     if not gen and not root:
         raise ConversionError("data.root", "not set: pass data.root=<raw data folder> "
                               "(make data DATA_ROOT=<dir>)")
+    if gen:
+        _check_phantom(gen)
     check_owned(out, DATASET_KIND, "DATA_OUT (out=)", replace=True)
     if gen:
         root = out.parent / "raw" / str(cfg.data.name)
         check_locations(root, out)
         log.info("phantom: generating %s into %s", dict(gen), root)
         phantom.generate(root, **OmegaConf.to_container(gen, resolve=True))
-    return convert(root, out, cfg)
+    return _convert(root, out, cfg)
 
 
 def _hydra_main() -> None:
@@ -422,7 +441,7 @@ def _hydra_main() -> None:
         except (ConversionError, NotOwned, fsutil.OutputBusy) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
-        except ValueError as e:  # a bad option value (validate) or phantom parameter
+        except ConfigError as e:  # a bad option value (validate) or phantom parameter
             print(f"error: config: {e}", file=sys.stderr)
             sys.exit(2)
         print(out)

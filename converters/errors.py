@@ -1,7 +1,8 @@
-"""The one error type the converter raises for bad input.
+"""The error types the converter raises for bad input.
 
-Every message names the offending file (or folder) and the problem, on one line, so the
-CLI can print it as is and a user knows what to fix.
+ConversionError: a bad input file or output location; every message names the offending
+file (or folder) and the problem, on one line, so the CLI can print it as is and a user
+knows what to fix. ConfigError: a bad option value, named by its key.
 """
 from __future__ import annotations
 
@@ -27,3 +28,13 @@ class ConversionError(Exception):
 
     def as_record(self) -> dict:
         return {"case_id": self.case_id, "file": self.path, "problem": self.problem}
+
+
+class ConfigError(ValueError):
+    """A bad option value (conf/convert.yaml keys, phantom parameters), found while checking
+    the config before any work starts; the message names the key.
+
+    The CLI prints it as a config error (exit 2). It is a ValueError so that callers of the
+    Python API that catch ValueError for bad options keep working; any other ValueError
+    raised during a conversion is a fault, not a bad option, and is not reported as one.
+    """

@@ -1,9 +1,9 @@
 """Masks of one slice -> COCO instance annotations.
 
-Classes (COCO category ids = mask label values of Lung_and_Infection_Mask): 1 left_lung,
-2 right_lung (the patient's sides, from the label value, never from the image side),
-3 infection. One instance per lung (all its pixels, even if split into several pieces),
-one instance per connected infection component.
+Classes (``converters.catalog``; COCO category ids = mask label values of
+Lung_and_Infection_Mask): 1 left_lung, 2 right_lung (the patient's sides, from the label
+value, never from the image side), 3 infection. One instance per lung (all its pixels, even
+if split into several pieces), one instance per connected infection component.
 """
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
-CLASSES = [
-    {"id": 1, "name": "left_lung", "label_value": 1},
-    {"id": 2, "name": "right_lung", "label_value": 2},
-    {"id": 3, "name": "infection", "label_value": 3},
-]
-CATEGORIES = [{"id": c["id"], "name": c["name"], "supercategory": "lung"} for c in CLASSES]
-LABELS = (0, 1, 2, 3)
+from . import catalog
+
+#: The classes as dataset.json records them.
+CLASSES = [{"id": c.id, "name": c.name, "label_value": c.label_value} for c in catalog.CLASSES]
+CATEGORIES = catalog.coco_categories()
+LABELS = catalog.LABEL_VALUES
+_LUNGS = (catalog.LEFT_LUNG.label_value, catalog.RIGHT_LUNG.label_value)
+_INFECTION = catalog.INFECTION.label_value
 STRUCTURES = {4: ndimage.generate_binary_structure(2, 1), 8: ndimage.generate_binary_structure(2, 2)}
 
 
@@ -40,10 +41,10 @@ def slice_instances(labels: np.ndarray, connectivity: int = 8, min_area: int = 1
     if connectivity not in STRUCTURES:
         raise ValueError(f"infection.connectivity must be 4 or 8, not {connectivity}")
     lab_t = np.ascontiguousarray(labels.T)  # (W, H)
-    cats = [v for v in (1, 2) if (lab_t == v).any()]
+    cats = [v for v in _LUNGS if (lab_t == v).any()]
     dropped = 0
     comps: list[tuple[int, tuple[slice, slice], tuple[slice, slice]]] = []
-    inf = lab_t == 3
+    inf = lab_t == _INFECTION
     comp_t = None
     if inf.any():
         # label only the bounding box of the infection pixels (usually a small part of
@@ -73,7 +74,7 @@ def slice_instances(labels: np.ndarray, connectivity: int = 8, min_area: int = 1
         np.equal(lab_t, v, out=buf[i].view(bool))
     for i, (k, local, full) in enumerate(comps, start=len(cats)):
         buf[i][full] = comp_t[local] == k
-    cats = cats + [3] * len(comps)
+    cats = cats + [_INFECTION] * len(comps)
     stack = buf.transpose(2, 1, 0)  # (H, W, N), Fortran-contiguous: no copy
     rles = mask_utils.encode(stack)
     areas = mask_utils.area(rles)

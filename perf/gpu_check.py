@@ -1,457 +1,507 @@
-"""The GPU check: per-backbone speed and memory next to detectron2's zoo, and how
-many runs one GPU should hold at once. Run it through ``perf/gpu_check.sh`` (which installs
-what the GPU machine lacks from ``.whl/``), or directly::
+"""The GPU check: per-backbone speed and memory next to detectron2's zoo, and how many runs one
+GPU should hold at once, measured with the harness's own sweeps. Run it through
+``perf/gpu_check.sh`` (perf/GPU.md), or directly::
 
-    python -m perf.gpu_check [--dry-run] [--out DIR] [--budget-s S] [--backbones a,b] [--levels 1,2,4,8]
+    python -m perf.gpu_check [--dry-run] [--out DIR] [--levels 1,2,4,8] [hydra overrides ...]
 
-1. generates the phantom (512 x 512; dry run 64 x 64) and converts it;
-2. per backbone (all nine; dry run three, incl. a C4): a trainer built by the harness trains a
-   few warm-up iterations, then ``iters`` timed ones (each bounded by ``window_s``), in fp32
-   and in AMP (CUDA only); inference s/image (fp32, batch 1, and 8 per pass as the sweep runs
-   it on CUDA) on the test slices; peak memory;
-3. packing: k = 1, 2, 4, 8 (dry run 1, 2) runs at once in separate processes
-   (``perf.gpu_worker``), all timed over one common window; GPU utilisation and memory
-   sampled with nvidia-smi where there is one;
-4. extrapolates the sweep (nine backbones x 5000 iterations) one after another against the
-   best packing, writes ``gpu_check.md`` + ``gpu_check.json`` into ``--out`` and prints the
-   Markdown.
-
-A time budget (``--budget-s``; 420 s on a GPU, under 8 minutes with set-up) is
-split between the two parts; what would overrun it is skipped and listed, never cut short
-silently. Exit status: 0, or 1 if any measurement failed.
+It generates the phantom, then runs one short sweep per packing level k,
+``python -m benchmark.sweep +experiment=grid9 hydra/launcher=joblib jobs_per_gpu=k
+solver.max_iter=N ...`` (k = 1 once per precision), and builds its table from the result.json
+every run writes: ``timing.train_s_per_iter``, ``infer_s_per_image``, ``train_wall_s``,
+``eval_wall_s``, ``memory.*``, ``env.gpu_slot``. Nothing here trains a model itself.
+Writes ``gpu_check.md`` + ``gpu_check.json`` into ``--out`` and prints the Markdown.
+Exit status: 0; 1 if a run failed or a level was cut short; 2 without CUDA (unless --dry-run).
 """
 
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-import traceback
-from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
-from converters.fsutil import check_owned, write_marker
-from reports.atomic import write_text
-
-from perf import gpu_report as R
+from converters.catalog import BACKBONES, conf_name
 
 REPO = Path(__file__).resolve().parent.parent
-# Packing mixes: the first k of this order, chosen so that every prefix mixes light and heavy
-# cells (a sweep packs whatever comes next, not k copies of one model).
-PACK_ORDER = ["r101_dc5", "r50_fpn", "x101_c4", "r50_c4", "x101_fpn", "r101_fpn", "r50_dc5",
-              "x101_dc5", "r101_c4"]
+ZOO_JSON = Path(__file__).with_name("zoo.json")
+TARGET_MIN = 45.0  # the goal: grid9 on one large GPU in under 45 minutes
+GRID9 = [conf_name(b) for b in BACKBONES]  # the nine conf/backbone options
 TEST_IMAGES = 704  # ~ one fifth of the real dataset's 3520 slices: one patient fold's test part
+# sizes: phantom (pixels, cases, slices), solver, iterations per run, levels, time budget (s)
+GPU_PLAN = dict(size=512, cases=3, slices=10, solver="paper", backbones=GRID9, iters=15,
+                levels=[1, 2, 4, 8], budget_s=420.0)
+DRY_PLAN = dict(size=64, cases=2, slices=5, solver="smoke", backbones=["r50_fpn", "r50_c4"],
+                iters=6, levels=[1, 2], budget_s=900.0)
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Sizes of one check. Seconds, pixels, iterations."""
-
-    size: int
-    n_cases: int
-    slices: int
-    solver: str
-    backbones: list[str]
-    warmup: int
-    iters: int
-    window_s: float
-    levels: list[int]
-    pack_warmup: int
-    pack_window_s: float
-    budget_s: float
-    part1_share: float = 0.55  # of the budget, for the per-backbone part; packing gets the rest
-    ready_timeout_s: float = 240.0
-    num_workers: int | None = None  # None: the solver's own
-    threads: int | None = None  # torch threads per process; None: torch's default (alone) and
-    #                             cores // k (packed)
-    extra: list[str] = field(default_factory=list)
-    cudnn_benchmark: bool = False  # detectron2's default (CUDNN_BENCHMARK False)
-    infer_batch: int = 8  # images per inference pass (the harness's infer_batch_size=auto on CUDA)
+# --------------------------------------------------------------------------- pure: figures
 
 
-# On an H200: ~10 s to install wheels and import, then 420 s of measurements: the whole
-# script stays under 8 minutes.
-GPU_PLAN = Plan(size=512, n_cases=3, slices=10, solver="paper", backbones=list(R.GRID9),
-                warmup=3, iters=12, window_s=6.0, levels=[1, 2, 4, 8], pack_warmup=3,
-                pack_window_s=15.0, budget_s=420.0)
-# CI: the same code path at toy sizes. Its budget is generous on purpose: a loaded CI machine
-# must not skip rows (the sizes, not the budget, keep it around two minutes).
-DRY_PLAN = Plan(size=64, n_cases=2, slices=5, solver="smoke", backbones=["r50_fpn", "r50_c4"],
-                warmup=1, iters=3, window_s=20.0, levels=[1, 2], pack_warmup=1,
-                pack_window_s=4.0, budget_s=900.0, ready_timeout_s=120.0, threads=1,
-                infer_batch=4)
-# (one torch thread: on a small shared CPU two OpenMP threads per process make each iteration
-# up to 10x slower as soon as another process wants a core; measured here)
+def display_name(key: str) -> str:
+    """conf/backbone option -> the backbone's name: r50_c4 -> R50-C4."""
+    return {conf_name(b): b for b in BACKBONES}.get(key, key.upper().replace("_", "-"))
+
+
+def load_zoo(path: str | Path = ZOO_JSON) -> dict:
+    """perf/zoo.json (the speed columns of detectron2's published model-zoo table)."""
+    return json.loads(Path(path).read_text())
+
+
+def zoo_figures(zoo: dict, backbone: str, ims_per_batch: int) -> dict | None:
+    """The zoo's row for ``backbone`` ("R50-FPN"; its 3x row where there is one), its s/iter
+    scaled from the zoo's images per GPU (16 on 8 GPUs = 2) to ``ims_per_batch``. None for
+    cells not in the zoo (X101-C4, X101-DC5)."""
+    rows = [c for c in zoo["configs"] if c["backbone"] == backbone]
+    if not rows:
+        return None
+    row = next((c for c in rows if c["schedule"] == "3x"), rows[0])
+    scale = ims_per_batch / (zoo["images_per_iter"] / zoo["gpus"])
+    return {"schedule": row["schedule"], "scale": scale,
+            "train_s_per_iter": row["train_s_per_iter"] * scale,
+            "infer_s_per_image": row["inference_s_per_image"],
+            "train_mem_mb": row["train_mem_gb"] * 1024.0}
+
+
+def median(xs: Iterable[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def makespan(durations: Sequence[float], slots: int) -> float:
+    """Wall time of jobs started in the given order on ``slots`` parallel slots, each job
+    going to the first slot that frees (list scheduling, what joblib's pool does)."""
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, got {slots}")
+    free = [0.0] * slots
+    for d in durations:
+        i = min(range(slots), key=free.__getitem__)
+        free[i] += d
+    return max(free) if durations else 0.0
+
+
+def run_facts(res: dict) -> dict:
+    """What the check reads from one run's result.json (seconds, MiB; None where missing).
+    ``peak_mb``: the GPU peak where CUDA was used, else the process's peak RSS. ``once_s``: what
+    the run paid besides its iterations and inference (imports, model, data loader, metrics):
+    its wall time (started_at..finished_at) - max_iter x s/iter - eval_wall_s."""
+    t, mem, solver = res.get("timing") or {}, res.get("memory") or {}, res.get("solver") or {}
+    err = res.get("error") or {}
+    ok = res.get("status") == "ok"
+    wall = None
+    if res.get("started_at") and res.get("finished_at"):
+        wall = (datetime.fromisoformat(res["finished_at"])
+                - datetime.fromisoformat(res["started_at"])).total_seconds()
+    s, n = t.get("train_s_per_iter"), solver.get("max_iter")
+    once = max(0.0, wall - n * s - (t.get("eval_wall_s") or 0.0)) if ok and wall is not None \
+        and s and n else None
+    return {"backbone": res.get("backbone"), "ok": ok,
+            "error": None if ok else f"{err.get('type')}: {err.get('message')}"[:300],
+            "amp": bool(solver.get("amp")), "iters": n, "ims_per_batch": solver.get("ims_per_batch"),
+            "s_per_iter": s, "infer_s_per_image": t.get("infer_s_per_image"),
+            "infer_batch": t.get("infer_batch_size"), "train_wall_s": t.get("train_wall_s"),
+            "eval_wall_s": t.get("eval_wall_s"), "run_wall_s": wall, "once_s": once,
+            "peak_mb": mem.get("peak_gpu_mb") or mem.get("peak_rss_mb"),
+            "gpu": (res.get("env") or {}).get("gpu_slot")}
+
+
+def extrapolated_s(run: dict, iters: int, test_images: int) -> float:
+    """One run at ``iters`` iterations and ``test_images`` test slices, from its short run:
+    once_s + iters x s/iter + test_images x infer s/image (the packed run's own figures)."""
+    return (run["once_s"] or 0.0) + iters * run["s_per_iter"] \
+        + test_images * (run["infer_s_per_image"] or 0.0)
+
+
+def summarise(levels: Sequence[dict], iters: int, test_images: int, pack_precision: str) -> dict:
+    """Per level (its runs: run_facts dicts, in sweep order): median s/iter, slowdown (mean over
+    its runs of s/iter / the same backbone's at k=1, same precision), the grid at ``iters``
+    iterations on its slots (makespan of extrapolated_s) and runs/hour; then one after another
+    per precision and the best packing (no failed run) in ``pack_precision``."""
+    alone = {lv["precision"]: {r["backbone"]: r["s_per_iter"] for r in lv["runs"] if r["ok"]}
+             for lv in levels if lv["k"] == 1 and not lv.get("skipped")}
+    out: dict[str, Any] = {"iters": iters, "test_images": test_images,
+                           "pack_precision": pack_precision, "levels": [], "sequential": {}}
+    for lv in levels:
+        row = {"precision": lv["precision"], "k": lv["k"], "skipped": lv.get("skipped")}
+        out["levels"].append(row)
+        if lv.get("skipped"):
+            continue
+        ok = [r for r in lv["runs"] if r["ok"] and r["s_per_iter"]]
+        base = alone.get(lv["precision"], {})
+        ratios = [r["s_per_iter"] / base[r["backbone"]] for r in ok if base.get(r["backbone"])]
+        d = [extrapolated_s(r, iters, test_images) for r in ok]
+        complete = bool(ok) and len(ok) == len(lv["runs"]) and not lv.get("cut_short")
+        row.update(n=len(lv["runs"]), failed=len(lv["runs"]) - len(ok),
+                   median_s_per_iter=median(r["s_per_iter"] for r in ok),
+                   slowdown=sum(ratios) / len(ratios) if ratios else None,
+                   peak_mb=max((r["peak_mb"] for r in ok if r["peak_mb"]), default=None),
+                   grid_min=makespan(d, lv["slots"]) / 60 if complete else None,
+                   runs_per_hour=3600.0 * lv["slots"] * len(d) / sum(d) if complete else None)
+        if lv["k"] == 1:
+            out["sequential"][lv["precision"]] = row["grid_min"]
+    best = [r for r in out["levels"] if r["precision"] == pack_precision and r.get("grid_min")]
+    best = min(best, key=lambda r: r["grid_min"], default=None)
+    out["best_k"] = best["k"] if best else None
+    out["best_min"] = best["grid_min"] if best else None
+    seq = out["sequential"].get("fp32")
+    out["speedup_vs_fp32"] = seq / best["grid_min"] if best and seq else None
+    return out
+
+
+# --------------------------------------------------------------------------- pure: the table
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
+    return str(x)
+
+
+def _mb(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def render(doc: dict) -> str:
+    """The report: settings, per backbone (k=1 runs) next to the zoo, per packing level."""
+    env, s, summ = doc["env"], doc["settings"], doc["summary"]
+    gpu = env["device"] == "cuda"
+    mem = "peak GPU MiB" if gpu else "peak RSS MiB"
+    zoo = doc["zoo"]
+    per_gpu = zoo["images_per_iter"] // zoo["gpus"]
+    lines = [
+        f"# GPU check{' (dry run)' if doc['dry_run'] else ''}", "",
+        f"{doc['measured_at']} on {env.get('gpu') or 'CPU'} ({env['device']}, torch "
+        f"{env.get('torch')}, detectron2 {env.get('detectron2')}, Python {env.get('python')}, "
+        f"{env['cpu_count']} CPU cores); `{doc['command']}` in {doc['wall_s']:.0f} s.", "",
+        f"Phantom {s['image_size']} px ({s['n_train_images']} train / {s['n_test_images']} test "
+        f"slices). One sweep per packing level k: `python -m benchmark.sweep +experiment=grid9 "
+        f"hydra/launcher=joblib jobs_per_gpu=k solver.max_iter={s['iters']} solver={s['solver']} "
+        f"weights={s['weights']}{(' ' + ' '.join(s['overrides'])) if s['overrides'] else ''}` "
+        f"(IMS_PER_BATCH {s['ims_per_batch']}, input {s['input_size']}); every figure from the "
+        "runs' result.json: train s/iter = `timing.train_s_per_iter` (median after "
+        f"`measure.warmup_iters`), inference = `timing.infer_s_per_image` at {s['infer_batch']} "
+        f"image(s) per pass, memory = `memory.{'peak_gpu_mb' if gpu else 'peak_rss_mb'}`.", "",
+        f"Zoo: detectron2 MODEL_ZOO ({zoo['gpus']}x {zoo['gpu']}, {zoo['images_per_iter']} "
+        f"images/iter = {per_gpu} per GPU); its s/iter scaled by IMS_PER_BATCH / {per_gpu} = "
+        f"{s['ims_per_batch'] / per_gpu:g}; its inference is batch 1, its memory per GPU at "
+        f"{per_gpu} images. COCO images resize to ~800x1200: more pixels than here.", "",
+        f"| backbone | train s/iter fp32 | AMP | AMP speed-up | zoo s/iter | fp32 / zoo "
+        f"| infer s/img | zoo infer | {mem} fp32 | {mem} AMP | zoo MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for b in doc["backbones"]:
+        fp, amp, z = b.get("fp32") or {}, b.get("amp") or {}, b.get("zoo") or {}
+        t, ta, tz = fp.get("s_per_iter"), amp.get("s_per_iter"), z.get("train_s_per_iter")
+        lines.append(
+            f"| {b['name']} | {_f(t) if fp.get('ok') else 'FAILED' if fp else '-'} "
+            f"| {_f(ta) if amp.get('ok') else 'FAILED' if amp else b.get('amp_note', '-')} "
+            f"| {_f(t / ta, 2) + 'x' if t and ta else '-'} | {_f(tz)} "
+            f"| {_f(t / tz, 2) + 'x' if t and tz else '-'} | {_f(fp.get('infer_s_per_image'))} "
+            f"| {_f(z.get('infer_s_per_image'))} | {_mb(fp.get('peak_mb'))} "
+            f"| {_mb(amp.get('peak_mb'))} | {_mb(z.get('train_mem_mb'))} |")
+    lines += [
+        "", f"Packing ({summ['pack_precision']}): k runs per {'GPU' if gpu else 'CPU'} at once"
+        f"{', each holding one of GPUs x k slots (`benchmark/gpus.py`)' if gpu else ''}, "
+        "DataLoader workers as the sweep sizes them. Slowdown = mean over the runs of s/iter / the same backbone's at k=1. "
+        f"Sweep wall: measured, {s['iters']} iterations a run. Grid: the sweep at "
+        f"{summ['iters']} iterations and {summ['test_images']} test slices a run, extrapolated "
+        "per run from its own figures (what it paid once + iterations + inference), runs "
+        "started in sweep order whenever a slot frees; metrics time not included.", "",
+        f"| runs per {'GPU' if gpu else 'CPU'} | runs | median s/iter per run | slowdown "
+        f"| sweep wall s | {mem} per run (max) | GPU MiB all runs (max) | GPU util % (median) "
+        f"| grid min | grid runs/hour |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    rows = {(r["precision"], r["k"]): r for r in summ["levels"]}
+    for lv in doc["levels"]:
+        if lv["precision"] != summ["pack_precision"]:
+            continue
+        r = rows[(lv["precision"], lv["k"])]
+        if r.get("skipped"):
+            lines.append(f"| {lv['k']} | skipped: {r['skipped']} |" + " |" * 8)
+            continue
+        failed = f" ({r['failed']} FAILED)" if r["failed"] else ""
+        lines.append(
+            f"| {lv['k']} | {r['n']}{failed} | {_f(r['median_s_per_iter'])} | {_f(r['slowdown'])} "
+            f"| {lv['wall_s']:.0f}{' (cut short)' if lv.get('cut_short') else ''} "
+            f"| {_mb(r['peak_mb'])} | {_mb(lv.get('gpu_mem_max_mb'))} "
+            f"| {_f(lv.get('gpu_util_median'))} | {_f(r['grid_min'])} | {_f(r['runs_per_hour'])} |")
+    for lv in doc["levels"]:
+        for run in lv.get("runs", []):
+            if not run["ok"]:
+                lines.append(f"\n{lv['precision']} k={lv['k']} {run['backbone']} failed: "
+                             f"{run['error']}")
+        if lv.get("error"):
+            lines.append(f"\n{lv['precision']} k={lv['k']}: {lv['error']}")
+        unslotted = [r["backbone"] for r in lv.get("runs", []) if r["ok"] and r["gpu"] is None]
+        if gpu and unslotted:  # under joblib on CUDA every run records its slot's GPU
+            lines.append(f"\n{lv['precision']} k={lv['k']}: no env.gpu_slot in {', '.join(unslotted)}")
+    n = sum(bool(b.get("fp32") or b.get("amp")) for b in doc["backbones"])
+    what = "all nine backbones" if n == 9 else "NOT the full grid"
+    lines += ["", f"Sweep of the {n} backbone(s) above x {summ['iters']} iterations ({what}):", ""]
+    for prec, v in summ["sequential"].items():
+        lines.append(f"- one after another, {prec}: {_f(v)} min")
+    for r in summ["levels"]:
+        if r["precision"] == summ["pack_precision"] and r["k"] > 1 and r.get("grid_min"):
+            lines.append(f"- {r['k']} per {'GPU' if gpu else 'CPU'}, {r['precision']}: "
+                         f"{_f(r['grid_min'])} min (slowdown {_f(r['slowdown'])})")
+    if summ["best_k"]:
+        verdict = "meets" if summ["best_min"] < TARGET_MIN else "MISSES"
+        lines.append(f"- best: {summ['best_k']} per {'GPU' if gpu else 'CPU'}, {_f(summ['best_min'])} min, "
+                     f"{_f(summ['speedup_vs_fp32'], 2)}x faster than one after another in fp32; "
+                     f"{verdict} the < {TARGET_MIN:g} min target")
+        amp = " amp=true" if summ["pack_precision"] == "amp" else ""
+        lines.append(f"- to run it so: `make sweep ARGS='hydra/launcher=joblib "
+                     f"jobs_per_gpu={summ['best_k']}{amp}'`")
+    if doc["skipped"]:
+        lines += ["", "Skipped or cut short (time budget): " + "; ".join(doc["skipped"])]
+    return "\n".join(lines) + "\n"
+
+
+def backbone_rows(levels: Sequence[dict], backbones: Sequence[str], zoo: dict,
+                  ims_per_batch: int, amp_note: str | None) -> list[dict]:
+    """Per backbone: its k=1 fp32 and AMP run_facts and the zoo's figures."""
+    alone = {lv["precision"]: {r["backbone"]: r for r in lv["runs"]}
+             for lv in levels if lv["k"] == 1 and not lv.get("skipped")}
+    rows = []
+    for key in backbones:
+        name = display_name(key)
+        row = {"key": key, "name": name, "zoo": zoo_figures(zoo, name, ims_per_batch),
+               "fp32": alone.get("fp32", {}).get(name), "amp": alone.get("amp", {}).get(name)}
+        if amp_note:
+            row["amp_note"] = amp_note
+        rows.append(row)
+    return rows
+
+
+def sweep_command(k: int, precision: str, *, iters: int, solver: str, weights: str,
+                  backbones: Sequence[str], dataset: Path, sweep_dir: Path, device: str,
+                  overrides: Sequence[str] = ()) -> list[str]:
+    """The harness's sweep for one packing level (on a CPU, n_jobs = k by hand: the
+    launcher's own default there is 2)."""
+    return [sys.executable, "-m", "benchmark.sweep", "+experiment=grid9",
+            f"backbone={','.join(backbones)}", "hydra/launcher=joblib", f"jobs_per_gpu={k}",
+            f"solver={solver}", f"weights={weights}", f"solver.max_iter={iters}",
+            f"amp={str(precision == 'amp').lower()}", f"device={device}", "measure.flops=false",
+            f"dataset_dir={dataset}", f"hydra.sweep.dir={sweep_dir}",
+            *([f"hydra.launcher.n_jobs={k}"] if device == "cpu" else []), *overrides]
+
+
+# --------------------------------------------------------------------------- running
 
 
 def _say(msg: str) -> None:
     print(f"[gpu_check {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-class Clock:
-    """Seconds since the check started, against its budget."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.t0 = time.perf_counter()
-        self.budget_s = budget_s
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def left(self, until_share: float = 1.0) -> float:
-        return self.budget_s * until_share - self.elapsed()
-
-
-# --------------------------------------------------------------------------- part 1
-
-
-def measure_backbones(plan: Plan, dataset: Path, work: Path, device: str, clock: Clock,
-                      zoo: dict, doc: dict, save) -> None:
-    """Fill doc["backbones"]: per backbone fp32 (+ inference) and AMP figures."""
-    from tqdm import tqdm
-
-    from perf import gpu_bench as G
-
-    precisions = ["fp32", "amp"] if device == "cuda" else ["fp32"]
-    spent: list[float] = []
-    for key in tqdm(plan.backbones, desc="backbones", unit="backbone", file=sys.stdout,
-                    mininterval=0, disable=None):
-        t_b = time.perf_counter()
-        entry: dict = {"key": key}
-        doc["backbones"].append(entry)
-        est = statistics.mean(spent) if spent else 0.0
-        if clock.left(plan.part1_share) < est:
-            entry.update(name=R.display_name(key), skipped=f"time budget ({clock.elapsed():.0f} s spent, "
-                                           f"~{est:.0f} s needed)")
-            doc["skipped"].append(f"{key}: time budget")
-            save()
-            continue
-        for prec in ("fp32", "amp"):
-            if prec not in precisions:
-                entry[prec] = {"note": "n/a: AMP needs CUDA"}
-                continue
-            try:
-                d2, train, test, cfg = G.build_cfg(
-                    dataset, key, plan.solver, amp=prec == "amp", device=device,
-                    out_dir=work / "runs" / f"{key}_{prec}",
-                    max_iter=plan.warmup + plan.iters + 1, num_workers=plan.num_workers,
-                    extra=tuple(plan.extra))
-                entry.update(name=str(cfg.backbone.name), in_zoo=bool(cfg.backbone.in_zoo),
-                             zoo=R.zoo_figures(zoo, str(cfg.backbone.name),
-                                               int(cfg.solver.ims_per_batch)))
-                m = G.train_slice(d2, warmup=plan.warmup, iters=plan.iters,
-                                  window_s=plan.window_s,
-                                  infer_test=test.name if prec == "fp32" else None,
-                                  infer_batch=plan.infer_batch)
-                infer = {k: m.pop(k) for k in list(m) if k.startswith("infer_")}
-                if prec == "fp32":
-                    entry.update(infer, infer_batch=plan.infer_batch)
-                    entry["setup_s"] = m["setup_s"]
-                entry[prec] = m
-                _say(f"{key} {prec}: {m['s_per_iter']:.4f} s/iter over {m['iters_timed']} "
-                     f"iterations, peak {m['peak_mb']:.0f} MiB")
-            except Exception as e:  # noqa: BLE001 - an OOM or a crash is a figure too
-                entry.setdefault("name", R.display_name(key))
-                entry[prec] = {"error": f"{type(e).__name__}: {e}"[:400],
-                               "traceback": traceback.format_exc()[-3000:]}
-                _say(f"{key} {prec}: FAILED {type(e).__name__}: {e}")
-        spent.append(time.perf_counter() - t_b)
-        save()
-
-
-# --------------------------------------------------------------------------- part 2
-
-
-def _gpu_sample() -> tuple[float, float] | None:
-    """(utilisation %, memory used MiB) of GPU 0 from nvidia-smi, or None."""
+def _nvidia_smi(query: str) -> list[list[str]]:
     exe = shutil.which("nvidia-smi")
     if not exe:
-        return None
+        return []
     try:
-        out = subprocess.run([exe, "--query-gpu=utilization.gpu,memory.used",
-                              "--format=csv,noheader,nounits", "-i", "0"],
+        out = subprocess.run([exe, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=5).stdout
-        util, used = (float(x) for x in out.strip().splitlines()[0].split(","))
-        return util, used
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [[x.strip() for x in line.split(",")] for line in out.strip().splitlines()]
 
 
-def pack_workers(plan: Plan, k: int, cores: int | None = None) -> int:
-    """DataLoader workers of each of k packed runs: ``--workers`` if given, else what a packed
-    sweep gives each run (the solver's count; ``auto``: benchmark.config.auto_workers, the
-    cores each of the k runs gets, as the joblib launcher sizes them)."""
-    from omegaconf import OmegaConf
-
-    from benchmark.config import auto_workers
-
-    if plan.num_workers is not None:
-        return plan.num_workers
-    own = OmegaConf.load(REPO / "conf" / "solver" / f"{plan.solver}.yaml").num_workers
-    return auto_workers(cores or os.cpu_count() or 1, k) if own == "auto" else int(own)
-
-
-def pack_level(k: int, mix: list[dict], plan: Plan, dataset: Path, work: Path, device: str,
-               precision: str, hard_end: float) -> dict:
-    """k processes (``mix``: [{key, name}]) trained over one common window. Returns the
-    level's record: runs (each worker's figures or error), gpu samples, wall_s.
-    ``hard_end`` (time.time()): the window ends before it, and workers still running 30 s
-    after it are killed (their figures are then missing, and say so)."""
-    t0 = time.perf_counter()
-    d = work / f"pack{k}"
-    check_owned(d, "gpu-check", "the GPU check's work folder")  # never a folder of the user's
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    write_marker(d, "gpu-check")
-    threads = plan.threads or max(1, (os.cpu_count() or 1) // k)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in
-                                           os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    procs = []
-    for i, m in enumerate(mix):
-        spec = {"name": m["name"], "backbone": m["key"], "index": i, "dataset": str(dataset),
-                "solver": plan.solver, "amp": precision == "amp", "device": device,
-                "sync_dir": str(d), "out_json": str(d / f"result_{i}.json"),
-                "warmup": plan.pack_warmup, "window_s": plan.pack_window_s,
-                "ready_timeout_s": plan.ready_timeout_s, "threads": threads,
-                "num_workers": pack_workers(plan, k), "cudnn_benchmark": plan.cudnn_benchmark,
-                "spawned_at": time.time()}
-        (d / f"spec_{i}.json").write_text(json.dumps(spec))
-        log = open(d / f"log_{i}.txt", "w")
-        procs.append((subprocess.Popen([sys.executable, "-m", "perf.gpu_worker", "--spec",
-                                        str(d / f"spec_{i}.json")], cwd=REPO, env=env,
-                                       stdout=log, stderr=subprocess.STDOUT), log))
-    # every live worker warm (or dead) -> one common window
-    end = min(time.time() + plan.ready_timeout_s, hard_end - plan.pack_window_s - 5.0)
-    while time.time() < end:
-        if all((d / f"ready_{i}").exists() or p.poll() is not None
-               for i, (p, _) in enumerate(procs)):
-            break
-        time.sleep(0.1)
-    deadline = time.time() + 0.5 + plan.pack_window_s
-    write_text(d / "go", json.dumps({"deadline": deadline}))
-    samples = []
-    while time.time() < deadline:
-        s = _gpu_sample()
-        if s is not None and time.time() > deadline - plan.pack_window_s:
-            samples.append(s)
-        time.sleep(0.5)
-    grace = max(time.time() + 10.0, min(time.time() + 120.0, hard_end + 30.0))
-    for p, log in procs:
+def _sample(stop: threading.Event, samples: list) -> None:
+    """(mean utilisation %, memory used MiB over all GPUs) every 0.5 s until ``stop``."""
+    while not stop.wait(0.5):
         try:
-            p.wait(timeout=max(1.0, grace - time.time()))
+            rows = [[float(x) for x in r] for r in _nvidia_smi("utilization.gpu,memory.used")]
+        except ValueError:
+            continue
+        if rows:
+            samples.append((sum(r[0] for r in rows) / len(rows), sum(r[1] for r in rows)))
+
+
+def run_level(cmd: list[str], sweep_dir: Path, log: Path, timeout_s: float, env: dict) -> dict:
+    """Run one sweep (its own process group, killed at ``timeout_s``); its runs' result.json
+    in sweep order (sweep.json), wall time, nvidia-smi samples."""
+    samples: list = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample, args=(stop, samples), daemon=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        sampler.start()
+        cut = False
+        try:
+            rc = proc.wait(timeout=max(1.0, timeout_s))
         except subprocess.TimeoutExpired:
-            p.kill()  # our own child, stuck: its figures are missing
-            p.wait()
-        log.close()
-    runs = []
-    for i, m in enumerate(mix):
-        f = d / f"result_{i}.json"
-        if f.is_file():
-            r = json.loads(f.read_text())
-        else:
-            tail = (d / f"log_{i}.txt").read_text()[-400:]
-            r = {"name": m["name"], "backbone": m["key"], "error": f"no result (killed?): {tail}"}
-        runs.append(r)
-    return {"k": k, "runs": runs, "precision": precision, "threads": threads,
-            "num_workers": pack_workers(plan, k),
-            "gpu_util_median": R.median(u for u, _ in samples),
-            "gpu_mem_used_max_mb": max((m for _, m in samples), default=None),
-            "wall_s": time.perf_counter() - t0}
+            cut = True
+            os.killpg(proc.pid, signal.SIGTERM)  # our own sweep: its runs record "Terminated"
+            try:
+                rc = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                rc = proc.wait()
+    wall = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    lv: dict[str, Any] = {"rc": rc, "wall_s": wall, "cut_short": cut, "results": [],
+                          "gpu_util_median": median(u for u, _ in samples),
+                          "gpu_mem_max_mb": max((m for _, m in samples), default=None)}
+    try:
+        plan = json.loads((sweep_dir / "sweep.json").read_text())
+    except (OSError, ValueError):
+        lv["error"] = f"no sweep.json (exit {rc}): {log.read_text()[-600:]}"
+        return lv
+    for r in plan["runs"]:
+        try:
+            lv["results"].append(json.loads((sweep_dir / r["run_dir"] / "result.json").read_text()))
+        except (OSError, ValueError):
+            lv["results"].append({"backbone": r["label"], "status": "missing",
+                                  "error": {"type": "Missing", "message": "no result.json"}})
+    return lv
 
 
-def measure_packing(plan: Plan, dataset: Path, work: Path, device: str, clock: Clock,
-                    doc: dict, save, precision: str) -> None:
-    ok = {b["key"]: b for b in doc["backbones"] if (b.get(precision) or {}).get("s_per_iter")}
-    order = [b for b in PACK_ORDER if b in ok] + [b for b in ok if b not in PACK_ORDER]
-    alone = {b: ok[b][precision]["s_per_iter"] for b in ok}
-    last_wall = None
-    for k in plan.levels:
-        if not order:
-            doc["packing"].append({"k": k, "skipped": f"no backbone has a {precision} figure"})
-            continue
-        est = 1.3 * last_wall if last_wall else plan.pack_window_s + 30.0
-        if clock.left() < est:
-            doc["packing"].append({"k": k, "skipped": f"time budget ({clock.elapsed():.0f} s "
-                                                      f"spent, ~{est:.0f} s needed)"})
-            doc["skipped"].append(f"packing k={k}: time budget")
-            save()
-            continue
-        mix = [{"key": order[i % len(order)], "name": ok[order[i % len(order)]]["name"]}
-               for i in range(k)]
-        _say(f"packing k={k}: {', '.join(m['name'] for m in mix)}")
-        lv = pack_level(k, mix, plan, dataset, work, device, precision,
-                        hard_end=time.time() + clock.left())
-        lv["slowdown"] = R.slowdown(lv["runs"], alone)
-        lv["failed"] = any(r.get("error") for r in lv["runs"])
-        peaks = [r.get("reserved_mb") or r.get("peak_mb") for r in lv["runs"]]
-        lv["total_mb"] = lv["gpu_mem_used_max_mb"] or (sum(peaks) if all(peaks) else None)
-        last_wall = lv["wall_s"]
-        doc["packing"].append(lv)
-        sd = f"{lv['slowdown']:.2f}" if lv["slowdown"] else "-"
-        _say(f"packing k={k}: slowdown {sd} in {lv['wall_s']:.0f} s"
-             + (" (a run FAILED)" if lv["failed"] else ""))
-        save()
+def make_dataset(work: Path, size: int, cases: int, slices: int) -> Path:
+    """The phantom (``cases`` x ``size`` px x ``slices``), converted; patient k-fold with
+    k = cases (fold 0 tests one case)."""
+    from converters import phantom
+    from converters.convert import convert
 
-
-# --------------------------------------------------------------------------- main
-
-
-def _solver_facts(plan: Plan, dataset: Path, device: str) -> dict:
-    from perf import gpu_bench as G
-
-    d2, train, test, cfg = G.build_cfg(dataset, plan.backbones[0], plan.solver, amp=False,
-                                       device=device, out_dir=Path(tempfile.gettempdir()),
-                                       max_iter=1, num_workers=plan.num_workers,
-                                       extra=tuple(plan.extra))
-    s = cfg.solver
-    if s.input_size == "zoo":
-        desc = (f"zoo resize: short side {list(d2.INPUT.MIN_SIZE_TRAIN)} train / "
-                f"{d2.INPUT.MIN_SIZE_TEST} test")
-    else:
-        desc = f"{s.input_size} ({d2.INPUT.MIN_SIZE_TEST} px)"
-    return {"solver": str(s.name), "ims_per_batch": int(s.ims_per_batch), "input_desc": desc,
-            "roi_per_image": int(d2.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE),
-            "num_workers": int(d2.DATALOADER.NUM_WORKERS),
-            "n_train_images": train.n_images, "n_test_images": test.n_images,
-            "weights_desc": "zoo model layout (FrozenBN, FREEZE_AT 2), random init with its "
-                            "frozen-BN statistics set from one batch (no checkpoint travels)"}
+    raw = phantom.generate(work / "raw", preset="tiny", seed=0, n_cases=cases, size=size,
+                           slices=slices)
+    return convert(raw, work / "data", {"workers": min(cases, os.cpu_count() or 1),
+                                        "splits": {"patient_kfold": {"k": cases},
+                                                   "slice_random": {"enabled": False}}})
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dry-run", action="store_true", help="tiny CPU-sized check (CI)")
+    ap.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU (CI)")
     ap.add_argument("--out", type=Path, default=None,
                     help="where gpu_check.md/.json go (default perf/gpu; dry run work/gpu_check_dry)")
-    ap.add_argument("--budget-s", type=float, default=None, help="time budget of the whole check")
+    ap.add_argument("--budget-s", type=float, default=None, help="time budget of the sweeps")
     ap.add_argument("--backbones", default=None, help="comma list (default: the plan's)")
-    ap.add_argument("--levels", default=None, help="packing levels, e.g. 1,2,4,8")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--levels", default=None, help="runs per GPU, e.g. 1,2,4,8")
+    ap.add_argument("--iters", type=int, default=None, help="solver.max_iter of each run")
     ap.add_argument("--size", type=int, default=None, help="phantom slice size in pixels")
-    ap.add_argument("--solver", default=None, help="conf/solver: paper | smoke (default: the plan's)")
-    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: solver's)")
-    ap.add_argument("--pack-precision", default="auto", choices=["auto", "fp32", "amp"],
-                    help="precision of the packed runs (auto: amp on CUDA, else fp32)")
-    ap.add_argument("--cudnn-benchmark", action="store_true",
-                    help="torch.backends.cudnn.benchmark on, in every process (default off, "
-                         "as detectron2)")
+    ap.add_argument("--solver", default=None, help="conf/solver: paper | smoke")
+    ap.add_argument("--weights", default="scratch",
+                    help="conf/weights (scratch: nothing to download; zoo where cached)")
+    ap.add_argument("--pack-precision", default="auto", choices=["auto", "fp32", "amp"])
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="cudnn_benchmark=true")
     ap.add_argument("--sweep-iters", type=int, default=5000)
     ap.add_argument("--test-images", type=int, default=TEST_IMAGES)
-    ap.add_argument("--work", type=Path, default=None, help="scratch dir (default: a temp dir)")
+    ap.add_argument("--work", type=Path, default=None, help="keep the runs in a folder in DIR")
+    ap.add_argument("overrides", nargs="*", help="more Hydra overrides for every run")
     args = ap.parse_args(argv)
 
-    plan = DRY_PLAN if args.dry_run else GPU_PLAN
+    plan = dict(DRY_PLAN if args.dry_run else GPU_PLAN)
+    for key in ("size", "solver", "iters", "budget_s"):
+        if getattr(args, key) is not None:
+            plan[key] = getattr(args, key)
     if args.backbones:
-        bad = set(args.backbones.split(",")) - set(R.GRID9)
-        if bad:
-            ap.error(f"unknown backbone(s) {sorted(bad)}; choose from {R.GRID9}")
-        plan = replace(plan, backbones=args.backbones.split(","))
+        plan["backbones"] = args.backbones.split(",")
+        if set(plan["backbones"]) - set(GRID9):
+            ap.error(f"unknown backbone(s); choose from {GRID9}")
     if args.levels:
-        plan = replace(plan, levels=[int(x) for x in args.levels.split(",")])
-    if args.budget_s:
-        plan = replace(plan, budget_s=args.budget_s)
-    if args.workers is not None:
-        plan = replace(plan, num_workers=args.workers)
-    if args.size:
-        plan = replace(plan, size=args.size)
-    if args.solver:
-        plan = replace(plan, solver=args.solver)
-    if args.cudnn_benchmark:
-        plan = replace(plan, cudnn_benchmark=True)
-    out = args.out or (REPO / ("work/gpu_check_dry" if args.dry_run else "perf/gpu"))
+        plan["levels"] = sorted({int(x) for x in args.levels.split(",")} | {1})
+    overrides = list(args.overrides) + (["cudnn_benchmark=true"] if args.cudnn_benchmark else [])
+    out = args.out or REPO / ("work/gpu_check_dry" if args.dry_run else "perf/gpu")
     out.mkdir(parents=True, exist_ok=True)
-    clock = Clock(plan.budget_s)
-    # a hang (a stuck DataLoader worker, a wedged CUDA call) must not eat the time budget silently:
-    # print every thread's stack and exit well before the device tool's own limit
-    faulthandler.dump_traceback_later(plan.budget_s + 90, exit=True)
+    if args.work:  # kept; a fresh folder in it each time (a sweep resumes finished runs)
+        args.work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lungbench-gpu-check-", dir=args.work))
+    t0 = time.perf_counter()
 
-    from perf import gpu_bench as G
-
-    G.quiet_detectron2()
     from benchmark.config import resolve_device
 
-    import torch
-
-    torch.backends.cudnn.benchmark = plan.cudnn_benchmark
-    if plan.threads:
-        torch.set_num_threads(plan.threads)
-
-    device = resolve_device(args.device)
+    device = resolve_device("auto")
     if not args.dry_run and device != "cuda":
         _say("no CUDA device: the full-size check on a CPU takes hours; use --dry-run")
         return 2
     if args.pack_precision == "amp" and device != "cuda":
         ap.error("--pack-precision amp needs CUDA")
-    work = args.work or Path(tempfile.mkdtemp(prefix="lungbench-gpu-check-"))
-    zoo = R.load_zoo()
-    doc = {"schema": 1, "dry_run": args.dry_run, "command": " ".join(["perf/gpu_check.sh"] + (argv if argv is not None else sys.argv[1:])),
-           "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "env": {"device": device}, "plan": asdict(plan), "settings": {},
-           "zoo": {k: zoo[k] for k in ("source", "gpu", "gpus", "images_per_iter")},
-           "backbones": [], "packing": [], "skipped": [], "wall_s": 0.0}
-
-    def save() -> None:
-        doc["wall_s"] = clock.elapsed()
-        write_text(out / "gpu_check.json", json.dumps(doc, indent=1, default=str))
-
+    pack = args.pack_precision if args.pack_precision != "auto" else \
+        "amp" if device == "cuda" else "fp32"
+    gpus = len(_nvidia_smi("name")) if device == "cuda" else 0
+    levels = [("fp32", 1)] + ([("amp", 1)] if device == "cuda" else [])
+    levels += [(pack, k) for k in plan["levels"] if k > 1]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", LUNGBENCH_GPU_SLOTS=str(work / "slots"))
+    doc: dict[str, Any] = {
+        "schema": 2, "dry_run": args.dry_run,
+        "command": " ".join(["perf/gpu_check.sh", *(sys.argv[1:] if argv is None else argv)]),
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "plan": plan, "levels": [], "skipped": []}
+    ok: dict = {}  # the first ok result.json: settings and versions
     try:
-        _say(f"device {device}; phantom {plan.size}x{plan.size}, {plan.n_cases} cases; "
-             f"budget {plan.budget_s:.0f} s; work dir {work}")
-        dataset = G.make_dataset(work, plan.size, plan.n_cases, plan.slices,
-                                 workers=min(plan.n_cases, os.cpu_count() or 1))
-        # after the converter's process pool: its forked workers never meet a CUDA context
-        doc["env"] = G.env_facts(device)
-        doc["settings"] = {"image_size": plan.size, "warmup": plan.warmup, "iters": plan.iters,
-                           "window_s": plan.window_s, **_solver_facts(plan, dataset, device)}
-        doc["packing_settings"] = {
-            "precision": None, "warmup": plan.pack_warmup, "window_s": plan.pack_window_s,
-            "num_workers": ", ".join(f"{pack_workers(plan, k)} (k={k})" for k in plan.levels),
-            "threads_desc": str(plan.threads) if plan.threads else f"{os.cpu_count()} cores / k"}
-        _say(f"dataset ready in {clock.elapsed():.0f} s: {dataset}")
-        d2, train, _, _ = G.build_cfg(dataset, plan.backbones[0], plan.solver, amp=False,
-                                      device=device, out_dir=work / "loader", max_iter=1,
-                                      num_workers=plan.num_workers, extra=tuple(plan.extra))
-        doc["loader"] = G.loader_profile(d2, train.name)
-        _say(f"loader: {1000 * doc['loader']['mapper_s_per_image']:.1f} ms/image on one core")
-        measure_backbones(plan, dataset, work, device, clock, zoo, doc, save)
-        # packed runs use AMP on CUDA (the proposed default), unless AMP failed everywhere
-        precision = args.pack_precision
-        if precision == "auto":
-            has_amp = any((b.get("amp") or {}).get("s_per_iter") for b in doc["backbones"])
-            precision = "amp" if has_amp else "fp32"
-        doc["packing_settings"]["precision"] = precision
-        measure_packing(plan, dataset, work, device, clock, doc, save, precision)
-        import_s = R.median(r["import_s"] for lv in doc["packing"] for r in lv.get("runs", [])
-                            if r.get("import_s"))
-        sweep = [dict(b, setup_s=(b.get("setup_s") or 0.0) + (import_s or 0.0))
-                 for b in doc["backbones"] if not b.get("skipped")]
-        doc["extrapolation"] = R.extrapolate(sweep, doc["packing"], iters=args.sweep_iters,
-                                             test_images=args.test_images,
-                                             pack_precision=precision,
-                                             device_mb=doc["env"].get("gpu_total_mb"))
-        doc["extrapolation"]["import_s"] = import_s
+        _say(f"device {device}; phantom {plan['size']} px; sweeps {levels}; work dir {work}")
+        dataset = make_dataset(work, plan["size"], plan["cases"], plan["slices"])
+        last = None  # wall of the last sweep in the packing precision: what the next one needs
+        for prec, k in levels:
+            lv: dict[str, Any] = {"precision": prec, "k": k, "slots": k * max(1, gpus)}
+            doc["levels"].append(lv)
+            left = plan["budget_s"] - (time.perf_counter() - t0)
+            if left <= 0 or (k > 1 and last and left < last):
+                lv["skipped"] = f"time budget ({max(0, left):.0f} s left, ~{last or 0:.0f} s needed)"
+                doc["skipped"].append(f"{prec} k={k}")
+                continue
+            sweep_dir = work / "sweeps" / f"{prec}_k{k}"
+            cmd = sweep_command(k, prec, iters=plan["iters"], solver=plan["solver"],
+                                weights=args.weights, backbones=plan["backbones"],
+                                dataset=dataset, sweep_dir=sweep_dir, device=device,
+                                overrides=overrides)
+            _say(f"{prec} k={k}: " + " ".join(cmd[2:]))
+            log = work / f"{prec}_k{k}.log"
+            lv.update(run_level(cmd, sweep_dir, log, left, env))
+            if lv["rc"]:
+                print(log.read_text()[-2000:], flush=True)  # the sweep's own words
+            results = lv.pop("results")
+            ok = ok or next((r for r in results if r.get("status") == "ok"), {})
+            lv["runs"] = [run_facts(r) for r in results]
+            if lv["cut_short"]:
+                doc["skipped"].append(f"{prec} k={k} cut short")
+            last = lv["wall_s"] if prec == pack else last
+            _say(f"{prec} k={k}: {sum(r['ok'] for r in lv['runs'])}/{len(lv['runs'])} runs ok "
+                 f"in {lv['wall_s']:.0f} s")
     finally:
-        save()
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    md = R.render_markdown(doc)
+    ims = (ok.get("solver") or {}).get("ims_per_batch") or 2
+    doc["env"] = {**{k: (ok.get("env") or {}).get(k) for k in ("torch", "detectron2", "python", "gpu")},
+                  "device": device, "cpu_count": os.cpu_count(), "gpus": gpus}
+    doc["settings"] = {"image_size": plan["size"], "solver": plan["solver"], "weights": args.weights,
+                       "iters": plan["iters"], "overrides": overrides, "ims_per_batch": ims,
+                       "input_size": ((ok.get("config") or {}).get("solver") or {}).get("input_size"),
+                       "infer_batch": (ok.get("timing") or {}).get("infer_batch_size"),
+                       **{f"n_{p}_images": (ok.get("dataset") or {}).get(f"n_{p}_images")
+                          for p in ("train", "test")}}
+    zoo = load_zoo()
+    doc["zoo"] = {k: zoo[k] for k in ("source", "gpu", "gpus", "images_per_iter")}
+    doc["backbones"] = backbone_rows(doc["levels"], plan["backbones"], zoo, ims,
+                                     None if device == "cuda" else "n/a: AMP needs CUDA")
+    doc["summary"] = summarise(doc["levels"], args.sweep_iters, args.test_images, pack)
+    doc["wall_s"] = time.perf_counter() - t0
+    md = render(doc)
+    from reports.atomic import write_text
+
+    write_text(out / "gpu_check.json", json.dumps(doc, indent=1, default=str))
     write_text(out / "gpu_check.md", md)
     print(md)
-    _say(f"wrote {out / 'gpu_check.md'} and gpu_check.json in {clock.elapsed():.0f} s")
-    failed = [f"{b['key']} {p}" for b in doc["backbones"] for p in ("fp32", "amp")
-              if (b.get(p) or {}).get("error")]
-    failed += [f"packing k={lv['k']}" for lv in doc["packing"] if lv.get("failed")]
-    if failed:
-        _say("FAILED: " + ", ".join(failed))
-    return 1 if failed else 0
+    _say(f"wrote {out / 'gpu_check.md'} and gpu_check.json in {doc['wall_s']:.0f} s")
+    bad = [f"{lv['precision']} k={lv['k']}" for lv in doc["levels"]
+           if lv.get("cut_short") or lv.get("error") or any(not r["ok"] for r in lv.get("runs", []))]
+    if bad:
+        _say("FAILED: " + ", ".join(bad))
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

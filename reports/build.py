@@ -42,7 +42,7 @@ def schema_notes(df: pd.DataFrame, planned: int | None = None) -> list[str]:
     if df.empty:
         if planned is not None:
             return [f"no result.json for any of the {planned} run(s) in {PLAN_NAME}: every one is MISSING"]
-        return ["no result.json found under this sweep dir: every backbone is MISSING"]
+        return ["no result.json found under this sweep dir (and no sweep.json saying what was planned)"]
     c = Counter(n for v in df["schema_note"] if isinstance(v, str) for n in v.split(NOTE_SEP))
     return [f"{n} ({k} run{'s' if k > 1 else ''})" for n, k in sorted(c.items())]
 

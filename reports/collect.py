@@ -29,7 +29,7 @@ import pandas as pd
 from benchmark.identity import identity  # pure: the one rule for "same run" and "same group"
 from benchmark.result import validate  # pure (no torch): the writer's own check of schema 1
 
-from .schema import BACKBONES, CLASSES, KNOWN_SCHEMAS, NOT_IN_ZOO, backbone_order, schedule_order
+from .schema import CLASSES, KNOWN_SCHEMAS, backbone_order, schedule_order
 
 RESULT_NAME = "result.json"
 #: Separator of the notes inside one ``schema_note`` cell.
@@ -170,8 +170,6 @@ def normalize(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if not r.get("backbone"):
         r["backbone"] = "unknown"
         notes.append("no backbone, trunk or head: listed as 'unknown'")
-    if "in_zoo" not in r and r["backbone"] in BACKBONES:
-        r["in_zoo"] = r["backbone"] not in NOT_IN_ZOO
 
     metrics = r.get("metrics")
     if isinstance(metrics, dict):
@@ -251,7 +249,8 @@ def read_sweep(sweep_dir: Path) -> SweepRuns:
         planned.add(os.path.realpath(path))
         if not path.exists():
             missing.append({"label": run["label"], "run_dir": _rel(sweep_dir / run["run_dir"], sweep_dir),
-                            "group": run.get("group")})
+                            "group": run.get("group"), "backbone": run.get("backbone"),
+                            "in_zoo": run.get("in_zoo")})
             continue
         row = load_run(path, sweep_dir)
         got = row.get("identity.hash")

@@ -20,13 +20,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from .plots import Plot, summarize, to_png
+from converters.catalog import INFECTION, NAME_BY_ID
+
 from .schema import CLASS_COLORS, CLASS_LABELS, CLASSES
 from .tables import group_label, iter_groups
 
 SCORE_THRESHOLD = 0.5
 MAX_DETECTIONS = 20
 N_SLICES = 3
-_RGB = {i + 1: np.array([int(CLASS_COLORS[c][k:k + 2], 16) for k in (1, 3, 5)]) / 255 for i, c in enumerate(CLASSES)}
+_RGB = {i: np.array([int(CLASS_COLORS[c][k:k + 2], 16) for k in (1, 3, 5)]) / 255 for i, c in NAME_BY_ID.items()}
 
 
 def decode(rle: dict[str, Any]) -> np.ndarray:
@@ -39,14 +41,14 @@ def decode(rle: dict[str, Any]) -> np.ndarray:
 
 
 def pick_slices(coco: dict[str, Any], n: int = N_SLICES) -> list[int]:
-    """Image ids with the most infection area (category 3); images without infection rank by
+    """Image ids with the most infection area; images without infection rank by
     total annotated area after them. Deterministic: ties go to the lowest id."""
     inf: dict[int, float] = {}
     tot: dict[int, float] = {}
     for a in coco.get("annotations", []):
         i = a["image_id"]
         tot[i] = tot.get(i, 0) + float(a.get("area", 0))
-        if a.get("category_id") == 3:
+        if a.get("category_id") == INFECTION.id:
             inf[i] = inf.get(i, 0) + float(a.get("area", 0))
     ids = [im["id"] for im in coco.get("images", [])]
     return sorted(ids, key=lambda i: (-inf.get(i, 0.0), -tot.get(i, 0.0), i))[:n]
@@ -58,7 +60,7 @@ def _blend(img: np.ndarray, dets: list[tuple[int, np.ndarray]]) -> np.ndarray:
     out = img.copy()
     for cat, m in sorted(dets, key=lambda d: d[0]):
         if cat in _RGB and m.shape == out.shape[:2]:
-            alpha = 0.65 if cat == 3 else 0.35
+            alpha = 0.65 if cat == INFECTION.id else 0.35
             out[m] = (1 - alpha) * out[m] + alpha * _RGB[cat]
     return out
 
@@ -178,10 +180,10 @@ def overlays(df: pd.DataFrame, sweep_dir: Path, n_slices: int = N_SLICES) -> lis
             ax.imshow(_blend(img, [(c, m) for c, m, _, _ in dets if m is not None]), interpolation="nearest")
             fs = 6.5 if w < 300 else 7
             for c, _, (x, y, bw, bh), score in dets:
-                color = CLASS_COLORS.get(CLASSES[c - 1], "white") if 1 <= c <= 3 else "white"
+                color = CLASS_COLORS.get(NAME_BY_ID.get(c), "white")
                 ax.add_patch(Rectangle((x - 0.5, y - 0.5), bw, bh, fill=False, ec=color, lw=1.1))
                 if score is not None:
-                    ax.text(x, y - 1, f"{CLASS_LABELS.get(CLASSES[c - 1], c) if 1 <= c <= 3 else c} {score:.2f}",
+                    ax.text(x, y - 1, f"{CLASS_LABELS.get(NAME_BY_ID.get(c), c)} {score:.2f}",
                             color="white", fontsize=fs, va="bottom",
                             bbox={"facecolor": color, "alpha": 0.75, "pad": 0.8, "lw": 0})
             ax.set_title(label, fontsize=9.5, fontweight="bold" if label == "ground truth" else "normal")

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .plots import Plot
 from .stats import MIN_CASES, TIED_ZERO
-from .schema import BACKBONES, CLASS_LABELS, CLASSES
+from .schema import CLASS_COLORS, CLASS_LABELS, CLASSES
 from .tables import (SEGM_AP, class_col, fmt, fmt_pm, group_label, iter_groups, load_paper, stats,
                      table3_display)
 
@@ -45,7 +45,7 @@ td:first-child{white-space:nowrap}
 tr:nth-child(even) td{background:#fafbfc}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.best{font-weight:700;background:#e6f4ea!important}
-tr.missing td{color:#888;font-style:italic} tr.failed td{background:#fff0f0!important}
+tr.missing td{color:#888;font-style:italic} tr.paper td{color:#666} tr.failed td{background:#fff0f0!important}
 .pos{color:#1e6b34} .neg{color:#9b1c1c}
 figure{margin:10px 0 22px} figure img{max-width:100%;border:1px solid #e3e7eb}
 figcaption{font-size:13px;color:#5b6670;margin-top:4px}
@@ -56,7 +56,7 @@ details{margin:8px 0} summary{cursor:pointer;font-weight:600}
 code{background:#eef2f6;padding:1px 4px;border-radius:3px;font-size:12.5px}
 """
 
-_CLASS_CSS = {"left lung": "#1f77b4", "right lung": "#2ca02c", "infection": "#d62728", "mean of 3 classes": "#6c757d"}
+_CLASS_CSS = {**{CLASS_LABELS[c]: CLASS_COLORS[c] for c in CLASSES}, "mean of 3 classes": "#6c757d"}
 
 
 def _table(df: pd.DataFrame, *, table_id: str | None = None, num_cols: Iterable[str] = (),
@@ -191,13 +191,11 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
            failed: pd.DataFrame, missing: list[dict[str, Any]], plots: list[Plot], notes: list[str],
            files: list[str], planned: int | None = None, leak: pd.DataFrame | None = None) -> str:
     """The whole page as one string (``planned``: the number of runs in the sweep's plan,
-    None without one: then the nine backbones are what is expected)."""
+    None without one: then the runs found are what is expected)."""
     paper = load_paper()
     n, n_ok = len(df), int((df["status"] == "ok").sum()) if not df.empty else 0
-    present = set(df["backbone"]) if not df.empty else set()
-    n_miss_bb = sum(b not in present for b in BACKBONES)
     expected = (f"of {planned} planned run(s)" if planned is not None
-                else f"{n_miss_bb} of 9 backbones without any run")
+                else "no sweep.json: the runs are the result.json files found")
     smoke = (not df.empty and "solver.name" in df.columns and (df["solver.name"] == "smoke").any())
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -260,7 +258,8 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
                             num_cols=["n_cases", "patient_kfold", "slice_random", "gap [95% CI]", "p"]))
 
     disp = table3_display(t3)
-    row_class = ["missing" if r == 0 else ("failed" if ok == 0 else "") for r, ok in zip(t3["n_runs"], t3["n_ok"])]
+    row_class = ["paper" if po else "missing" if r == 0 else ("failed" if ok == 0 else "")
+                 for po, r, ok in zip(t3["paper_only"], t3["n_runs"], t3["n_ok"])]
     best = {}
     for col, raw in (("Ours: infection AP (segm)", "infection_AP"), ("Ours: mean segm AP (3 classes)", "mean_AP")):
         v = pd.to_numeric(t3[raw], errors="coerce")

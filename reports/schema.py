@@ -5,22 +5,19 @@ Only constants and small pure helpers: no I/O, no heavy imports.
 
 from __future__ import annotations
 
+# Trunks, heads, the nine backbones (report order) and the classes come from
+# converters.catalog, re-exported here under the names the report code uses.
+from converters.catalog import BACKBONES, CLASS_LABELS, HEADS, TRUNKS
+from converters.catalog import CLASS_COLOURS as CLASS_COLORS
+from converters.catalog import CLASS_NAMES as CLASSES
+
 #: result.json schema versions this reader understands fully.
 KNOWN_SCHEMAS = (1, 2)
 
-TRUNKS = ("R50", "R101", "X101")
-HEADS = ("C4", "DC5", "FPN")
-#: The nine backbones every sweep is expected to cover, in report order.
-BACKBONES = tuple(f"{t}-{h}" for t in TRUNKS for h in HEADS)
-#: Backbones derived by us, absent from detectron2's model zoo.
-NOT_IN_ZOO = ("X101-C4", "X101-DC5")
+# Whether a cell is in detectron2's model zoo is read from each result.json's ``in_zoo`` (and
+# for a planned run without one, from sweep.json), copied there from conf/backbone/<cell>.yaml.
 SCHEDULES = ("1x", "3x")
 
-#: COCO category ids 1..3, in this order.
-CLASSES = ("left_lung", "right_lung", "infection")
-CLASS_LABELS = {"left_lung": "left lung", "right_lung": "right lung", "infection": "infection"}
-#: Colours used in every plot (colour-blind friendly: blue, orange/green, red-purple).
-CLASS_COLORS = {"left_lung": "#1f77b4", "right_lung": "#2ca02c", "infection": "#d62728"}
 TASKS = ("segm", "bbox")
 AP_METRICS = ("AP", "AP50", "AP75")
 

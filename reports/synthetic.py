@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import json
 import zlib
+from functools import cache
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from benchmark.identity import identity
+from converters.catalog import conf_name
 from converters.fsutil import claim, write_text
 
 from .collect import PLAN_NAME, SWEEP_KIND
-from .schema import BACKBONES, CLASSES, NOT_IN_ZOO
+from .schema import BACKBONES, CLASSES
+
+#: The backbone configs runs are made from (their ``in_zoo`` goes into every result.json).
+BACKBONE_CONF = Path(__file__).resolve().parents[1] / "conf" / "backbone"
 
 #: A rough quality order so synthetic plots look like something (FPN > DC5 > C4, bigger trunk better).
 _HEAD_BONUS = {"C4": -6.0, "DC5": -3.0, "FPN": 0.0}
@@ -31,6 +36,19 @@ _S_PER_ITER = {"C4": 0.55, "DC5": 0.47, "FPN": 0.26}
 
 def _rng(*key: Any) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32("|".join(map(str, key)).encode()))
+
+
+@cache
+def in_zoo(backbone: str) -> bool | None:
+    """``in_zoo`` of ``conf/backbone/<cell>.yaml``, as a real run records it; None (unknown)
+    for a backbone without a config file."""
+    path = BACKBONE_CONF / f"{conf_name(backbone)}.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.load(path).get("in_zoo")
+    return None if value is None else bool(value)
 
 
 def _ap_block(rng: np.random.Generator, base: float) -> dict[str, Any]:
@@ -51,7 +69,8 @@ def make_result(backbone: str = "R50-FPN", *, schedule: str | None = "3x", fold:
     """One result.json dict (schema 1 layout). ``status='failed'`` gives null metrics/timing and
     an error (``error`` or a default FloatingPointError). ``schema=2`` adds the run identity
     (from the config; no dataset fingerprint); any other value only changes the schema field;
-    build older layouts by editing the dict. ``base_lr`` is a config value (not the numbers)."""
+    build older layouts by editing the dict. ``base_lr`` is a config value (not the numbers).
+    ``in_zoo`` is the backbone config's (``in_zoo()``), as a real run writes it."""
     trunk, head = backbone.split("-", 1)
     rng = _rng(backbone, schedule, fold, seed)
     base = 55.0 + _HEAD_BONUS.get(head, 0) + _TRUNK_BONUS.get(trunk, 0) + (2.0 if schedule == "3x" else 0.0)
@@ -78,7 +97,7 @@ def make_result(backbone: str = "R50-FPN", *, schedule: str | None = "3x", fold:
               "seed": seed, "split": {"name": "patient_kfold", "fold": fold}}
     out = {
         "schema": schema, "status": status, "error": None if ok else error,
-        "backbone": backbone, "trunk": trunk, "head": head, "in_zoo": backbone not in NOT_IN_ZOO,
+        "backbone": backbone, "trunk": trunk, "head": head, "in_zoo": in_zoo(backbone),
         "schedule": schedule, "weights": weights, "experiment": experiment,
         "solver": {"name": solver, "ims_per_batch": 2, "base_lr": base_lr,
                    "max_iter": 20 if solver == "smoke" else 5000, "lr_schedule": "paper", "amp": False},
@@ -220,16 +239,18 @@ def mark_sweep(sweep_dir: Path) -> Path:
 
 
 def write_plan(sweep_dir: Path, runs: Iterable[tuple[str, dict[str, Any] | None]]) -> Path:
-    """``<sweep_dir>/sweep.json`` as benchmark.sweep writes it (schema 2), planning ``runs``:
-    (run folder relative to the sweep dir, the result expected there or None). The planned
-    identity and group are the expected result's (its own, else computed from its config)."""
+    """``<sweep_dir>/sweep.json`` as benchmark.sweep writes it (schema 3), planning ``runs``:
+    (run folder relative to the sweep dir, the result expected there or None; whether it is
+    written there is the caller's choice). The planned identity, group, backbone and in_zoo are
+    the expected result's (identity: its own, else computed from its config)."""
     planned = []
     for run_dir, result in runs:
         ident = (result or {}).get("identity") or (identity(result["config"], None) if result else {})
         planned.append({"label": Path(run_dir).name, "run_dir": str(run_dir), "overrides": [],
                         "status": "planned", "error": None, "identity": ident.get("hash"),
-                        "group": ident.get("group")})
-    doc = {"schema": 2, "sweep_dir": str(Path(sweep_dir).resolve()), "overrides": [], "hydra_exit_code": None,
+                        "group": ident.get("group"), "backbone": (result or {}).get("backbone"),
+                        "in_zoo": (result or {}).get("in_zoo")})
+    doc = {"schema": 3, "sweep_dir": str(Path(sweep_dir).resolve()), "overrides": [], "hydra_exit_code": None,
            "summary": f"{len(planned)} runs", "runs": planned}
     return write_text(Path(sweep_dir) / PLAN_NAME, json.dumps(doc, indent=1) + "\n")
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from benchmark.identity import HARMLESS, REPLICATES
 
-from .schema import (AP_METRICS, BACKBONES, CLASS_LABELS, CLASSES, NOT_IN_ZOO, REPLICATE_KEYS,
+from .schema import (AP_METRICS, BACKBONES, CLASS_LABELS, CLASSES, REPLICATE_KEYS,
                      TASKS, VARYING_GROUP_KEYS, backbone_order, schedule_order)
 
 PAPER_PATH = Path(__file__).with_name("paper.json")
@@ -209,21 +209,49 @@ def _status_note(rows: pd.DataFrame) -> list[str]:
     return []
 
 
-def _missing_row(backbone: str, note: list[str]) -> dict[str, Any]:
-    """A Table 3 row for an expected backbone (or planned run) without any result.json."""
+def _in_zoo(value: Any) -> bool | None:
+    """A group's ``in_zoo`` (as its result.json files record it): True, False or None (unknown)."""
+    v = _norm(value)
+    return None if v is None else bool(v)
+
+
+def _zoo_note(in_zoo: bool | None) -> list[str]:
+    """"not in zoo" where in_zoo is False; nothing where it is True or unknown."""
+    return ["not in zoo"] if in_zoo is False else []
+
+
+def _missing_row(planned: dict[str, Any], note: list[str]) -> dict[str, Any]:
+    """A Table 3 row for a planned run (collect.SweepRuns.missing) without any result.json:
+    its backbone and ``in_zoo`` as the sweep's plan recorded them (unknown in older plans)."""
+    backbone = str(planned.get("backbone") or planned["label"])
     known = backbone in BACKBONES
     paper, pnote = paper_table3(backbone, None) if known else (None, None)
     t, h = backbone.split("-") if known else (None, None)
+    in_zoo = _in_zoo(planned.get("in_zoo"))
     return {
         "backbone": backbone, "schedule": None, "trunk": t, "head": h,
-        "in_zoo": backbone not in NOT_IN_ZOO if known else None, "group": backbone,
+        "in_zoo": in_zoo, "group": backbone,
         "n_runs": 0, "n_ok": 0, "n_failed": 0,
         "infection_AP": math.nan, "infection_AP_std": math.nan, "infection_AP_n": 0,
         "mean_AP": math.nan, "mean_AP_std": math.nan, "mean_AP_n": 0,
         "paper_AP": paper, "delta_AP": math.nan,
         "paper_source": pnote if paper is not None else None,
-        "note": "; ".join((["not in zoo"] if backbone in NOT_IN_ZOO else []) + note
+        "note": "; ".join(_zoo_note(in_zoo) + note
                           + ([] if paper is not None or not known else _paper_by_schedule(backbone))),
+    }
+
+
+def _paper_row(p: dict[str, Any]) -> dict[str, Any]:
+    """A Table 3 row of the paper's (paper.json ``table3``) for a backbone this sweep did not
+    plan: the paper's number, nothing of ours (not a MISSING run: nobody asked for it)."""
+    t, h = str(p["backbone"]).split("-")
+    return {
+        "backbone": p["backbone"], "schedule": p["schedule"], "trunk": t, "head": h,
+        "in_zoo": None, "group": None, "paper_only": True, "n_runs": 0, "n_ok": 0, "n_failed": 0,
+        "infection_AP": math.nan, "infection_AP_std": math.nan, "infection_AP_n": 0,
+        "mean_AP": math.nan, "mean_AP_std": math.nan, "mean_AP_n": 0,
+        "paper_AP": p["ap"], "delta_AP": math.nan, "paper_source": f"paper row {p['row']}",
+        "note": "paper only: not in this sweep",
     }
 
 
@@ -241,22 +269,22 @@ def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None
 
     Ours: segm infection AP (compared with the paper, see paper.json 'assumptions') and the
     segm AP over the three classes, each as mean, std and n over folds/seeds (ok runs only).
-    Without a plan (``planned_missing`` None) each of the nine backbones appears at least once
-    (MISSING when it has no run); with one, a planned group without any result.json is a
+    The rows are the groups of the runs found; a planned group without any result.json is a
     MISSING row named by its planned run (``planned_missing``: collect.SweepRuns.missing).
+    A paper row (paper.json) for a backbone nobody planned stays, as the paper's:
+    ``paper_only`` True, its number and nothing of ours (not a MISSING run of ours).
     ``infection_verdict`` and ``mean_verdict`` say what the paired case-by-case tests
     (reports.stats, ``comparison``: its compare(df), computed when not given) found.
     """
     keys = group_keys(df)
     comparison = _comparison(df, comparison)
     rows = []
-    seen = set()
     for key, g in iter_groups(df, keys):
-        seen.add(key["backbone"])
         inf = stats(g, class_col("infection"))
         mean_ap = stats(g, SEGM_AP)
         paper, pnote = paper_table3(str(key["backbone"]), key["schedule"])
-        notes = (["not in zoo"] if key["backbone"] in NOT_IN_ZOO else []) + _status_note(g)
+        in_zoo = _in_zoo(_first(g, "in_zoo"))  # what the runs' result.json files say
+        notes = _zoo_note(in_zoo) + _status_note(g)
         n_miss = sum(m.get("group") is not None and m.get("group") == key.get(GROUP_COL)
                      for m in planned_missing or [])
         if n_miss:
@@ -265,7 +293,7 @@ def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None
             notes.append(pnote)
         rows.append({
             **key, "trunk": _first(g, "trunk"), "head": _first(g, "head"), "group": key["label"],
-            "in_zoo": key["backbone"] not in NOT_IN_ZOO if key["backbone"] in BACKBONES else _first(g, "in_zoo"),
+            "in_zoo": in_zoo,
             "n_runs": len(g), "n_ok": int((g["status"] == "ok").sum()),
             "n_failed": int((g["status"] != "ok").sum()),
             "infection_AP": inf[0], "infection_AP_std": inf[1], "infection_AP_n": inf[2],
@@ -275,18 +303,21 @@ def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None
             "infection_verdict": comparison.row_verdict(key["label"], "infection"),
             "mean_verdict": comparison.row_verdict(key["label"], "mean"),
         })
-    if planned_missing is None:
-        rows += [_missing_row(b, ["MISSING: no result.json"]) for b in BACKBONES if b not in seen]
-    else:
-        present = {_norm(v) for v in df[GROUP_COL]} - {None} if GROUP_COL in df.columns else set()
-        absent: dict[Any, list[str]] = {}
-        for i, m in enumerate(planned_missing):
-            if m.get("group") not in present:  # a group with no result.json at all
-                absent.setdefault(m.get("group") or f"#{i}", []).append(str(m["label"]))
-        for labels in absent.values():
-            more = f" (planned: {', '.join(labels)})" if len(labels) > 1 else ""
-            rows.append(_missing_row(labels[0], [f"MISSING: no result.json{more}"]))
-    cols = ["backbone", "trunk", "head", "schedule", *keys[2:], "group", "in_zoo", "n_runs", "n_ok", "n_failed",
+    # Expected runs are the plan's (without one, the result.json files found): a planned group
+    # without any result.json is a MISSING row; a backbone nobody planned is not ours to miss
+    present = {_norm(v) for v in df[GROUP_COL]} - {None} if GROUP_COL in df.columns else set()
+    absent: dict[Any, list[dict[str, Any]]] = {}
+    for i, m in enumerate(planned_missing or []):
+        if m.get("group") not in present:  # a group with no result.json at all
+            absent.setdefault(m.get("group") or f"#{i}", []).append(m)
+    for ms in absent.values():
+        more = f" (planned: {', '.join(str(m['label']) for m in ms)})" if len(ms) > 1 else ""
+        rows.append(_missing_row(ms[0], [f"MISSING: no result.json{more}"]))
+    ours = {r["backbone"] for r in rows}
+    rows += [_paper_row(p) for p in load_paper()["table3"] if p["backbone"] not in ours]
+    for r in rows:
+        r.setdefault("paper_only", False)
+    cols = ["backbone", "trunk", "head", "schedule", *keys[2:], "group", "in_zoo", "paper_only", "n_runs", "n_ok", "n_failed",
             "infection_AP", "infection_AP_std", "infection_AP_n", "mean_AP", "mean_AP_std", "mean_AP_n",
             "paper_AP", "delta_AP", "paper_source", "note", "infection_verdict", "mean_verdict"]
     out = pd.DataFrame(rows, columns=cols)
@@ -378,17 +409,13 @@ def missing_runs(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None 
     """Expected runs without a result.json.
 
     With a plan (``planned_missing``: collect.SweepRuns.missing, [] when none is missing):
-    exactly the planned runs that have none, named by their label. Without one: each of the
-    nine backbones that has none, and, when the sweep has several folds/seeds, each backbone
-    group lacking a fold/seed others have."""
+    exactly the planned runs that have none, named by their label. Without one, the runs are
+    the result.json files found: when they have several folds/seeds, each backbone group
+    lacking a fold/seed others have."""
     if planned_missing is not None:
         return [{"backbone": str(m["label"]), "what": f"no result.json in {m['run_dir']} (planned run)"}
                 for m in planned_missing]
-    out = []
-    present = set(df["backbone"]) if not df.empty else set()
-    for b in BACKBONES:
-        if b not in present:
-            out.append({"backbone": b, "what": "no result.json for this backbone"})
+    out: list[dict[str, Any]] = []
     if df.empty:
         return out
     rep = [k for k in REPLICATE_KEYS if k in df.columns]

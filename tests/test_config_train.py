@@ -218,7 +218,7 @@ def test_bad_dataset_dir_is_a_failed_result(tmp_path):
 
     assert run(compose([f"dataset_dir={tmp_path / 'nope'}"]), tmp_path / "run") == 1
     r = read_result(tmp_path / "run")
-    assert r["error"]["type"] == "DatasetError" and "patient_kfold_f0_train.json" in r["error"]["message"]
+    assert r["error"]["type"] == "DatasetError" and "no such folder" in r["error"]["message"]
     assert r["error"]["where"] == "check dataset"
 
 

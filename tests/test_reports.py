@@ -19,7 +19,7 @@ from PIL import Image
 from converters import fsutil
 from reports import build, collect, overlays, tables
 from reports.schema import BACKBONES, CLASSES
-from reports.synthetic import make_result, write_run
+from reports.synthetic import make_result, write_plan, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "covid19_ct_seg.json"
@@ -162,14 +162,18 @@ def to_old_schema(r: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, tiny_dataset):
-    """Eight backbones (X101-DC5 missing) x folds 0, 1; R101-C4 fold 1 failed; X101-FPN fold 1
-    written in the old layout. Run dirs are opaque and one is misleadingly named. The test set
-    is the converter's own output (the tiny phantom); predictions are its masks, shifted."""
+    """Nine backbones x folds 0, 1 planned (sweep.json), X101-DC5's never written (MISSING);
+    R101-C4 fold 1 failed; X101-FPN fold 1 written in the old layout. Run dirs are opaque and
+    one is misleadingly named. The test set is the converter's own output (the tiny phantom);
+    predictions are its masks, shifted."""
     tmp = tmp_path_factory.mktemp("reports")
     data = tiny_dataset
     test_ann = data / "annotations" / "patient_kfold_f0_test.json"
     sweep_dir = mark_sweep(tmp / "sweep")
     results = {}
+    planned = [(f"multirun/X101-DC5_f{fold}", make_result("X101-DC5", fold=fold, dataset_dir=str(data),
+                                                          test_annotations=str(test_ann)))
+               for fold in (0, 1)]
     i = 0
     for b in BACKBONES:
         if b == "X101-DC5":
@@ -185,7 +189,9 @@ def sweep(tmp_path_factory, tiny_dataset):
             # A folder name that lies about its content: the report must not read it.
             name = "R50-C4" if (b, fold) == ("R101-FPN", 0) else f"job{i:02d}"
             write_run(sweep_dir / "multirun" / name, r)
+            planned.append((f"multirun/{name}", r))
             i += 1
+    write_plan(sweep_dir, planned)
     html = build.build_report(sweep_dir, progress=False)
     return sweep_dir, html, results
 
@@ -283,16 +289,19 @@ def test_html_self_contained_with_failures_missing_and_smoke(sweep):
     assert html_path == sweep_dir.resolve() / "report" / "report.html"
     html = html_path.read_text()
     page = Page(html)
-    # The summary counts what the sweep holds: 16 results, R101-C4 fold 1 failed, X101-DC5 missing.
+    # The summary counts what the sweep holds: 16 results, R101-C4 fold 1 failed, X101-DC5's two
+    # planned folds missing.
     assert [page.text(i) for i in ("n-runs", "n-ok", "n-failed", "n-missing")] == [
-        "16 run(s)", "15 ok", "1 FAILED", "1 MISSING (1 of 9 backbones without any run)"]
-    assert page.text("problems").startswith("1 FAILED, 1 MISSING")
-    # The failures section lists that run and that backbone, nothing else.
-    assert page.section("failures")["h3"] == ["FAILED (1)", "MISSING (1)"]
+        "16 run(s)", "15 ok", "1 FAILED", "2 MISSING (of 18 planned run(s))"]
+    assert page.text("problems").startswith("1 FAILED, 2 MISSING")
+    # The failures section lists that run and those planned runs, nothing else.
+    assert page.section("failures")["h3"] == ["FAILED (1)", "MISSING (2)"]
     failed = page.table("failed")
     assert [(r["backbone"], r["fold"], r["status"]) for r in failed.rows] == [("R101-C4", "1", "failed")]
     assert failed.rows[0]["reason"] == "RuntimeError: CUDA out of memory (synthetic) (train iter 7)"
-    assert page.table("missing").rows == [{"backbone": "X101-DC5", "missing": "no result.json for this backbone"}]
+    assert page.table("missing").rows == [
+        {"backbone": f"X101-DC5_f{f}", "missing": f"no result.json in multirun/X101-DC5_f{f} (planned run)"}
+        for f in (0, 1)]
     assert "NOT comparable" in page.text("smoke-warning")
     # Table 3: the nine rows, X101-DC5 greyed out as missing, the paper's 78.37 beside R50-FPN.
     t3 = page.table("table3")
@@ -334,8 +343,9 @@ def test_winners_and_missing(sweep):
                for b in {b for b, _ in results})
     assert w["infection"]["winner"] == f"{best[1]} 3x"
     assert w["infection"]["AP"] == pytest.approx(best[0])
-    miss = tables.missing_runs(df)
-    assert {"backbone": "X101-DC5", "what": "no result.json for this backbone"} in miss
+    miss = tables.missing_runs(df, collect.read_sweep(sweep_dir).missing)
+    assert [m["backbone"] for m in miss] == ["X101-DC5_f0", "X101-DC5_f1"]
+    assert tables.missing_runs(df) == []  # without the plan nothing says X101-DC5 was expected
 
 
 def test_partial_fold_reported_missing(tmp_path):
@@ -343,7 +353,8 @@ def test_partial_fold_reported_missing(tmp_path):
         write_run(tmp_path / f"r{i}", make_result(b, fold=fold), artifacts=False)
     miss = tables.missing_runs(collect.collect(tmp_path))
     assert {"backbone": "R50-C4 3x", "what": "no result.json for fold 1, seed 0"} in miss
-    assert sum(m["what"] == "no result.json for this backbone" for m in miss) == 7
+    # no plan: the runs found are the expected ones; the backbones nobody ran are not missing
+    assert miss == [{"backbone": "R50-C4 3x", "what": "no result.json for fold 1, seed 0"}]
 
 
 def test_old_and_unknown_schema_best_effort(tmp_path):
@@ -452,11 +463,11 @@ def test_table3_experiment_matches_paper_rows_by_schedule(tmp_path):
         write_run(tmp_path / f"r{i}", make_result(b, schedule=sched, experiment="table3"), artifacts=False)
     t3 = tables.table3(collect.collect(tmp_path))
     got = {(b, s): p for b, s, p in zip(t3["backbone"], t3["schedule"], t3["paper_AP"])}
-    assert len(t3) == 11  # the paper's nine rows + X101-C4 and X101-DC5 (missing, not in zoo)
+    assert len(t3) == 9 and not t3["paper_only"].any()  # the paper's nine rows, all ours
     assert got["R50-C4", "1x"] == 56.43 and got["R50-C4", "3x"] == 69.3
     assert got["R50-DC5", "1x"] == 54.2 and got["R50-DC5", "3x"] == 68.44
     assert got["R50-FPN", "3x"] == 78.37
-    assert list(t3["backbone"]).count("X101-DC5") == 1
+    assert "X101-DC5" not in set(t3["backbone"])  # nobody planned it
     # A schedule the paper lacks for a backbone it splits by schedule: no number, and a note.
     write_run(tmp_path / "extra", make_result("R50-C4", schedule=None), artifacts=False)
     t3 = tables.table3(collect.collect(tmp_path))

@@ -134,7 +134,8 @@ def test_rerun_into_folder_with_older_run_counts_the_plan_only(tmp_path):
     old = bump(make_result("R50-FPN", fold=0, schema=2), 30.0)
     write_run(sweep / "old" / "R50-FPN", old, artifacts=False)
     build.build_report(sweep, progress=False)
-    t3 = pd.read_csv(sweep / "report" / "table3.csv").set_index("backbone")
+    t3 = pd.read_csv(sweep / "report" / "table3.csv")
+    t3 = t3[~t3["paper_only"]].set_index("backbone")
     assert list(t3.index) == ["R50-FPN", "R101-FPN"]
     assert t3.at["R50-FPN", "n_runs"] == t3.at["R50-FPN", "infection_AP_n"] == 2  # not 3
     assert t3.at["R50-FPN", "infection_AP"] == pytest.approx(
@@ -158,7 +159,11 @@ def test_without_plan_every_result_counts(tmp_path):
     build.build_report(tmp_path, progress=False)
     assert pd.read_csv(tmp_path / "report" / "ignored.csv").empty
     t3 = pd.read_csv(tmp_path / "report" / "table3.csv")
-    assert list(t3["backbone"]) == list(BACKBONES)  # no plan: the nine are expected
+    # no plan: the runs found are what was expected; the paper's other rows stay as the paper's
+    assert list(t3.loc[~t3["paper_only"], "backbone"]) == ["R50-FPN"]
+    paper = [r["backbone"] for r in tables.load_paper()["table3"] if r["backbone"] != "R50-FPN"]
+    assert sorted(t3.loc[t3["paper_only"], "backbone"]) == sorted(paper)
+    assert not t3["note"].fillna("").str.contains("MISSING").any()
 
 
 @pytest.mark.parametrize("schema", [1, 2])
@@ -225,7 +230,13 @@ def test_one_backbone_plan_expects_that_backbone_only(tmp_path):
     sweep = planned_sweep(tmp_path / "sweep", {"R50-FPN": make_result("R50-FPN", schema=2)})
     page = build.build_report(sweep, progress=False).read_text()
     t3 = pd.read_csv(sweep / "report" / "table3.csv")
-    assert list(t3["backbone"]) == ["R50-FPN"]
+    assert list(t3.loc[~t3["paper_only"], "backbone"]) == ["R50-FPN"]
+    # the paper's eight other rows are the paper's: its number, nothing of ours, no MISSING
+    others = t3[t3["paper_only"]]
+    assert len(others) == len(tables.load_paper()["table3"]) - 1 and (others["n_runs"] == 0).all()
+    assert others["paper_AP"].notna().all() and others["infection_AP"].isna().all()
+    assert set(others["note"]) == {"paper only: not in this sweep"}
+    assert "of 9 backbones" not in page
     assert tables.missing_runs(collect.collect(sweep), collect.read_sweep(sweep).missing) == []
     shown = Page(page)
     assert "missing" not in shown.tables and shown.text("n-missing") == "0 MISSING (of 1 planned run(s))"
@@ -243,7 +254,8 @@ def test_planned_run_without_result_is_missing_by_label(tmp_path):
     assert miss == [{"backbone": "R101-FPN", "what": "no result.json in R101-FPN (planned run)"},
                     {"backbone": "X101-FPN_fold=1", "what": "no result.json in X101-FPN_fold=1 (planned run)"}]
     page = build.build_report(sweep, progress=False).read_text()
-    t3 = pd.read_csv(sweep / "report" / "table3.csv").set_index("backbone")
+    t3 = pd.read_csv(sweep / "report" / "table3.csv")
+    t3 = t3[~t3["paper_only"]].set_index("backbone")
     assert list(t3.index) == ["R50-FPN", "R101-FPN", "X101-FPN_fold=1"]
     assert t3.at["R101-FPN", "n_runs"] == 0 and "MISSING" in t3.at["R101-FPN", "note"]
     assert t3.at["R101-FPN", "paper_AP"] == tables.paper_table3("R101-FPN", None)[0]

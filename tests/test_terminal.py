@@ -65,3 +65,56 @@ def test_progress_text():
 
     assert progress_text("R50-FPN", 120, 300, 1.23456, width=10) == "R50-FPN  [####------]  120/300  loss 1.235"
     assert progress_text("R50-C4", 0, 60, None, width=4) == "R50-C4  [----]  0/60"
+
+
+class _Tty:
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def _drive_progress(runs_at_once: int, max_iter: int = 8) -> str:
+    """Run the progress hook over a fake trainer of ``max_iter`` steps; what it drew."""
+    from types import SimpleNamespace
+
+    from benchmark.logs import progress_hook, share_terminal
+
+    class History:
+        def latest(self):
+            return 0.5
+
+    tty = _Tty()
+    share_terminal(runs_at_once)
+    try:
+        hook = progress_hook("R50-C4", stream=tty)
+        hook.trainer = SimpleNamespace(start_iter=0, max_iter=max_iter,
+                                       storage=SimpleNamespace(history=lambda k: History()))
+        hook.before_train()
+        for _ in range(max_iter):
+            hook.after_step()
+        hook.after_train()
+    finally:
+        share_terminal(1)
+    return tty.text
+
+
+def test_progress_redraws_one_line_when_the_run_is_alone():
+    text = _drive_progress(1)
+    assert text.count("\r") == 9 and text.endswith("]  8/8  loss 0.500\n") and text.count("\n") == 1
+
+
+def test_progress_prints_quarters_when_runs_share_the_terminal():
+    # two runs at once (the demo's joblib launcher): redrawing in place would overwrite the
+    # other run's line, so each run prints whole lines at 1/4, 1/2, 3/4 and the end
+    lines = _drive_progress(2).splitlines()
+    assert "\r" not in "".join(lines)
+    assert [ln.split("]  ")[1] for ln in lines] == ["2/8  loss 0.500", "4/8  loss 0.500",
+                                                    "6/8  loss 0.500", "8/8  loss 0.500"]
