@@ -42,7 +42,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml benchmark/build_detectron2.py
 	@echo "==> setting up $(VENV) (torch, detectron2, ...): a few minutes the first time"
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 'setuptools>=70.1' wheel
+	$(PY) -m pip install -q --upgrade pip 'setuptools>=77' wheel
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m benchmark.build_detectron2 --install
 	touch $(STAMP)

@@ -194,7 +194,7 @@ def resolve_infer_batch(value: Any, device: str) -> int:
 def auto_workers(cores: int, concurrent_runs: int) -> int:
     """DataLoader workers for ``solver.num_workers=auto``: the cores each concurrent run gets,
     less one for its main process, between 1 and 4 (the paper mapper maps ~33 slices/s per
-    core, perf/gpu_check.py; a run on an H200 consumes far fewer)."""
+    core, measured on a CPU; a GPU run of a few iterations per second needs only a few)."""
     return max(1, min(4, cores // max(1, concurrent_runs) - 1))
 
 
