@@ -17,7 +17,6 @@ from converters import catalog
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE_CONF = ROOT / "conf" / "backbone"
 FACTS = ROOT / "converters" / "covid19_ct_seg.json"
-SHARED_FACTS = ROOT.parent / "shared" / "data" / "covid19_ct_seg.json"
 
 
 def backbone_configs() -> dict[str, dict]:
@@ -122,10 +121,8 @@ def test_summary_line_names_the_catalogs_classes():
     assert summary_line(res) == "R50-FPN  ok  segm AP  left lung 1.0  right lung 2.0  infection 3.0"
 
 
-@pytest.mark.parametrize("facts", [FACTS, SHARED_FACTS], ids=["packaged", "shared"])
-def test_dataset_label_maps_agree_with_the_catalog(facts):
-    if not facts.is_file():
-        pytest.skip(f"{facts} not present")
+def test_dataset_label_maps_agree_with_the_catalog():
+    facts = FACTS
     files = json.loads(facts.read_text())["files"]
     ids = {str(k): v for k, v in catalog.NAME_BY_ID.items()}
     # the combined mask: label value = category id

@@ -20,7 +20,7 @@ from PIL import Image
 
 from reports import build
 from reports.schema import BACKBONES
-from reports.synthetic import write_sweep
+from reports.synthetic import make_result, write_plan, write_sweep
 
 DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 WINDOW = (1200, 900)
@@ -77,10 +77,14 @@ def chromium(*args: str, timeout: int = 90) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
+    """The nine planned (sweep.json), X101-DC5's run never written (MISSING), R101-C4 failed."""
     tmp = tmp_path_factory.mktemp("browser")
-    write_sweep(tmp / "sweep", tmp / "data", backbones=[b for b in BACKBONES if b != "X101-DC5"],
-                failed=["R101-C4"])
-    return build.build_report(tmp / "sweep", progress=False)
+    sweep = tmp / "sweep"
+    files = write_sweep(sweep, tmp / "data", backbones=[b for b in BACKBONES if b != "X101-DC5"],
+                        failed=["R101-C4"])
+    write_plan(sweep, [(str(f.parent.relative_to(sweep)), json.loads(f.read_text())) for f in files]
+               + [("X101-DC5", make_result("X101-DC5"))])
+    return build.build_report(sweep, progress=False)
 
 
 def test_screenshot_not_blank_and_shows_table(report, tmp_path):
