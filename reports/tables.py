@@ -228,31 +228,28 @@ def _missing_row(planned: dict[str, Any], note: list[str]) -> dict[str, Any]:
     paper, pnote = paper_table3(backbone, None) if known else (None, None)
     t, h = backbone.split("-") if known else (None, None)
     in_zoo = _in_zoo(planned.get("in_zoo"))
-    return {
-        "backbone": backbone, "schedule": None, "trunk": t, "head": h,
-        "in_zoo": in_zoo, "group": backbone,
-        "n_runs": 0, "n_ok": 0, "n_failed": 0,
-        "infection_AP": math.nan, "infection_AP_std": math.nan, "infection_AP_n": 0,
-        "mean_AP": math.nan, "mean_AP_std": math.nan, "mean_AP_n": 0,
-        "paper_AP": paper, "delta_AP": math.nan,
-        "paper_source": pnote if paper is not None else None,
-        "note": "; ".join(_zoo_note(in_zoo) + note
-                          + ([] if paper is not None or not known else _paper_by_schedule(backbone))),
-    }
+    return _runless_row(backbone, None, t, h, in_zoo=in_zoo, group=backbone, paper_AP=paper,
+                        paper_source=pnote if paper is not None else None,
+                        note="; ".join(_zoo_note(in_zoo) + note + (
+                            [] if paper is not None or not known else _paper_by_schedule(backbone))))
 
 
 def _paper_row(p: dict[str, Any]) -> dict[str, Any]:
     """A Table 3 row of the paper's (paper.json ``table3``) for a backbone this sweep did not
     plan: the paper's number, nothing of ours (not a MISSING run: nobody asked for it)."""
     t, h = str(p["backbone"]).split("-")
-    return {
-        "backbone": p["backbone"], "schedule": p["schedule"], "trunk": t, "head": h,
-        "in_zoo": None, "group": None, "paper_only": True, "n_runs": 0, "n_ok": 0, "n_failed": 0,
-        "infection_AP": math.nan, "infection_AP_std": math.nan, "infection_AP_n": 0,
-        "mean_AP": math.nan, "mean_AP_std": math.nan, "mean_AP_n": 0,
-        "paper_AP": p["ap"], "delta_AP": math.nan, "paper_source": f"paper row {p['row']}",
-        "note": "paper only: not in this sweep",
-    }
+    return _runless_row(p["backbone"], p["schedule"], t, h, in_zoo=None, group=None, paper_only=True,
+                        paper_AP=p["ap"], paper_source=f"paper row {p['row']}",
+                        note="paper only: not in this sweep")
+
+
+def _runless_row(backbone: Any, schedule: Any, trunk: Any, head: Any, **fields: Any) -> dict[str, Any]:
+    """A Table 3 row without any run of ours: no counts, no AP; ``fields`` say the rest."""
+    return {"backbone": backbone, "schedule": schedule, "trunk": trunk, "head": head,
+            "n_runs": 0, "n_ok": 0, "n_failed": 0,
+            "infection_AP": math.nan, "infection_AP_std": math.nan, "infection_AP_n": 0,
+            "mean_AP": math.nan, "mean_AP_std": math.nan, "mean_AP_n": 0, "delta_AP": math.nan,
+            **fields}
 
 
 def _comparison(df: pd.DataFrame, comparison: Any) -> Any:
