@@ -1,6 +1,6 @@
 # lungbench: every target a user types. `make help` lists them.
 # Public variables (keep them working): DATA DATA_ROOT DATA_OUT BACKBONE SOLVER RUN_DIR
-# EXPERIMENT SWEEP_DIR SWEEP ARGS
+# EXPERIMENT SWEEP_DIR SWEEP RUN INPUT OUT ARGS
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -eu -o pipefail -c
@@ -9,7 +9,7 @@ SHELL := /bin/bash
 # Public variables come from the command line or the defaults below, never from same-named
 # environment variables: HPC centres export $WORK (the user's work file system), and an
 # exported DATA_ROOT must not choose what a plain `make data` reads or writes.
-PUBLIC_VARS := WORK DATA DATA_ROOT DATA_OUT BACKBONE SOLVER RUN_DIR EXPERIMENT SWEEP_DIR SWEEP ARGS DRY
+PUBLIC_VARS := WORK DATA DATA_ROOT DATA_OUT BACKBONE SOLVER RUN_DIR EXPERIMENT SWEEP_DIR SWEEP RUN INPUT OUT ARGS DRY
 $(foreach v,$(PUBLIC_VARS),$(if $(filter environment%,$(origin $(v))),$(eval undefine $(v))))
 
 PYTHON_SYS ?= python3
@@ -31,9 +31,12 @@ RUN_DIR    ?= $(WORK)/runs/$(BACKBONE)-$(SOLVER)
 EXPERIMENT ?= grid9
 SWEEP_DIR  ?= $(WORK)/sweeps/$(EXPERIMENT)
 SWEEP      ?=
+RUN        ?=
+INPUT      ?=
+OUT        ?=
 ARGS       ?=
 
-.PHONY: help setup data download train sweep report demo test test-fast perf gpu-check wheels clean
+.PHONY: help setup data download train sweep predict report demo test test-fast perf gpu-check wheels clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,6 +63,10 @@ train: $(STAMP) ## One run: BACKBONE=r50_fpn SOLVER=paper|smoke DATA_OUT=dir RUN
 
 sweep: $(STAMP) ## Multirun EXPERIMENT=grid9|table3|smoke over DATA_OUT into SWEEP_DIR; non-zero if a run failed
 	$(PY) -m benchmark.sweep +experiment=$(EXPERIMENT) dataset_dir=$(DATA_OUT) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
+
+predict: $(STAMP) ## RUN=run dir (keep_checkpoint=true) INPUT=NIfTI file|folder OUT=dir -> OUT/<case>.nii.gz + volumes.csv
+	@test -n "$(strip $(RUN))" -a -n "$(strip $(INPUT))" -a -n "$(strip $(OUT))" || { echo "make predict needs RUN=<run dir trained with ARGS=keep_checkpoint=true> INPUT=<NIfTI file or folder> OUT=<new folder>" >&2; exit 2; }
+	$(PY) -m benchmark.predict --run $(RUN) --input $(INPUT) --out $(OUT) $(ARGS)
 
 report: $(STAMP) ## Build SWEEP/report/ (CSV, Markdown, plots, report.html); default: the latest sweep
 	$(PY) -m reports.build $(if $(SWEEP),$(SWEEP),--latest $(WORK)/sweeps)

@@ -2,6 +2,7 @@
 
     lungbench convert data=phantom out=work/data/phantom
     lungbench train backbone=r50_fpn dataset_dir=<converted> hydra.run.dir=<run dir>
+    lungbench predict --run <run dir> --input <NIfTI file or folder> --out <dir>
     lungbench report --latest work/sweeps
 
 Each subcommand is the program ``python -m <module>`` runs, with the remaining arguments
@@ -20,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("converters.convert", "NIfTI volumes + masks -> COCO dataset (data=... out=...)"),
     "train": ("benchmark.train", "one training + evaluation run (Hydra overrides)"),
     "sweep": ("benchmark.sweep", "a multirun of train over backbones / folds (Hydra overrides)"),
+    "predict": ("benchmark.predict", "a kept run's model on NIfTI volumes -> label NIfTIs + volumes.csv (--run --input --out)"),
     "report": ("reports.build", "tables, plots and HTML report of a sweep (<sweep_dir> | --latest DIR)"),
 }
 

@@ -1,4 +1,4 @@
-"""result.json (schema 2): the contract between benchmark/ (writer) and reports/ (reader).
+"""result.json (schema 3): the contract between benchmark/ (writer) and reports/ (reader).
 
 One file per run at ``<run dir>/result.json``. AP values are COCO AP on a 0-100 scale,
 Dice in [0, 1], times in seconds, memory in MiB, params in millions, FLOPs in GFLOPs
@@ -19,9 +19,12 @@ from typing import Any
 
 from converters.catalog import CLASS_NAMES, HEADS, TRUNKS
 
-SCHEMA = 2
+SCHEMA = 3
 # 2: adds ``identity`` {hash, group, dataset fingerprint} (benchmark.identity)
-READABLE_SCHEMAS = (1, 2)
+# 3: adds ``conversion`` (how new volumes are prepared: benchmark.predict) and, in an ok
+#    result, ``metrics.volume3d`` (3-D Dice and NSD per test case on whole volumes, null when
+#    the source volumes were not there) with each case's ``dice3d``/``nsd3d`` in ``per_case``
+READABLE_SCHEMAS = (1, 2, 3)
 FILENAME = "result.json"
 STATUSES = ("ok", "failed")
 # TRUNKS, HEADS and the class names come from converters.catalog (re-exported here)
@@ -143,6 +146,8 @@ def validate(result: dict) -> list[str]:
                 v = row[k]
                 if v is not None and not (isinstance(v, (int, float)) and 0 <= v <= 100):
                     problems.append(f"metrics.{task}.per_class.{cls}.{k}={v!r} not in [0, 100]")
+    if result["schema"] >= 3 and "volume3d" not in metrics:
+        problems.append("metrics.volume3d missing (null when not computed)")
     for key in ("timing", "memory", "model"):
         if not isinstance(result[key], dict):
             problems.append(f"{key} is not an object")

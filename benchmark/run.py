@@ -344,6 +344,10 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
     if train.mixed_sizes or test.mixed_sizes:
         res["notes"].append("images of several sizes; image_size is the most common one")
     res["artifacts"]["test_annotations"] = str(test.json_file)
+    from benchmark.predict import conversion_settings
+
+    # how new volumes are prepared for this run's model (make predict reads it here)
+    res["conversion"] = conversion_settings(D.read_manifest(dataset_dir))
 
     progress.where = "check device"
     device = C.resolve_device(cfg.device)
@@ -383,6 +387,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
                             metrics_log=METRICS_LOG)
 
     split = (str(dataset_dir), str(cfg.split.scheme), int(cfg.split.fold))
+    score_thresh = float(cfg.dice_score_thresh)
     if cfg.num_gpus > 1:
         from benchmark.ddp import launch
 
@@ -392,12 +397,12 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
                                 "on a CPU, to test it; not a way to train faster")
         launch(_worker, cfg.num_gpus, device,
                args=(d2cfg, split, test.name, str(run_dir), bool(cfg.measure.flops), int(cfg.seed),
-                     infer_batch, None, res["identity"]["hash"], res["backbone"]))
+                     infer_batch, None, res["identity"]["hash"], res["backbone"], score_thresh))
         out = json.loads((run_dir / WORKER_OUT).read_text())
     else:
         out = _worker(d2cfg, split, test.name, str(run_dir), bool(cfg.measure.flops),
                       int(cfg.seed), infer_batch, progress=progress, identity=res["identity"]["hash"],
-                      label=res["backbone"])
+                      label=res["backbone"], score_thresh=score_thresh)
 
     res["resumed_from_iter"] = out["start_iter"]
     if out["start_iter"]:
@@ -418,24 +423,37 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
         "train_s_per_iter": train_s, "infer_s_per_image": median_after(out["infer_times"], 1)[0],
         "train_wall_s": out["train_wall_s"], "eval_wall_s": out["eval_wall_s"],
         "train_iters_timed": n_timed, "infer_batch_size": infer_batch,
+        "eval3d_wall_s": out.get("eval3d_wall_s"),
     }
 
     progress.where = "metrics"
     from benchmark.metrics import evaluate
 
-    res["metrics"] = evaluate(str(test.json_file), str(run_dir / PREDICTIONS),
-                              score_thresh=float(cfg.dice_score_thresh))
+    res["metrics"] = add_volume3d(evaluate(str(test.json_file), str(run_dir / PREDICTIONS),
+                                           score_thresh=score_thresh), out.get("volume3d"))
     res["memory"] = out["memory"] if cfg.num_gpus > 1 else peak_memory()
     res["artifacts"]["checkpoint"] = f"{D2_DIR}/model_final.pth" if cfg.keep_checkpoint else None
 
 
+def add_volume3d(metrics: dict, volume3d: dict | None) -> dict:
+    """``metrics`` with the 3-D section (``metrics.volume3d``, None when not computed) and each
+    case's 3-D Dice and NSD beside its AP in ``metrics.per_case`` (the report tests them alike)."""
+    metrics["volume3d"] = volume3d
+    for case, m in ((volume3d or {}).get("per_case") or {}).items():
+        metrics["per_case"].setdefault(case, {}).update(m)
+    return metrics
+
+
 def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed: int,
             infer_batch: int = 1, progress=None, identity: str | None = None,
-            label: str | None = None) -> dict:
+            label: str | None = None, score_thresh: float = 0.5) -> dict:
     """Train + predict + measure in this process (rank r of a launch, or the only one).
     ``split``: (dataset_dir, scheme, fold), to register the splits in spawned processes.
     Returns the facts run() records; under a multi-process launch rank 0 writes them to
     WORKER_OUT instead (other ranks return after training)."""
+    import time
+
+    from detectron2.data import MetadataCatalog
     from detectron2.utils import comm
     from detectron2.utils.env import seed_all_rng
 
@@ -466,12 +484,22 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
     progress.where = "inference"
     pred = predict(model, d2cfg, test_name, run_dir / PREDICTIONS, progress, batch_size=infer_batch)
     notes: list[str] = list(trained.get("notes", []))
+    progress.where = "3-D metrics"
+    from benchmark.manifest import _read_coco
+    from benchmark.predict import evaluate_volumes, known_slices
+
+    t3d = time.perf_counter()
+    test_coco = _read_coco(Path(MetadataCatalog.get(test_name).json_file))
+    cases = sorted({str(im["case_id"]) for im in test_coco["images"]})
+    # the test slices were just predicted on the same pixels: only the others run again
+    volume3d, notes3d = evaluate_volumes(model, d2cfg, split[0], cases, score_thresh, infer_batch,
+                                         known=known_slices(test_coco, pred["predictions"]))
+    notes += notes3d
+    eval3d_wall_s = time.perf_counter() - t3d
     progress.where = "measure"
     gflops, hw = None, None
     if flops:
         try:
-            from detectron2.data import MetadataCatalog
-
             meta = MetadataCatalog.get(test_name)
             image = D.first_image(meta.json_file, meta.image_root)
             hw = list(image.shape[:2])
@@ -484,7 +512,8 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
     out = {"start_iter": trained["start_iter"], "step_times": trained["step_times"],
            "train_wall_s": trained["train_wall_s"], "infer_times": pred["infer_times"],
            "image_ids": pred["image_ids"],
-           "eval_wall_s": pred["eval_wall_s"], "params_m": count_params_m(model),
+           "eval_wall_s": pred["eval_wall_s"], "volume3d": volume3d, "eval3d_wall_s": eval3d_wall_s,
+           "params_m": count_params_m(model),
            "gflops": gflops, "gflops_input_hw": hw, "notes": notes, "memory": peak_memory()}
     if comm.get_world_size() > 1:
         R.write_json_atomic(run_dir / WORKER_OUT, out)

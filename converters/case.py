@@ -15,7 +15,7 @@ from .errors import ConversionError
 from .instances import LABELS, slice_instances
 from .layout import CaseFiles
 from .volume import (axcodes, canonical, check_finite, check_geometry, check_labels,
-                     display_slice, is_prewindowed, read_volume, squeeze_3d, window_slice)
+                     display_pixels, display_slice, is_prewindowed, read_volume, squeeze_3d)
 
 CLASS_NAMES = catalog.NAME_BY_ID
 _LEFT, _RIGHT = catalog.LEFT_LUNG.label_value, catalog.RIGHT_LUNG.label_value
@@ -108,9 +108,7 @@ def process_case(case: CaseFiles, root: str, cfg: dict, images_dir: str) -> dict
     side = {_LEFT: [0.0, 0.0], _RIGHT: [0.0, 0.0]}  # lung -> [sum(area * bbox centre x), sum(area)]
     for k in keep:
         lab2d = display_slice(lab_ras, k)
-        # window in the (W, H) memory order, transpose only the uint8 result
-        pixels = window_slice(display_slice(img_ras, k).T, windows, prewindowed)
-        pixels = np.ascontiguousarray(np.swapaxes(pixels, 0, 1))  # (W, H[, C]) -> (H, W[, C])
+        pixels = display_pixels(img_ras, k, windows, prewindowed)
         anns, d = slice_instances(lab2d, int(inf_cfg["connectivity"]), int(inf_cfg["min_area"]),
                                   bool(cfg["polygons"]))
         dropped += d

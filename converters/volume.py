@@ -21,7 +21,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.orientations import aff2axcodes, apply_orientation, inv_ornt_aff, io_orientation
+from nibabel.orientations import (aff2axcodes, apply_orientation, inv_ornt_aff, io_orientation,
+                                   ornt_transform)
 
 from .errors import ConversionError
 
@@ -219,3 +220,27 @@ def window_slice(sl: np.ndarray, windows: list[tuple[float, float]], prewindowed
         scaled = (hu - np.float32(lo)) * np.float32(255.0 / (hi - lo))
         chans.append(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
     return chans[0] if len(chans) == 1 else np.stack(chans, axis=-1)
+
+
+def display_pixels(vol_ras: np.ndarray, k: int, windows: list[tuple[float, float]],
+                   prewindowed: bool) -> np.ndarray:
+    """The uint8 image of axial slice ``k`` of a RAS+ CT volume, as the converter writes it to
+    PNG and ``make predict`` feeds it to the model: radiological display (``display_slice``),
+    windowed (``window_slice``); (H, W) for one window, (H, W, C) for several."""
+    # window in the (W, H) memory order, transpose only the uint8 result
+    pixels = window_slice(display_slice(vol_ras, k).T, windows, prewindowed)
+    return np.ascontiguousarray(np.swapaxes(pixels, 0, 1))  # (W, H[, C]) -> (H, W[, C])
+
+
+def from_canonical(vol_ras: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Inverse of ``canonical``: a RAS+ array back in the voxel order of the file whose
+    ``affine`` it came from (same shape as that file's 3-D data)."""
+    ornt = io_orientation(affine)
+    ras = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+    return apply_orientation(vol_ras, ornt_transform(ras, ornt))
+
+
+def undisplay_slice(image: np.ndarray) -> np.ndarray:
+    """Inverse of ``display_slice``: a (rows=Y, cols=X) display image back to the (X, Y)
+    axial slice of the RAS+ volume (``vol_ras[:, :, k] = undisplay_slice(D)``)."""
+    return np.asarray(image).T[::-1, ::-1]

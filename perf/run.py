@@ -24,7 +24,7 @@ from pathlib import Path
 
 from reports.atomic import write_text
 
-BENCHES = ["converter", "train", "eval", "report"]
+BENCHES = ["converter", "train", "eval", "volume3d", "report"]
 
 
 def _normalise(figures: dict) -> dict:

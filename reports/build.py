@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from converters import fsutil
 
-from . import atomic, overlays, plots, render_html, stats, tables
+from . import atomic, overlays, plots, render_html, stats, tables, volume3d
 from .collect import (NOTE_SEP, PLAN_NAME, REPORT_DIRNAME, SWEEP_KIND, PlanError, SweepRuns, latest_sweep,
                       read_sweep)
 
@@ -34,6 +34,7 @@ IGNORED_NAME = "ignored.csv"
 PAIRWISE_NAME = "pairwise.csv"
 LEAK_NAME = "leak.csv"
 PER_CASE_NAME = "per_case.csv"
+VOLUME3D_NAME = "volume3d.csv"
 
 
 def schema_notes(df: pd.DataFrame, planned: int | None = None) -> list[str]:
@@ -99,7 +100,8 @@ def make_plots(df: pd.DataFrame, sweep_dir: Path, progress: bool = True,
 
 
 def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | None = None) -> Path:
-    """Write runs.csv, per_class_ap.csv, table3.csv/.md, pairwise.csv, per_case.csv, ignored.csv,
+    """Write runs.csv, per_class_ap.csv, table3.csv/.md, pairwise.csv, per_case.csv, leak.csv,
+    volume3d.csv, ignored.csv,
     the PNGs and report.html into ``<sweep_dir>/report/``; returns the path of report.html.
 
     Raises, before writing anything: FileNotFoundError (no such folder), fsutil.NotOwned (not
@@ -126,13 +128,15 @@ def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | Non
         atomic.write_text(tmp / PER_CASE_NAME, comparison.per_case.to_csv(index=False))
         leak = stats.leak(df)
         atomic.write_text(tmp / LEAK_NAME, leak.to_csv(index=False))
+        v3d = volume3d.table(comparison)
+        atomic.write_text(tmp / VOLUME3D_NAME, v3d.to_csv(index=False))
         atomic.write_text(tmp / IGNORED_NAME, pd.DataFrame(runs.ignored, columns=["path", "reason"])
                           .to_csv(index=False))
         for f in figs:
             if f.png is not None:
                 atomic.write_bytes(tmp / f.name, f.png)
         files = (["runs.csv", "per_class_ap.csv", "table3.csv", "table3.md", PAIRWISE_NAME, PER_CASE_NAME,
-                  LEAK_NAME, IGNORED_NAME]
+                  LEAK_NAME, VOLUME3D_NAME, IGNORED_NAME]
                  + [f.name for f in figs if f.png is not None])
         winners = tables.winners(df, comparison)
         if winners_out is not None:  # the CLI prints them: no second read and test of the runs
@@ -140,7 +144,8 @@ def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | Non
         html = render_html.render(sweep_dir=str(sweep_dir), df=df, t3=t3, winners=winners,
                                   failed=tables.failed_runs(df), missing=tables.missing_runs(df, planned_missing),
                                   plots=figs, notes=notes, files=files,
-                                  planned=None if runs.plan is None else len(runs.plan), leak=leak)
+                                  planned=None if runs.plan is None else len(runs.plan), leak=leak,
+                                  volume3d=v3d, volume3d_verdicts=volume3d.verdict_lines(comparison))
         atomic.write_text(tmp / "report.html", html)
     return out / "report.html"
 

@@ -189,7 +189,8 @@ def _runs_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[dict[str, Any]],
            failed: pd.DataFrame, missing: list[dict[str, Any]], plots: list[Plot], notes: list[str],
-           files: list[str], planned: int | None = None, leak: pd.DataFrame | None = None) -> str:
+           files: list[str], planned: int | None = None, leak: pd.DataFrame | None = None,
+           volume3d: pd.DataFrame | None = None, volume3d_verdicts: list[str] | None = None) -> str:
     """The whole page as one string (``planned``: the number of runs in the sweep's plan,
     None without one: then the runs found are what is expected)."""
     paper = load_paper()
@@ -273,6 +274,8 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
                  + f"<li>Paper: {escape(paper['source'])}. Metric: {escape(paper['metric'])}.</li>"
                  + "<li>Ours: mean ± sample std over folds/seeds with n successful runs; bold green = best.</li></ul></details>")
 
+    parts.append(_volume3d_section(volume3d, volume3d_verdicts or []))
+
     parts.append("<h2 id='failures'>Failed and missing runs</h2>")
     if failed.empty and not missing:
         parts.append("<p>None: every expected run has a result and every run succeeded.</p>")
@@ -324,3 +327,35 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
     parts.append("<h2>Files</h2><ul>" + "".join(f"<li><code>{escape(f)}</code></li>" for f in files) + "</ul>")
     parts.append("</main></body></html>")
     return "\n".join(parts)
+
+
+def _volume3d_section(t: pd.DataFrame | None, verdicts: list[str]) -> str:
+    """Dice and NSD per patient on whole volumes beside Ma et al. 2021 (reports.volume3d)."""
+    from .volume3d import wide
+
+    head = "<h2 id='volume3d'>3-D on whole volumes: Dice and surface Dice per patient</h2>"
+    if t is None or t.empty:
+        return (head + "<p id='volume3d-none'>No run holds 3-D metrics: runs of result.json schema &lt; 3, "
+                "or the source volumes the dataset was converted from were not there when they were "
+                "evaluated (each run's notes say which).</p>")
+    ours = t[t["source"] == "ours"]
+    parts = [head, "<p>Per test case, on every slice of the source volume (also those the converter did not "
+             "keep for training, where a false positive counts), from the same prediction code as "
+             "<code>make predict</code>: Dice, and normalised surface Dice (NSD) at 1 mm for the lungs and 3 mm "
+             "for infection, the tolerances of the dataset's benchmark (surface elements weighted by area, as "
+             "DeepMind's surface-distance code that benchmark uses). Lungs are scored with their infection, "
+             "as the release's lung masks hold them. Ours: mean over cases in % with a 95% bootstrap interval "
+             f"(none under {MIN_CASES} cases); theirs: the published means.</p>"]
+    w = wide(t)
+    row_class = ["paper" if b not in set(ours["group"]) else "" for b in w["backbone"]]
+    parts.append(_table(w, table_id="volume3d-table", row_class=row_class,
+                        num_cols=[c for c in w.columns if c != "backbone"]))
+    refs = t[t["source"] != "ours"].drop_duplicates("group")
+    parts.append("<details open><summary>What these numbers can and cannot mean</summary><ul>"
+                 + "".join(f"<li>{escape(str(r['group']))}: {escape(str(r['verdict']))} (source: "
+                           f"{escape(str(r['source']))})</li>" for _, r in refs.iterrows())
+                 + "<li>Their numbers are 3-D nnU-Net models on the real CT; a demo or smoke sweep on phantom "
+                   "volumes is not comparable with them: the rows only sit side by side.</li>"
+                 + "".join(f"<li>{escape(v)}</li>" for v in verdicts) + "</ul></details>")
+    return "\n".join(parts)
+

@@ -28,7 +28,9 @@ from .tables import iter_groups, ok_rows
 
 PER_CASE_PREFIX = "metrics.per_case."
 #: Per-case metrics in result.json (metrics.per_case.<case>.<key>.<class>) and their column here.
-METRICS = {"segm_AP": "segm_AP", "dice": "dice"}
+METRICS = {"segm_AP": "segm_AP", "dice": "dice", "dice3d": "dice3d", "nsd3d": "nsd3d"}
+#: The 3-D metrics on whole volumes (benchmark.metrics3d), in [0, 1].
+METRICS_3D = ("dice3d", "nsd3d")
 #: The metric the winners are decided on.
 PRIMARY = "segm_AP"
 #: The target "mean over the classes" (beside the class names).
@@ -47,7 +49,7 @@ TIED_ZERO = "tied at 0.00 (no winner)"
 
 PAIRWISE_COLUMNS = ["group", "vs", "metric", "class", "n_cases", "mean_diff", "ci_low", "ci_high",
                     "p", "p_holm", "significant"]
-PER_CASE_COLUMNS = ["group", "case", "class", "segm_AP", "dice"]
+PER_CASE_COLUMNS = ["group", "case", "class", *METRICS]
 
 
 def target_label(target: str) -> str:
@@ -100,6 +102,23 @@ def case_matrix(per_case: pd.DataFrame, metric: str, target: str) -> pd.DataFram
     sub = per_case if target == MEAN else per_case[per_case["class"] == target]
     m = sub.groupby(["case", "group"], sort=True)[metric].mean().unstack("group")
     return m.reindex(columns=[g for g in groups if g in m.columns])
+
+
+def mean_ci(values: np.ndarray | list[float]) -> tuple[float, float, float, int]:
+    """(mean, 95% bootstrap CI low, high, n) of per-case values; the CI is NaN under
+    MIN_CASES values (no interval from so few cases) and collapses when all are equal."""
+    v = np.asarray(values, float)
+    v = v[~np.isnan(v)]
+    n = int(v.size)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(v.mean())
+    if n < MIN_CASES:
+        return mean, math.nan, math.nan, n
+    if np.all(v == v[0]):
+        return mean, mean, mean, n
+    res = sps.bootstrap((v,), np.mean, vectorized=True, n_resamples=N_RESAMPLES, confidence_level=0.95, rng=SEED)
+    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high), n
 
 
 def holm(p: list[float] | np.ndarray) -> np.ndarray:

@@ -114,9 +114,29 @@ def make_result(backbone: str = "R50-FPN", *, schedule: str | None = "3x", fold:
         "config": config,
         "started_at": "2026-11-29T10:00:00+00:00", "finished_at": "2026-11-29T10:02:00+00:00",
     }
-    if schema == 2:
+    if schema in (2, 3):
         out["identity"] = identity(config, None)
+    if schema == 3:
+        out["conversion"] = {"window": [-1250, 250], "multiwindow": False, "windows": {}, "orientation": None}
+        if ok:
+            set_volume3d(out, {case: {c: round(0.85 * d[c], 4) for c in CLASSES} for case, d in dice.items()})
     return out
+
+
+def set_volume3d(result: dict[str, Any], dice3d: dict[str, dict[str, float]],
+                 nsd3d: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """Give an ok result 3-D numbers as a real run writes them (``metrics.volume3d`` and each
+    case's ``dice3d``/``nsd3d`` in ``metrics.per_case``); ``nsd3d`` defaults to 0.9 x Dice."""
+    nsd3d = nsd3d or {case: {c: round(0.9 * v, 4) for c, v in d.items()} for case, d in dice3d.items()}
+    per_case = {case: {"dice3d": dict(dice3d[case]), "nsd3d": dict(nsd3d.get(case, {}))} for case in dice3d}
+    mean = {m: {c: float(np.mean([v[m][c] for v in per_case.values()])) for c in CLASSES}
+            for m in ("dice3d", "nsd3d")}
+    m = result["metrics"]
+    m["volume3d"] = {"per_case": per_case, "mean": mean, "n_cases": len(per_case),
+                     "tolerance_mm": {"left_lung": 1.0, "right_lung": 1.0, "infection": 3.0}}
+    for case, v in per_case.items():
+        m.setdefault("per_case", {}).setdefault(case, {}).update(v)
+    return result
 
 
 def set_per_case(result: dict[str, Any], segm_ap: dict[str, dict[str, float | None]],
@@ -126,7 +146,9 @@ def set_per_case(result: dict[str, Any], segm_ap: dict[str, dict[str, float | No
     run-level segm AP per class becomes the mean over the cases, so both views agree."""
     dice = dice or {case: {c: 0.8 for c in CLASSES} for case in segm_ap}
     m = result["metrics"]
-    m["per_case"] = {case: {"segm_AP": dict(segm_ap[case]), "dice": dict(dice.get(case, {}))} for case in segm_ap}
+    old = m.get("per_case") or {}
+    m["per_case"] = {case: {**{k: v for k, v in old.get(case, {}).items() if k in ("dice3d", "nsd3d")},
+                            "segm_AP": dict(segm_ap[case]), "dice": dict(dice.get(case, {}))} for case in segm_ap}
     for c in CLASSES:
         vals = [v[c] for v in segm_ap.values() if v.get(c) is not None]
         if vals:

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from converters import phantom
@@ -388,6 +390,9 @@ def stray_folders(root: Path) -> dict[str, Path]:
         "RUN_DIR": precious(root / "run", "result.json", ".hydra/config.yaml", "d2/model_final.pth"),
         "SWEEP_DIR": precious(root / "sweep", "sweep.json", "R50-FPN/result.json", "report/plot.png"),
         "SWEEP": precious(root / "report_me", "report/report.html", "report/mine.png", "runs.csv"),
+        "RUN": precious(root / "my_run", "result.json", "d2/config.yaml", "d2/model_final.pth"),
+        "INPUT": precious(root / "my_ct", "scan_001.nii.gz", "notes.txt"),
+        "OUT": precious(root / "my_pred", "scan_001.nii.gz", "volumes.csv"),
         "WORK": precious(root / "work", "data/phantom/precious.txt", "data/covid19_ct_seg/x.txt",
                          "raw/phantom/precious.txt", "raw/covid19_ct_seg/x.txt",
                          "runs/r50_fpn-smoke/result.json", "sweeps/smoke/sweep.json",
@@ -412,6 +417,7 @@ TARGETS = {
     "clean": ["WORK"],
     "download": ["DATA_ROOT", "WORK"],
     "demo": ["WORK"],
+    "predict": ["RUN", "INPUT", "OUT", "WORK"],
 }
 ARGS = {"data": "workers=1", "train": "solver.max_iter=1 measure.flops=false",
         "sweep": "backbone=r50_fpn solver.max_iter=1 measure.flops=false",
@@ -465,6 +471,9 @@ def test_every_entry_point_leaves_stray_files_alone(tmp_path, tiny_dataset):
     stray = stray_folders(tmp_path / "user")
     before = snapshot(*stray.values())
     py = [sys.executable, "-m"]
+    ct = tmp_path / "ct" / "c.nii.gz"
+    ct.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), str(ct))
     cmds = [
         py + ["converters.convert", "data=covid19_ct_seg", f"data.root={stray['DATA_ROOT']}", "out=" + str(tmp_path / "o")],
         py + ["converters.convert", "data=covid19_ct_seg", f"data.root={tiny_dataset.parent}", f"out={stray['DATA_OUT']}"],
@@ -477,6 +486,9 @@ def test_every_entry_point_leaves_stray_files_alone(tmp_path, tiny_dataset):
         py + ["reports.build", str(stray["SWEEP"])],
         py + ["reports.build", "--latest", str(stray["WORK"] / "sweeps")],
         py + ["converters.clean", str(stray["WORK"])],
+        py + ["benchmark.predict", "--run", str(stray["RUN"]), "--input", str(stray["INPUT"]), "--out", str(stray["OUT"])],
+        py + ["benchmark.predict", "--run", str(stray["RUN"]), "--input", str(stray["INPUT"]), "--out", str(tmp_path / "o")],
+        py + ["benchmark.predict", "--run", str(stray["RUN"]), "--input", str(ct), "--out", str(stray["OUT"])],
     ]
     for cmd in cmds:
         p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

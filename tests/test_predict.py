@@ -1,0 +1,232 @@
+"""From predictions back to CT volumes: the label writer's round trip (every storage
+orientation), the overlap rule, volumes.csv numbers, 3-D Dice/NSD on hand-computed cases, and
+``make predict``'s refusals of bad input (no model needed for those)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from benchmark import metrics3d as M
+from benchmark.predict import PredictError, Predictor, known_slices, main, predict
+from benchmark.volumes import label_image, labels_from_instances, save_atomic, volume_table
+from converters import phantom
+from converters.convert import convert
+from converters.errors import ConversionError
+from converters.fsutil import NotOwned
+from converters.volume import canonical, from_canonical, is_prewindowed
+from reports import synthetic
+
+
+# ------------------------------------------------------------------ round trip
+def _oracle_round_trip(raw: Path, dataset: Path, cid: str) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
+    """The converted annotations of one case fed through the prediction writer as an oracle
+    model's output (score 1): (label volume in the source grid, source mask, source image)."""
+    coco = json.loads((dataset / "annotations" / "all.json").read_text())
+    oracle = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0,
+               "segmentation": a["segmentation"]} for a in coco["annotations"]]
+    known = known_slices(coco, oracle)[cid]
+    img = nib.load(str(raw / phantom.IMAGE_DIR / f"{cid}.nii.gz"))
+    mask = np.asarray(nib.load(str(raw / phantom.COMBINED_DIR / f"{cid}.nii.gz")).dataobj)
+    data = np.asarray(img.dataobj)
+    ras, _, _ = canonical(data, img.affine)
+    # the converter keeps the lung slices: the others hold no label, so the oracle has nothing there
+    known = {k: known.get(k, (np.zeros((0, *ras.shape[1::-1]), bool), np.zeros(0, np.uint8), np.zeros(0)))
+             for k in range(ras.shape[2])}
+    pred = Predictor(model=None, mapper=None, windows=[(-1250.0, 250.0)], score_thresh=0.5)
+    labels = from_canonical(pred.predict_volume(ras, is_prewindowed(data), known=known), img.affine)
+    return labels, mask, img
+
+
+@pytest.mark.parametrize("axcodes", ["LPS", "RAS", "PIR"])
+def test_ground_truth_through_the_writer_gives_the_source_masks(tmp_path, axcodes):
+    raw = phantom.generate(tmp_path / "raw", preset="tiny", n_cases=2, axcodes=axcodes)
+    ds = convert(raw, tmp_path / "ds", {"workers": 1, "splits": {"patient_kfold": {"k": 2}}})
+    for cid in ("phantom_000", "phantom_001"):
+        labels, mask, img = _oracle_round_trip(raw, ds, cid)
+        assert labels.shape == mask.shape and labels.dtype == np.uint8
+        assert np.array_equal(labels, mask), f"{axcodes} {cid}: {np.count_nonzero(labels != mask)} voxels differ"
+        out = save_atomic(label_image(labels, img.affine, like=img), tmp_path / f"{cid}.nii.gz")
+        back = nib.load(str(out))
+        assert np.array_equal(np.asarray(back.dataobj), mask)
+        assert np.allclose(back.affine, img.affine) and back.get_data_dtype() == np.uint8
+        assert nib.aff2axcodes(back.affine) == tuple(axcodes)
+        spacing = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+        m = M.volume_metrics(mask, labels, spacing)
+        assert all(v == 1.0 for d in m.values() for v in d.values()), m
+    assert not list(tmp_path.glob(".*tmp*")), "a temp file was left behind"
+
+
+# ------------------------------------------------------------------ overlap rule
+def test_overlap_rule_infection_over_lung_then_higher_score():
+    masks = np.zeros((4, 4, 6), bool)
+    masks[0, :, 0:4] = True   # left lung, score 0.6
+    masks[1, :, 2:6] = True   # right lung, score 0.9: wins the overlap (columns 2-3)
+    masks[2, 1, :] = True     # infection over both lungs
+    masks[3, 3, :] = True     # infection below the threshold: ignored
+    out = labels_from_instances(masks, np.array([1, 2, 3, 3]), np.array([0.6, 0.9, 0.7, 0.4]), 0.5)
+    assert out[0].tolist() == [1, 1, 2, 2, 2, 2]
+    assert out[1].tolist() == [3] * 6
+    assert out[3].tolist() == [1, 1, 2, 2, 2, 2]
+    assert labels_from_instances(masks[:0], np.zeros(0), np.zeros(0), 0.5).sum() == 0
+
+
+# ------------------------------------------------------------------ volumes.csv
+def test_volume_table_by_hand():
+    lab = np.zeros((20, 10, 4), np.uint8)
+    lab[0:8, :, :] = 2          # right lung: 8*10*4 = 320 voxels
+    lab[12:20, :, :] = 1        # left lung: 320 voxels
+    lab[10:12, :, :] = 3        # infection between them, nearer the left lung at x = 11
+    lab[18:20, 0:5, :] = 3      # infection inside the left lung: 2*5*4 = 40 voxels
+    spacing = np.array([2.0, 2.0, 5.0])  # 20 mm^3 = 0.02 ml per voxel
+    t = volume_table(lab, spacing)
+    # x = 10: the right lung (x = 7) is 3 voxels away, the left (x = 12) 2: left; x = 11 likewise
+    inf_left = 2 * 10 * 4 + 40
+    assert t["infection_ml"] == pytest.approx((80 + 40) * 0.02)
+    assert t["infection_left_ml"] == pytest.approx(inf_left * 0.02)
+    assert t["infection_right_ml"] == 0.0
+    assert t["left_lung_ml"] == pytest.approx((280 + inf_left) * 0.02)
+    assert t["right_lung_ml"] == pytest.approx(320 * 0.02)
+    assert t["burden_left_pct"] == pytest.approx(round(100 * inf_left / (280 + inf_left), 4))
+    assert t["burden_right_pct"] == 0.0
+    assert t["burden_pct"] == pytest.approx(round(100 * inf_left / (280 + inf_left + 320), 4))
+    assert volume_table(np.zeros((3, 3, 3), np.uint8), spacing)["burden_pct"] is None
+
+
+# ------------------------------------------------------------------ NSD and Dice by hand
+def _vox(shape, *idx):
+    a = np.zeros(shape, bool)
+    for i in idx:
+        a[i] = True
+    return a
+
+
+@pytest.mark.parametrize("axis, step_mm", [(2, 2.5), (0, 0.7), (1, 1.3)])
+def test_nsd_of_two_voxels_one_step_apart(axis, step_mm):
+    # a voxel's surface points are its 8 corners, all of equal area by symmetry; one step along
+    # ``axis`` the 4 shared corners coincide (distance 0), the other 4 are one step away
+    spacing = [1.0, 1.0, 1.0]
+    spacing[axis] = step_mm
+    b = [3, 3, 3]
+    b[axis] += 1
+    a, bb = _vox((7, 7, 7), (3, 3, 3)), _vox((7, 7, 7), tuple(b))
+    assert M.nsd(a, bb, spacing, 0.99 * step_mm) == pytest.approx(0.5)
+    assert M.nsd(a, bb, spacing, step_mm) == pytest.approx(1.0)
+    assert M.dice(a, bb) == 0.0
+
+
+def test_nsd_two_voxels_two_steps_apart_anisotropic():
+    spacing = (0.8, 0.8, 3.0)
+    a, b = _vox((5, 5, 9), (2, 2, 3)), _vox((5, 5, 9), (2, 2, 5))
+    assert M.nsd(a, b, spacing, 2.9) == 0.0        # nearest corners 1 step = 3 mm apart
+    assert M.nsd(a, b, spacing, 3.0) == pytest.approx(0.5)
+    assert M.nsd(a, b, spacing, 5.9) == pytest.approx(0.5)
+    assert M.nsd(a, b, spacing, 6.0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("s", [1, 2])
+def test_offset_cubes(s):
+    n, sz = 6, 2.5
+    spacing = (0.7, 0.7, sz)
+    a = np.zeros((10, 10, 14), bool)
+    a[2:2 + n, 2:2 + n, 2:2 + n] = True
+    b = np.roll(a, s, axis=2)
+    assert M.dice(a, b) == pytest.approx((n - s) / n)
+    # every surface point is within s steps along z of the other surface, and some are exactly that far
+    assert M.nsd(a, b, spacing, s * sz) == pytest.approx(1.0)
+    below = M.nsd(a, b, spacing, s * sz - 0.01)
+    assert below < 1.0
+    assert M.nsd(b, a, spacing, s * sz - 0.01) == pytest.approx(below)  # symmetric
+    assert M.nsd(a, a, spacing, 0.1) == pytest.approx(1.0)
+
+
+def test_empty_conventions():
+    z, one = np.zeros((4, 4, 4), bool), _vox((4, 4, 4), (1, 1, 1))
+    assert M.nsd(z, z, (1, 1, 1), 1.0) == 1.0 and M.dice(z, z) == 1.0
+    assert M.nsd(z, one, (1, 1, 1), 1.0) == 0.0 and M.nsd(one, z, (1, 1, 1), 1.0) == 0.0
+    edge = _vox((4, 4, 4), (0, 0, 0))  # touching the array's edge still has a closed surface
+    assert M.nsd(edge, edge, (1, 1, 1), 0.5) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ bad input
+def _run_without_model(tmp_path: Path) -> Path:
+    return synthetic.write_run(tmp_path / "run", synthetic.make_result(schema=3), artifacts=False).parent
+
+
+def _nifti(path: Path, shape=(8, 8, 4)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), np.eye(4)), str(path))
+    return path
+
+
+def _singular_nifti(path: Path) -> Path:
+    """A readable .nii whose sform maps every slice to one plane (nibabel refuses to write one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hdr = nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)).header.copy()
+    hdr["sform_code"], hdr["qform_code"], hdr["vox_offset"] = 1, 0, 352
+    hdr["srow_x"], hdr["srow_y"], hdr["srow_z"] = [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]
+    path.write_bytes(hdr.binaryblock + b"\0" * 4 + np.zeros((8, 8, 4), np.int16).tobytes(order="F"))
+    return path
+
+
+def test_run_without_kept_checkpoint_says_how_to_keep_one(tmp_path, capsys):
+    run = _run_without_model(tmp_path)
+    inp = _nifti(tmp_path / "in" / "case_1.nii.gz")
+    with pytest.raises(PredictError, match="keep_checkpoint=true"):
+        predict(run, inp, tmp_path / "out")
+    assert main(["--run", str(run), "--input", str(inp), "--out", str(tmp_path / "out")]) == 2
+    assert "keep_checkpoint=true" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_not_a_run_folder(tmp_path):
+    inp = _nifti(tmp_path / "in" / "case_1.nii.gz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PredictError, match="not a lungbench run folder"):
+        predict(tmp_path / "empty", inp, tmp_path / "out")
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda p: _nifti(p / "c.nii.gz", shape=(8, 8, 4, 3)), "4-D"),
+    (lambda p: _singular_nifti(p / "c.nii"), "singular"),
+    (lambda p: (p.mkdir(parents=True), (p / "c.nii.gz").write_bytes(b"not nifti"))[0] or p / "c.nii.gz",
+     "not a readable NIfTI"),
+    (lambda p: (p.mkdir(parents=True), (p / "notes.txt").write_text("x"))[0] or p / "notes.txt",
+     "not a NIfTI file name"),
+    (lambda p: p / "absent.nii.gz", "does not exist"),
+])
+def test_bad_inputs_are_named_and_nothing_is_written(tmp_path, make, problem):
+    inp = make(tmp_path / "in")
+    run = _run_without_model(tmp_path)  # inputs are checked before the run's model is looked at
+    with pytest.raises(ConversionError, match=problem) as e:
+        predict(run, inp, tmp_path / "out")
+    assert str(inp) in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_input_folder_and_colliding_names(tmp_path):
+    run = _run_without_model(tmp_path)
+    (tmp_path / "in").mkdir()
+    with pytest.raises(ConversionError, match="no .nii or .nii.gz"):
+        predict(run, tmp_path / "in", tmp_path / "out")
+    _nifti(tmp_path / "in" / "a.nii.gz")
+    _nifti(tmp_path / "in" / "a.nii")
+    with pytest.raises(ConversionError, match="collide"):
+        predict(run, tmp_path / "in", tmp_path / "out")
+
+
+def test_out_holding_a_stray_file_or_inside_input_is_refused(tmp_path):
+    run = _run_without_model(tmp_path)
+    inp = _nifti(tmp_path / "in" / "case_1.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    with pytest.raises(NotOwned):
+        predict(run, inp, out)
+    assert (out / "mine.txt").read_text() == "user data" and sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    with pytest.raises(PredictError, match="overlap"):
+        predict(run, tmp_path / "in", tmp_path / "in" / "pred")
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["case_1.nii.gz"]

@@ -1,0 +1,126 @@
+"""A smoke run kept with its model: 3-D metrics in result.json, ``make predict`` on the phantom,
+and the same numbers from both (tiny phantom, CPU)."""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from benchmark import metrics3d as M
+from benchmark.predict import load_run, known_slices, main
+from benchmark.result import read_result, validate
+from benchmark.run import compose, run
+from benchmark.volumes import VOLUME_COLUMNS
+from converters import phantom
+from converters.catalog import CLASS_NAMES
+from converters.volume import canonical, is_prewindowed
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
+SMOKE = ["solver=smoke", "solver.max_iter=4", "solver.checkpoint_period=100", "measure.warmup_iters=1",
+         "measure.flops=false", "keep_checkpoint=true"]
+
+
+@pytest.fixture(scope="module")
+def kept_run(tiny_dataset, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("kept") / "run"
+    assert run(compose([f"dataset_dir={tiny_dataset}", *SMOKE]), run_dir) == 0
+    return run_dir
+
+
+def _test_cases(tiny_dataset: Path) -> list[str]:
+    coco = json.loads((tiny_dataset / "annotations" / "patient_kfold_f0_test.json").read_text())
+    return sorted({im["case_id"] for im in coco["images"]})
+
+
+def test_result_json_holds_3d_metrics_per_test_case(kept_run, tiny_dataset):
+    r = read_result(kept_run)
+    assert r["schema"] == 3 and validate(r) == []
+    v = r["metrics"]["volume3d"]
+    cases = _test_cases(tiny_dataset)
+    assert sorted(v["per_case"]) == cases and v["n_cases"] == len(cases)
+    assert v["tolerance_mm"] == {"left_lung": 1.0, "right_lung": 1.0, "infection": 3.0}
+    for case in cases:
+        for metric in ("dice3d", "nsd3d"):
+            vals = v["per_case"][case][metric]
+            assert set(vals) == set(CLASS_NAMES) and all(0.0 <= x <= 1.0 for x in vals.values())
+            assert r["metrics"]["per_case"][case][metric] == vals  # beside the AP, for the paired tests
+    assert r["conversion"]["window"] == [-1250, 250] and r["timing"]["eval3d_wall_s"] > 0
+    assert (kept_run / "d2" / "model_final.pth").is_file()
+
+
+def _make_predict(run_dir: Path, inp: Path, out: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    return subprocess.run(["make", "--no-print-directory", "predict", f"RUN={run_dir}", f"INPUT={inp}",
+                           f"OUT={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_make_predict_writes_the_input_grid_and_volumes_csv(kept_run, tiny_raw, tiny_dataset, tmp_path):
+    inp = tiny_raw / phantom.IMAGE_DIR
+    out = tmp_path / "pred"
+    p = _make_predict(kept_run, inp, out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    sources = sorted(inp.glob("*.nii.gz"))
+    assert sorted(x.name for x in out.glob("*.nii.gz")) == [s.name for s in sources]
+    for s in sources:
+        src, pred = nib.load(str(s)), nib.load(str(out / s.name))
+        assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
+        assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2, 3}
+    rows = list(csv.DictReader((out / "volumes.csv").open()))
+    assert [r["case"] for r in rows] == [s.name[:-7] for s in sources]
+    assert list(rows[0]) == VOLUME_COLUMNS
+    for r in rows:  # each lung holds its infection; both lungs are the sum
+        assert float(r["lungs_ml"]) == pytest.approx(float(r["left_lung_ml"]) + float(r["right_lung_ml"]), abs=2e-3)
+        assert float(r["infection_left_ml"]) <= float(r["left_lung_ml"]) + 1e-9
+    info = json.loads((out / "predictions.json").read_text())
+    assert info["backbone"] == "R50-FPN" and len(info["inputs"]) == len(sources)
+    # the run's 3-D numbers are those of the files users get: one prediction code path
+    res = read_result(kept_run)["metrics"]["volume3d"]["per_case"]
+    for case in _test_cases(tiny_dataset):
+        gt = nib.load(str(tiny_raw / phantom.COMBINED_DIR / f"{case}.nii.gz"))
+        pred = nib.load(str(out / f"{case}.nii.gz"))
+        g, _, _ = canonical(np.asarray(gt.dataobj), gt.affine)
+        q, aff, _ = canonical(np.asarray(pred.dataobj), pred.affine)
+        m = M.volume_metrics(g, q, np.sqrt((aff[:3, :3] ** 2).sum(axis=0)))
+        for metric in ("dice3d", "nsd3d"):
+            assert m[metric] == pytest.approx(res[case][metric], abs=1e-6)
+
+
+def test_reusing_the_test_predictions_equals_predicting_again(kept_run, tiny_raw, tiny_dataset):
+    predictor, res = load_run(kept_run, device="cpu")
+    coco = json.loads(Path(res["artifacts"]["test_annotations"]).read_text())
+    known = known_slices(coco, json.loads((kept_run / res["artifacts"]["predictions"]).read_text()))
+    case = _test_cases(tiny_dataset)[0]
+    img = nib.load(str(tiny_raw / phantom.IMAGE_DIR / f"{case}.nii.gz"))
+    data = np.asarray(img.dataobj)
+    ras, _, _ = canonical(data, img.affine)
+    again = predictor.predict_volume(ras, is_prewindowed(data))
+    reused = predictor.predict_volume(ras, is_prewindowed(data), known=known[case])
+    assert known[case] and np.array_equal(again, reused)
+
+
+def test_a_bad_volume_mid_way_leaves_out_as_it_was(kept_run, tiny_raw, tmp_path, capsys):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for s in sorted((tiny_raw / phantom.IMAGE_DIR).glob("*.nii.gz"))[:2]:
+        shutil.copy(s, inp / s.name)
+    out = tmp_path / "out"
+    assert main(["--run", str(kept_run), "--input", str(inp), "--out", str(out), "--device", "cpu"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = sorted(inp.glob("*.nii.gz"))[1]
+    raw = gzip.decompress(bad.read_bytes())
+    bad.write_bytes(gzip.compress(raw[: len(raw) // 2]))  # header intact, half the voxels gone
+    assert main(["--run", str(kept_run), "--input", str(inp), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "nothing written" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "a temp folder was left"
