@@ -77,14 +77,16 @@ def _no_test(comparison: stats.Comparison) -> str | None:
 
 
 def make_plots(df: pd.DataFrame, sweep_dir: Path, progress: bool = True,
-               comparison: stats.Comparison | None = None) -> list[plots.Plot]:
-    """Every figure; one that raises becomes a note instead of sinking the report."""
+               comparison: stats.Comparison | None = None, v3d: pd.DataFrame | None = None) -> list[plots.Plot]:
+    """Every figure; one that raises becomes a note instead of sinking the report. ``comparison``
+    and ``v3d`` (reports.volume3d.table): computed from ``df`` when not given."""
     comparison = stats.compare(df) if comparison is None else comparison
     steps: list[tuple[str, Callable[[], list[plots.Plot]]]] = [
         ("per-class AP", lambda: [plots.per_class_bars(df)]),
         ("rank stability", lambda: [plots.rank_stability(comparison.per_case, _no_test(comparison))]),
         ("trunk x head", lambda: [plots.trunk_head_heatmap(df)]),
         ("AP vs cost", lambda: [plots.ap_vs_cost(df)]),
+        ("3-D metrics", lambda: [plots.volume3d_bars(volume3d.table(comparison) if v3d is None else v3d)]),
         ("loss curves", lambda: [plots.loss_curves(df, sweep_dir)]),
         ("overlays", lambda: overlays.overlays(df, sweep_dir)),
     ]
@@ -119,7 +121,8 @@ def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | Non
         notes = schema_notes(df, None if runs.plan is None else len(runs.plan)) + plan_notes(runs)
         comparison = stats.compare(df)
         t3 = tables.table3(df, planned_missing, comparison)
-        figs = make_plots(df, sweep_dir, progress, comparison)
+        v3d = volume3d.table(comparison)
+        figs = make_plots(df, sweep_dir, progress, comparison, v3d)
         atomic.write_text(tmp / "runs.csv", df.to_csv(index=False))
         atomic.write_text(tmp / "per_class_ap.csv", tables.per_class_ap(df).to_csv(index=False))
         atomic.write_text(tmp / "table3.csv", t3.to_csv(index=False))
@@ -128,7 +131,6 @@ def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | Non
         atomic.write_text(tmp / PER_CASE_NAME, comparison.per_case.to_csv(index=False))
         leak = stats.leak(df)
         atomic.write_text(tmp / LEAK_NAME, leak.to_csv(index=False))
-        v3d = volume3d.table(comparison)
         atomic.write_text(tmp / VOLUME3D_NAME, v3d.to_csv(index=False))
         atomic.write_text(tmp / IGNORED_NAME, pd.DataFrame(runs.ignored, columns=["path", "reason"])
                           .to_csv(index=False))

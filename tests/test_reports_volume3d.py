@@ -42,6 +42,7 @@ def test_section_shows_ours_with_intervals_beside_the_published(tmp_path):
         assert refs[key]["label"] in html
         assert f"{refs[key]['left_lung']:.1f}" in html
     assert "like for like" in html and "not like for like" in html and "trains on 4 cases" in html
+    assert (sweep / "report" / "volume3d.png").stat().st_size > 10_000  # the plot of the same table
 
     t = pd.read_csv(sweep / "report" / "volume3d.csv")
     pc = pd.read_csv(sweep / "report" / "per_case.csv")
@@ -77,5 +78,6 @@ def test_the_paired_tests_apply_to_3d_metrics(tmp_path):
 def test_runs_without_3d_metrics_say_so(tmp_path):
     sweep = _sweep(tmp_path, {"R50-FPN": {}, "R50-C4": {}}, schema=2)
     html = build.build_report(sweep, progress=False).read_text()
-    assert "id='volume3d-none'" in html
+    assert "id='volume3d-none'" in html and "no run holds 3-D metrics" in html  # section and plot say so
+    assert not (sweep / "report" / "volume3d.png").exists()
     assert pd.read_csv(sweep / "report" / "volume3d.csv").empty
