@@ -41,6 +41,18 @@ def _oracle_round_trip(raw: Path, dataset: Path, cid: str) -> tuple[np.ndarray, 
     return labels, mask, img
 
 
+def _same_in_itk(path: Path, labels: np.ndarray, affine: np.ndarray) -> None:
+    """ITK (what ITK-SNAP and 3D Slicer read NIfTI with) sees the same voxels at the same
+    physical places: ITK's LPS points are nibabel's RAS points with x and y negated."""
+    import SimpleITK as sitk
+
+    im = sitk.ReadImage(str(path))
+    assert np.array_equal(sitk.GetArrayFromImage(im).transpose(2, 1, 0), labels)  # ITK arrays are (z, y, x)
+    for idx in ((0, 0, 0), tuple(s - 1 for s in labels.shape), (1, 2, 3)):
+        ras = (affine @ np.array([*idx, 1.0]))[:3]
+        assert np.allclose(im.TransformIndexToPhysicalPoint(tuple(int(i) for i in idx)), ras * [-1, -1, 1], atol=1e-4)
+
+
 @pytest.mark.parametrize("axcodes", ["LPS", "RAS", "PIR"])
 def test_ground_truth_through_the_writer_gives_the_source_masks(tmp_path, axcodes):
     raw = phantom.generate(tmp_path / "raw", preset="tiny", n_cases=2, axcodes=axcodes)
@@ -54,6 +66,7 @@ def test_ground_truth_through_the_writer_gives_the_source_masks(tmp_path, axcode
         assert np.array_equal(np.asarray(back.dataobj), mask)
         assert np.allclose(back.affine, img.affine) and back.get_data_dtype() == np.uint8
         assert nib.aff2axcodes(back.affine) == tuple(axcodes)
+        _same_in_itk(out, mask, img.affine)
         spacing = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
         m = M.volume_metrics(mask, labels, spacing)
         assert all(v == 1.0 for d in m.values() for v in d.values()), m

@@ -22,6 +22,7 @@ from benchmark.volumes import VOLUME_COLUMNS
 from converters import phantom
 from converters.catalog import CLASS_NAMES
 from converters.volume import canonical, is_prewindowed
+from tests.test_predict import _same_in_itk
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow,
@@ -75,6 +76,7 @@ def test_make_predict_writes_the_input_grid_and_volumes_csv(kept_run, tiny_raw, 
         src, pred = nib.load(str(s)), nib.load(str(out / s.name))
         assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
         assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2, 3}
+        _same_in_itk(out / s.name, np.asarray(pred.dataobj), src.affine)
     rows = list(csv.DictReader((out / "volumes.csv").open()))
     assert [r["case"] for r in rows] == [s.name[:-7] for s in sources]
     assert list(rows[0]) == VOLUME_COLUMNS
@@ -124,3 +126,27 @@ def test_a_bad_volume_mid_way_leaves_out_as_it_was(kept_run, tiny_raw, tmp_path,
     assert str(bad) in err and "nothing written" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "a temp folder was left"
+
+
+@pytest.mark.parametrize("multiwindow", [False, True])
+def test_a_new_volume_is_prepared_as_the_training_pngs(kept_run, tiny_raw, tmp_path, multiwindow):
+    """The tensor make predict feeds the model for a slice equals the one detectron2's test
+    mapper makes from the converter's PNG of that slice (one window, and three)."""
+    import torch
+
+    from benchmark.predict import Predictor, _windows, conversion_settings
+    from converters.convert import convert
+
+    ds = convert(tiny_raw, tmp_path / "ds", {"workers": 1, "multiwindow": multiwindow})
+    settings = conversion_settings(json.loads((ds / "dataset.json").read_text()))
+    trained, _ = load_run(kept_run, device="cpu")
+    pred = Predictor(trained.model, trained.mapper, _windows(settings), 0.5)
+    coco = json.loads((ds / "annotations" / "all.json").read_text())
+    for im in coco["images"][::7]:
+        img = nib.load(str(tiny_raw / phantom.IMAGE_DIR / f"{im['case_id']}.nii.gz"))
+        data = np.asarray(img.dataobj)
+        ras, _, _ = canonical(data, img.affine)
+        mine = pred._input(ras, im["slice_index"], is_prewindowed(data))["image"]
+        png = trained.mapper({"file_name": str(ds / "images" / im["file_name"]), "height": im["height"],
+                              "width": im["width"], "image_id": im["id"]})["image"]
+        assert mine.shape == png.shape and torch.equal(mine, png), im["file_name"]
