@@ -360,7 +360,10 @@ def evaluate_volumes(model, d2cfg, dataset_dir: str | Path, case_ids: list[str],
                           "the raw folder the dataset was converted from)"]
         case = CaseFiles(cid, image=files["image"], combined=files.get("combined"), lung=files.get("lung"),
                          infection=files.get("infection"))
-        image, img, masks, labels, _ = load_verified(case, manifest["config"])
+        try:
+            image, img, masks, labels, _ = load_verified(case, manifest["config"])
+        except ConversionError as e:  # a source that no longer reads: note it, keep the run
+            return None, [f"3-D metrics not computed: {e}"]
         sha = {s["role"]: s["sha256"] for s in rec["sources"]}
         for role, v in [("image", image), *zip([r for r, _ in case.masks()], masks)]:
             if v.sha256 != sha.get(role):

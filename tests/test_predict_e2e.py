@@ -150,3 +150,25 @@ def test_a_new_volume_is_prepared_as_the_training_pngs(kept_run, tiny_raw, tmp_p
         png = trained.mapper({"file_name": str(ds / "images" / im["file_name"]), "height": im["height"],
                               "width": im["width"], "image_id": im["id"]})["image"]
         assert mine.shape == png.shape and torch.equal(mine, png), im["file_name"]
+
+
+@pytest.mark.parametrize("what", ["gone", "changed"])
+def test_without_the_source_volumes_the_run_still_finishes_and_says_why(tiny_raw, tmp_path, what):
+    from converters.convert import convert
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    ds = convert(raw, tmp_path / "ds", {"workers": 1})
+    victim = raw / phantom.IMAGE_DIR / f"{_test_cases(ds)[0]}.nii.gz"
+    if what == "gone":
+        shutil.rmtree(raw)
+    else:  # same shape and affine, other voxels: the dataset no longer describes this file
+        img = nib.load(str(victim))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj) + 1, img.affine, img.header), str(victim))
+    run_dir = tmp_path / "run"
+    assert run(compose([f"dataset_dir={ds}", *SMOKE[:-1], "solver.max_iter=2"]), run_dir) == 0
+    r = read_result(run_dir)
+    assert r["status"] == "ok" and r["metrics"]["volume3d"] is None and validate(r) == []
+    note = [n for n in r["notes"] if n.startswith("3-D metrics not computed")]
+    assert note and ("is not there" if what == "gone" else "changed since") in note[0], r["notes"]
+    assert all("dice3d" not in v for v in r["metrics"]["per_case"].values())
