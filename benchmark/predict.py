@@ -40,10 +40,11 @@ from benchmark.metrics3d import TOLERANCE_MM, summarize, volume_metrics
 from benchmark.volumes import VOLUME_COLUMNS, label_image, labels_from_instances, spacing_of, volume_table
 from converters import fsutil
 from converters.catalog import CLASSES
+from benchmark.config import ConfigError
 from converters.errors import ConversionError
 from converters.layout import CaseFiles, case_id_from_name
-from converters.volume import (canonical, check_finite, display_pixels, from_canonical, is_prewindowed,
-                               read_volume, shape_3d, squeeze_3d, undisplay_slice)
+from converters.volume import (ORIENTATION, canonical, check_finite, display_pixels, from_canonical,
+                               is_prewindowed, read_volume, shape_3d, squeeze_3d, undisplay_slice)
 
 PRED_KIND = "predictions"
 CHECKPOINT = "d2/model_final.pth"
@@ -109,24 +110,50 @@ class Predictor:
                 "height": image.shape[0], "width": image.shape[1]}
 
     def predict_volume(self, img_ras: np.ndarray, prewindowed: bool, desc: str | None = None,
-                       known: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
+                       known: dict[int, list[dict]] | None = None) -> np.ndarray:
         """Label volume (uint8, RAS+ like ``img_ras``, shape (X, Y, Z)) of a RAS+ CT volume:
         every axial slice predicted, ``batch_size`` slices per forward pass.
 
-        ``known``: slice index -> (masks (N, H, W) bool, label values (N,), scores (N,)) of slices
-        this model has already predicted on the same pixels (a run's test PNGs are
-        ``display_pixels`` of the same volume, written losslessly): those are not run again."""
-        import torch
-        from tqdm import tqdm
-
+        ``known``: slice index -> the COCO results (dataset category ids, RLE masks) this model
+        already gave on the same pixels (a run's test PNGs are ``display_pixels`` of the same
+        volume, written losslessly): those slices are not run again, only decoded."""
         known = known or {}
         nz = img_ras.shape[2]
         out = np.zeros(img_ras.shape, dtype=np.uint8)
-        for k, (masks, labels, scores) in known.items():
-            out[:, :, k] = undisplay_slice(labels_from_instances(masks, labels, scores, self.score_thresh))
+        for k, preds in known.items():
+            out[:, :, k] = undisplay_slice(self._labels_of_results(preds, img_ras.shape[1::-1]))
         todo = [k for k in range(nz) if k not in known]
-        if not todo:
-            return out
+        if todo:
+            self._run(img_ras, prewindowed, todo, out, desc)
+        return out
+
+    def _labels_of_results(self, preds: list[dict], hw: tuple[int, int]) -> np.ndarray:
+        from pycocotools import mask as mask_util
+
+        preds = [p for p in preds if p["score"] >= self.score_thresh]  # decode only what counts
+        if not preds:
+            return np.zeros(hw, np.uint8)
+        masks = np.stack([mask_util.decode(p["segmentation"]).astype(bool) for p in preds])
+        return labels_from_instances(masks, np.array([p["category_id"] for p in preds]),
+                                     np.array([p["score"] for p in preds], float), self.score_thresh)
+
+    def _forward(self, inputs: list[dict]) -> list[dict]:
+        import torch
+
+        try:
+            return self.model(inputs)
+        except torch.cuda.OutOfMemoryError:
+            # as in the run's own inference: a batch can need more than training did
+            if len(inputs) == 1:
+                raise
+            torch.cuda.empty_cache()
+            return [self.model([x])[0] for x in inputs]
+
+    def _run(self, img_ras: np.ndarray, prewindowed: bool, todo: list[int], out: np.ndarray,
+             desc: str | None) -> None:
+        import torch
+        from tqdm import tqdm
+
         was_training = self.model.training
         self.model.eval()
         try:
@@ -134,7 +161,7 @@ class Predictor:
                                        disable=None) as bar:
                 for start in range(0, len(todo), self.batch_size):
                     ks = todo[start:start + self.batch_size]
-                    outputs = self.model([self._input(img_ras, k, prewindowed) for k in ks])
+                    outputs = self._forward([self._input(img_ras, k, prewindowed) for k in ks])
                     for k, o in zip(ks, outputs):
                         inst = o["instances"].to("cpu")
                         lab = labels_from_instances(inst.pred_masks.numpy(),
@@ -144,22 +171,35 @@ class Predictor:
                     bar.update(len(ks))
         finally:
             self.model.train(was_training)
-        return out
 
 
 # --------------------------------------------------------------------------- a run folder
 
 
 def _run_conversion(res: dict, run_dir: Path) -> dict:
-    """The run's conversion settings: recorded in result.json, else its dataset's dataset.json."""
-    if isinstance(res.get("conversion"), dict):
-        return res["conversion"]
-    dataset_dir = (res.get("config") or {}).get("dataset_dir")
-    try:
-        return conversion_settings(read_manifest(Path(str(dataset_dir))))
-    except (DatasetError, KeyError, TypeError) as e:
-        raise PredictError(run_dir / R.FILENAME, f"the run records no conversion settings and its dataset "
-                           f"({dataset_dir}) cannot tell them: {e}") from None
+    """The run's conversion settings: recorded in result.json, else its dataset's dataset.json
+    (only while that dataset is still the one the run trained on). PredictError when they
+    cannot be had, or when they orient slices otherwise than this lungbench does."""
+    conv = res.get("conversion")
+    if not isinstance(conv, dict):
+        dataset_dir = (res.get("config") or {}).get("dataset_dir")
+        try:
+            manifest = read_manifest(Path(str(dataset_dir)))
+        except (DatasetError, KeyError, TypeError) as e:
+            raise PredictError(run_dir / R.FILENAME, f"the run records no conversion settings and its "
+                               f"dataset ({dataset_dir}) cannot tell them: {e}") from None
+        trained_on = ((res.get("identity") or {}).get("dataset") or {}).get("config_hash")
+        if trained_on and trained_on != manifest.get("config_hash"):
+            raise PredictError(Path(str(dataset_dir)) / "dataset.json", f"rebuilt with another config "
+                               f"({manifest.get('config_hash')}) since the run trained on it ({trained_on}): "
+                               "its settings are not the run's. Train the run again with this lungbench "
+                               "(its result.json then records them)")
+        conv = conversion_settings(manifest)
+    if conv.get("orientation") not in (None, ORIENTATION):
+        raise PredictError(run_dir / R.FILENAME, "the run's slices were oriented otherwise than this "
+                           f"lungbench orients them ({conv.get('orientation')}); predict with the version "
+                           "that trained it, or train it again")
+    return conv
 
 
 def load_run(run_dir: str | Path, device: str = "auto", batch_size: int | None = None) -> tuple[Predictor, dict]:
@@ -191,12 +231,20 @@ def load_run(run_dir: str | Path, device: str = "auto", batch_size: int | None =
 
     d2cfg = get_cfg()
     d2cfg.set_new_allowed(True)  # the LUNGBENCH node the run added
-    d2cfg.merge_from_file(str(run_dir / D2_CONFIG))
+    try:
+        d2cfg.merge_from_file(str(run_dir / D2_CONFIG))
+    except Exception as e:  # noqa: BLE001 - missing, unreadable or not a detectron2 config
+        raise PredictError(run_dir / D2_CONFIG, f"cannot read the run's detectron2 config ({type(e).__name__}: "
+                           f"{e}); the run folder is incomplete: train it again") from None
     dev = resolve_device(device)
     d2cfg.MODEL.DEVICE = dev
     d2cfg.freeze()
     model = build_model(d2cfg)
-    DetectionCheckpointer(model).load(str(ckpt))
+    try:
+        DetectionCheckpointer(model).load(str(ckpt))
+    except Exception as e:  # noqa: BLE001 - truncated or foreign file
+        raise PredictError(ckpt, f"cannot load the trained model ({type(e).__name__}: {e}); train the run "
+                           "again with keep_checkpoint=true") from None
     model.eval()
     thresh = float((res.get("config") or {}).get("dice_score_thresh", 0.5))
     bs = batch_size if batch_size is not None else resolve_infer_batch("auto", dev)
@@ -204,6 +252,12 @@ def load_run(run_dir: str | Path, device: str = "auto", batch_size: int | None =
 
 
 # --------------------------------------------------------------------------- inputs
+
+
+def case_name(path: Path) -> str:
+    """The name of an input's outputs: its file name without .nii / .nii.gz."""
+    name = path.name
+    return name[:-7] if name.lower().endswith(".nii.gz") else name[:-4]
 
 
 def input_files(path: str | Path) -> list[Path]:
@@ -220,7 +274,7 @@ def input_files(path: str | Path) -> list[Path]:
         raise ConversionError(path, "no .nii or .nii.gz file in this folder")
     seen: dict[str, Path] = {}
     for p in files:
-        cid = case_id_from_name(p.name)
+        cid = case_name(p)
         if cid in seen:
             raise ConversionError(p, f"same case name {cid!r} as {seen[cid].name}: the outputs would collide")
         seen[cid] = p
@@ -261,7 +315,7 @@ def predict_file(predictor: Predictor, path: Path) -> tuple[np.ndarray, Any, np.
     """(labels in the input's voxel grid, the input Volume, voxel spacing in mm) of one file."""
     vol, data = read_input(path)
     img_ras, _, _ = canonical(data, vol.affine)
-    pred = predictor.predict_volume(img_ras, is_prewindowed(data), desc=case_id_from_name(path.name))
+    pred = predictor.predict_volume(img_ras, is_prewindowed(data), desc=case_name(path))
     return from_canonical(pred, vol.affine), vol, spacing_of(vol.affine)
 
 
@@ -277,6 +331,7 @@ def _csv(rows: list[dict]) -> str:
 def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, device: str = "auto",
             batch_size: int | None = None) -> Path:
     """Predict every input volume with the run's model into ``out`` (module doc); returns ``out``."""
+    import nibabel as nib
     from tqdm import tqdm
 
     from benchmark.volumes import save_atomic
@@ -294,9 +349,11 @@ def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, device
     with fsutil.output_lock(out, "OUT"), fsutil.atomic_dir(out, PRED_KIND, "OUT") as tmp:
         for p in tqdm(files, desc=f"predict {res.get('backbone')}", unit="volume", disable=None):
             labels, vol, spacing = predict_file(predictor, p)
-            cid = case_id_from_name(p.name)
-            save_atomic(label_image(labels, vol.affine), tmp / f"{cid}.nii.gz")
-            rows.append({"case": cid, "file": str(p.resolve()), **volume_table(labels, spacing)})
+            cid = case_name(p)
+            # the input's own header: its qform/sform (and codes) describe this grid exactly
+            save_atomic(label_image(labels, vol.affine, like=nib.load(str(p))), tmp / f"{cid}.nii.gz")
+            rows.append({"case": cid, "file": str(p.resolve()),
+                         **volume_table(labels, spacing, voxel_mm3=abs(float(np.linalg.det(vol.affine[:3, :3]))))})
         fsutil.write_text(tmp / VOLUMES_CSV, _csv(rows))
         info = {"run_dir": str(Path(run_dir).resolve()), "backbone": res.get("backbone"),
                 "identity": (res.get("identity") or {}).get("hash"), "score_thresh": predictor.score_thresh,
@@ -311,28 +368,21 @@ def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, device
 # --------------------------------------------------------------------------- 3-D evaluation
 
 
-def known_slices(test_coco: dict, predictions: list[dict]) -> dict[str, dict[int, tuple]]:
-    """case -> slice index -> (masks, label values, scores) of a run's COCO predictions on its
-    test images (``Predictor.predict_volume``'s ``known``)."""
-    from pycocotools import mask as mask_util
-
-    where = {im["id"]: (str(im["case_id"]), int(im["slice_index"]), (im["height"], im["width"]))
-             for im in test_coco["images"]}
-    by_image: dict[int, list[dict]] = {i: [] for i in where}
+def known_slices(test_coco: dict, predictions: list[dict]) -> dict[str, dict[int, list[dict]]]:
+    """case -> slice index -> a run's COCO results on that test image (``Predictor.predict_volume``'s
+    ``known``; masks stay RLE until a case is rebuilt)."""
+    where = {im["id"]: (str(im["case_id"]), int(im["slice_index"])) for im in test_coco["images"]}
+    out: dict[str, dict[int, list[dict]]] = {}
+    for case, k in where.values():
+        out.setdefault(case, {})[k] = []
     for p in predictions:
-        by_image[p["image_id"]].append(p)
-    out: dict[str, dict[int, tuple]] = {}
-    for image_id, preds in by_image.items():
-        case, k, hw = where[image_id]
-        masks = (np.stack([mask_util.decode(p["segmentation"]).astype(bool) for p in preds])
-                 if preds else np.zeros((0, *hw), bool))
-        out.setdefault(case, {})[k] = (masks, np.array([p["category_id"] for p in preds], dtype=np.uint8),
-                                       np.array([p["score"] for p in preds], dtype=float))
+        case, k = where[p["image_id"]]
+        out[case][k].append(p)
     return out
 
 
 def evaluate_volumes(model, d2cfg, dataset_dir: str | Path, case_ids: list[str], score_thresh: float,
-                     batch_size: int = 1, known: dict[str, dict[int, tuple]] | None = None
+                     batch_size: int = 1, known: dict[str, dict[int, list[dict]]] | None = None
                      ) -> tuple[dict | None, list[str]]:
     """Dice and NSD per test case and class on the whole source volumes (every slice, also
     those the converter did not keep), predicted by ``Predictor`` (``known``: the slices the
@@ -392,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         out = predict(a.run, a.input, a.out, a.device, a.batch_size)
-    except (PredictError, ConversionError, fsutil.NotOwned, fsutil.OutputBusy) as e:
+    except (PredictError, ConversionError, fsutil.NotOwned, fsutil.OutputBusy, ConfigError) as e:
         print(f"error: {e}; nothing written.", file=sys.stderr)
         return 2
     n = len(list(out.glob("*.nii.gz")))

@@ -331,7 +331,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
 
     from benchmark import config as C
     from benchmark import data as D
-    from benchmark.engine import median_after, peak_memory
+    from benchmark.engine import median_after
 
     # fail early: data, device, weights are checked before any model is built
     progress.where = "check dataset"
@@ -431,7 +431,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
 
     res["metrics"] = add_volume3d(evaluate(str(test.json_file), str(run_dir / PREDICTIONS),
                                            score_thresh=score_thresh), out.get("volume3d"))
-    res["memory"] = out["memory"] if cfg.num_gpus > 1 else peak_memory()
+    res["memory"] = out["memory"]
     res["artifacts"]["checkpoint"] = f"{D2_DIR}/model_final.pth" if cfg.keep_checkpoint else None
 
 
@@ -442,6 +442,38 @@ def add_volume3d(metrics: dict, volume3d: dict | None) -> dict:
     for case, m in ((volume3d or {}).get("per_case") or {}).items():
         metrics["per_case"].setdefault(case, {}).update(m)
     return metrics
+
+
+def _volume3d(model, d2cfg, dataset_dir: str, test_name: str, predictions: list[dict], score_thresh: float,
+              batch_size: int) -> tuple[dict | None, list[str]]:
+    """The run's 3-D evaluation (benchmark.predict.evaluate_volumes) of its test cases that have
+    no slice in training; whatever goes wrong there is a note, not a failed run (the model and
+    its COCO metrics are done)."""
+    from detectron2.data import MetadataCatalog
+
+    from benchmark.manifest import _read_coco
+    from benchmark.predict import evaluate_volumes, known_slices
+
+    try:
+        test_coco = _read_coco(Path(MetadataCatalog.get(test_name).json_file))
+        trained = {str(im["case_id"]) for name in d2cfg.DATASETS.TRAIN
+                   for im in _read_coco(Path(MetadataCatalog.get(name).json_file))["images"]}
+        tested = {str(im["case_id"]) for im in test_coco["images"]}
+        cases = sorted(tested - trained)
+        notes = []
+        if tested & trained:
+            # slice_random: a whole volume would score slices the model trained on
+            notes.append(f"3-D metrics leave out {len(tested & trained)} of {len(tested)} test case(s) "
+                         "with slices in training (a slice-level split)")
+        if not cases:
+            return None, notes
+        # the test slices were just predicted on the same pixels: only the others run again
+        volume3d, more = evaluate_volumes(model, d2cfg, dataset_dir, cases, score_thresh, batch_size,
+                                          known=known_slices(test_coco, predictions))
+        return volume3d, notes + more
+    except Exception as e:  # noqa: BLE001 - out of memory, a broken source, ...: the run stands
+        log.exception("3-D metrics failed")
+        return None, [f"3-D metrics not computed: {type(e).__name__}: {e}"]
 
 
 def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed: int,
@@ -484,16 +516,11 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
     progress.where = "inference"
     pred = predict(model, d2cfg, test_name, run_dir / PREDICTIONS, progress, batch_size=infer_batch)
     notes: list[str] = list(trained.get("notes", []))
+    memory = peak_memory()  # the backbone's training and inference, before the 3-D evaluation
     progress.where = "3-D metrics"
-    from benchmark.manifest import _read_coco
-    from benchmark.predict import evaluate_volumes, known_slices
-
     t3d = time.perf_counter()
-    test_coco = _read_coco(Path(MetadataCatalog.get(test_name).json_file))
-    cases = sorted({str(im["case_id"]) for im in test_coco["images"]})
-    # the test slices were just predicted on the same pixels: only the others run again
-    volume3d, notes3d = evaluate_volumes(model, d2cfg, split[0], cases, score_thresh, infer_batch,
-                                         known=known_slices(test_coco, pred["predictions"]))
+    volume3d, notes3d = _volume3d(model, d2cfg, split[0], test_name, pred["predictions"], score_thresh,
+                                  infer_batch)
     notes += notes3d
     eval3d_wall_s = time.perf_counter() - t3d
     progress.where = "measure"
@@ -514,7 +541,7 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
            "image_ids": pred["image_ids"],
            "eval_wall_s": pred["eval_wall_s"], "volume3d": volume3d, "eval3d_wall_s": eval3d_wall_s,
            "params_m": count_params_m(model),
-           "gflops": gflops, "gflops_input_hw": hw, "notes": notes, "memory": peak_memory()}
+           "gflops": gflops, "gflops_input_hw": hw, "notes": notes, "memory": memory}
     if comm.get_world_size() > 1:
         R.write_json_atomic(run_dir / WORKER_OUT, out)
     return out

@@ -83,11 +83,13 @@ def whole_lungs(labels: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np
     return left, right
 
 
-def volume_table(labels: np.ndarray, spacing: np.ndarray) -> dict[str, float | None]:
+def volume_table(labels: np.ndarray, spacing: np.ndarray, voxel_mm3: float | None = None) -> dict[str, float | None]:
     """Volumes (ml) and infection burden (%) of one label volume: each lung with its infection,
     both lungs, the infection overall and within each lung, and burden per lung and overall
-    (infection / lung volume x 100; None for a lung of volume 0)."""
-    ml = float(np.prod(spacing)) / 1000.0
+    (infection / lung volume x 100; None for a lung of volume 0). ``voxel_mm3``: a voxel's
+    volume, |det| of the affine's 3x3 part (differs from the product of ``spacing`` for a
+    sheared grid); default that product."""
+    ml = (float(np.prod(spacing)) if voxel_mm3 is None else float(voxel_mm3)) / 1000.0
     left, right = whole_lungs(labels, spacing)
     infection = labels == INFECT
     n_left, n_right = int(left.sum()), int(right.sum())
@@ -105,16 +107,23 @@ def volume_table(labels: np.ndarray, spacing: np.ndarray) -> dict[str, float | N
 
 
 def label_image(labels: np.ndarray, affine: np.ndarray, like=None):
-    """A NIfTI-1 image of ``labels`` (uint8) on ``affine``: no intensity scaling, mm units, and
-    the qform/sform codes of ``like`` (the input image) when given, else scanner (1)."""
+    """A NIfTI-1 image of ``labels`` (uint8, no intensity scaling) on ``affine``. With ``like``
+    (the input image whose grid ``labels`` is on) its header is kept: qform, sform and their
+    codes exactly as the input has them (sheared grids included), units, pixdim; else
+    both transforms are ``affine`` with code 1 (scanner)."""
     import nibabel as nib
 
-    img = nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), np.asarray(affine, float))
-    img.header.set_xyzt_units("mm")
-    qcode = int(like.header["qform_code"]) if like is not None else 1
-    scode = int(like.header["sform_code"]) if like is not None else 1
-    img.set_qform(affine, code=qcode or 1)
-    img.set_sform(affine, code=scode or 1)
+    data = np.asarray(labels, dtype=np.uint8)
+    if like is not None:
+        img = nib.Nifti1Image(data, like.affine, header=like.header.copy())
+    else:
+        img = nib.Nifti1Image(data, np.asarray(affine, float))
+        img.header.set_xyzt_units("mm")
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+    img.set_data_dtype(np.uint8)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["cal_min"], img.header["cal_max"] = 0, 3
     img.header["descrip"] = b"lungbench labels: 1 left lung, 2 right lung, 3 infection"
     return img
 

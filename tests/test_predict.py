@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmark import metrics3d as M
-from benchmark.predict import PredictError, Predictor, known_slices, main, predict
+from benchmark.predict import PredictError, Predictor, known_slices, load_run, main, predict, predict_file
 from benchmark.volumes import label_image, labels_from_instances, save_atomic, volume_table
 from converters import phantom
 from converters.convert import convert
@@ -28,14 +28,13 @@ def _oracle_round_trip(raw: Path, dataset: Path, cid: str) -> tuple[np.ndarray, 
     coco = json.loads((dataset / "annotations" / "all.json").read_text())
     oracle = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0,
                "segmentation": a["segmentation"]} for a in coco["annotations"]]
-    known = known_slices(coco, oracle)[cid]
+    known = known_slices(coco, oracle)[cid]  # slice -> its COCO results
     img = nib.load(str(raw / phantom.IMAGE_DIR / f"{cid}.nii.gz"))
     mask = np.asarray(nib.load(str(raw / phantom.COMBINED_DIR / f"{cid}.nii.gz")).dataobj)
     data = np.asarray(img.dataobj)
     ras, _, _ = canonical(data, img.affine)
     # the converter keeps the lung slices: the others hold no label, so the oracle has nothing there
-    known = {k: known.get(k, (np.zeros((0, *ras.shape[1::-1]), bool), np.zeros(0, np.uint8), np.zeros(0)))
-             for k in range(ras.shape[2])}
+    known = {k: known.get(k, []) for k in range(ras.shape[2])}
     pred = Predictor(model=None, mapper=None, windows=[(-1250.0, 250.0)], score_thresh=0.5)
     labels = from_canonical(pred.predict_volume(ras, is_prewindowed(data), known=known), img.affine)
     return labels, mask, img
@@ -71,6 +70,93 @@ def test_ground_truth_through_the_writer_gives_the_source_masks(tmp_path, axcode
         m = M.volume_metrics(mask, labels, spacing)
         assert all(v == 1.0 for d in m.values() for v in d.values()), m
     assert not list(tmp_path.glob(".*tmp*")), "a temp file was left behind"
+
+
+class _HalvesModel:
+    """A stand-in detector: on every slice the image's right half is class 0 (left lung), its
+    left half class 1 (right lung), its top-left corner class 2 (infection), as a model that
+    learnt the radiological display would answer."""
+
+    training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def __call__(self, inputs):
+        import torch
+        from detectron2.structures import Instances
+
+        out = []
+        for x in inputs:
+            h, w = x["height"], x["width"]
+            m = torch.zeros((3, h, w), dtype=torch.bool)
+            m[0, :, w // 2:] = True
+            m[1, :, : w // 2] = True
+            m[2, : h // 4, : w // 4] = True
+            inst = Instances((h, w), pred_masks=m, pred_classes=torch.tensor([0, 1, 2]),
+                             scores=torch.tensor([0.9, 0.8, 0.7]))
+            out.append({"instances": inst})
+        return out
+
+
+class _Mapper:
+    image_format = "BGR"
+
+    def augmentations(self, aug):
+        return None
+
+
+@pytest.mark.parametrize("axcodes", ["LPS", "RAS", "PIR"])
+def test_a_predicted_left_lung_lands_on_the_patients_left(tmp_path, axcodes):
+    """The model's path (contiguous classes -> labels, display undone, storage order restored):
+    label 1 ends up on the patient's left in world coordinates, whatever the storage order."""
+    raw = phantom.generate(tmp_path / "raw", preset="tiny", n_cases=1, axcodes=axcodes)
+    path = raw / phantom.IMAGE_DIR / "phantom_000.nii.gz"
+    pred = Predictor(model=_HalvesModel(), mapper=_Mapper(), windows=[(-1250.0, 250.0)], score_thresh=0.5,
+                     batch_size=3)
+    labels, vol, _ = predict_file(pred, path)
+    assert labels.shape == np.asarray(nib.load(str(path)).dataobj).shape
+    world_x = {}
+    for v in (1, 2, 3):
+        ijk = np.argwhere(labels == v)
+        assert len(ijk), f"label {v} missing"
+        world_x[v] = float((vol.affine @ np.c_[ijk, np.ones(len(ijk))].T)[0].mean())
+    # RAS+: x grows towards the patient's right, so the left lung has the smaller x
+    assert world_x[1] < world_x[2]
+    assert world_x[3] > world_x[1]  # infection in the image's top left: the patient's right, anterior
+
+
+def test_the_label_file_keeps_the_inputs_header(tmp_path):
+    """A scaled int16 input on a sheared grid: the labels read back unscaled, on the input's own
+    qform and sform (with their codes)."""
+    aff = np.array([[0.7, 0.1, 0.0, -100], [0.0, 0.7, 0.0, -120], [0.0, 0.3, 2.5, 40], [0, 0, 0, 1]])
+    src = nib.Nifti1Image(np.zeros((6, 5, 4), np.int16), aff)
+    src.header.set_slope_inter(2.0, -1024.0)
+    src.set_qform(aff, code=1)
+    src.set_sform(aff, code=2)
+    nib.save(src, str(tmp_path / "in.nii.gz"))
+    like = nib.load(str(tmp_path / "in.nii.gz"))
+    labels = np.random.default_rng(0).integers(0, 4, (6, 5, 4)).astype(np.uint8)
+    back = nib.load(str(save_atomic(label_image(labels, like.affine, like=like), tmp_path / "out.nii.gz")))
+    assert np.array_equal(np.asarray(back.dataobj), labels) and back.get_data_dtype() == np.uint8
+    assert np.allclose(back.get_sform(), like.get_sform()) and np.allclose(back.get_qform(), like.get_qform())
+    assert int(back.header["sform_code"]) == 2 and int(back.header["qform_code"]) == 1
+    t = volume_table(labels, np.sqrt((aff[:3, :3] ** 2).sum(0)), voxel_mm3=abs(np.linalg.det(aff[:3, :3])))
+    assert t["infection_ml"] == pytest.approx(round(int((labels == 3).sum()) * 0.7 * 0.7 * 2.5 / 1000, 3))
+
+
+def test_a_run_prepared_otherwise_is_refused(tmp_path):
+    run = _run_without_model(tmp_path)
+    (run / "d2").mkdir()
+    (run / "d2" / "model_final.pth").write_bytes(b"weights")
+    res = json.loads((run / "result.json").read_text())
+    res["conversion"]["orientation"] = {"display": "rot90, as a notebook does"}
+    (run / "result.json").write_text(json.dumps(res))
+    with pytest.raises(PredictError, match="oriented otherwise"):
+        load_run(run)
 
 
 # ------------------------------------------------------------------ overlap rule
