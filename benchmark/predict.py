@@ -203,7 +203,8 @@ def _run_conversion(res: dict, run_dir: Path) -> dict:
 
 
 def load_run(run_dir: str | Path, device: str = "auto", batch_size: int | None = None) -> tuple[Predictor, dict]:
-    """The Predictor of a finished run kept with its model, and the run's result.json.
+    """The Predictor of a finished run kept with its model, and the run's result.json (with the
+    ``conversion`` settings the predictor uses).
 
     PredictError (file and what to do) for a folder that is no finished lungbench run, or
     whose model was not kept."""
@@ -248,7 +249,8 @@ def load_run(run_dir: str | Path, device: str = "auto", batch_size: int | None =
     model.eval()
     thresh = float((res.get("config") or {}).get("dice_score_thresh", 0.5))
     bs = batch_size if batch_size is not None else resolve_infer_batch("auto", dev)
-    return Predictor.from_model(model, d2cfg, conversion, thresh, bs), res
+    # the settings used, read once (from result.json or, for an older run, its dataset.json)
+    return Predictor.from_model(model, d2cfg, conversion, thresh, bs), {**res, "conversion": conversion}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -357,7 +359,7 @@ def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, device
         fsutil.write_text(tmp / VOLUMES_CSV, _csv(rows))
         info = {"run_dir": str(Path(run_dir).resolve()), "backbone": res.get("backbone"),
                 "identity": (res.get("identity") or {}).get("hash"), "score_thresh": predictor.score_thresh,
-                "conversion": _run_conversion(res, Path(run_dir)),
+                "conversion": res["conversion"],
                 "labels": {str(c.label_value): c.name for c in CLASSES},
                 "overlap_rule": "infection over lung; between lungs the higher-scoring instance",
                 "inputs": [r["file"] for r in rows]}
