@@ -29,8 +29,9 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
 SMOKE = ["solver=smoke", "solver.max_iter=4", "solver.checkpoint_period=100", "measure.warmup_iters=1",
          "measure.flops=false", "keep_checkpoint=true"]
-# a 4-iteration model scores under 0.5: count every detection, so the volumes compared hold labels
-KEPT = [*SMOKE, "dice_score_thresh=0.0"]
+# a 4-iteration model scores under 0.5: count every detection, so the volumes compared hold labels;
+# on the CPU also on a GPU machine, so that predicting again gives the very same masks
+KEPT = [*SMOKE, "dice_score_thresh=0.0", "device=cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_result_json_holds_3d_metrics_per_test_case(kept_run, tiny_dataset):
 def _make_predict(run_dir: Path, inp: Path, out: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
     return subprocess.run(["make", "--no-print-directory", "predict", f"RUN={run_dir}", f"INPUT={inp}",
-                           f"OUT={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                           f"OUT={out}", "ARGS=--device cpu"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
 def test_make_predict_writes_the_input_grid_and_volumes_csv(kept_run, tiny_raw, tiny_dataset, tmp_path):
