@@ -332,6 +332,67 @@ def build_d2_cfg(cfg: DictConfig, *, train_name: str, test_name: str, output_dir
         d2.merge_from_list([str(o) if i % 2 == 0 else o for i, o in enumerate(opts)])
     except (AssertionError, KeyError, ValueError) as e:  # yacs asserts on unknown keys
         raise ConfigError(f"d2_opts: {e}") from e
+    needs = compiled_ops_needed(d2)
+    if needs and not has_compiled_ops():
+        raise ConfigError(
+            f"d2_opts: {'; '.join(needs)}: needs detectron2's compiled C++/CUDA ops, which this "
+            "detectron2 (the pure-Python build, benchmark/build_detectron2.py) does not have. "
+            "Leave the option out, or install a detectron2 built with its extension")
     d2.LUNGBENCH = CfgNode({"FLIP": str(cfg.input.flip), "FLIP_PROB": float(cfg.input.flip_prob)})
     d2.freeze()
     return d2
+
+
+# detectron2 options whose layers exist only in its C++/CUDA extension (detectron2._C):
+# deformable convolution and the rotated-box family (RRPN, rotated RoIAlign)
+_ROTATED = {"MODEL.PROPOSAL_GENERATOR.NAME": ("RRPN",),
+            "MODEL.ANCHOR_GENERATOR.NAME": ("RotatedAnchorGenerator",),
+            "MODEL.ROI_HEADS.NAME": ("RROIHeads",),
+            "MODEL.ROI_BOX_HEAD.POOLER_TYPE": ("ROIAlignRotated",),
+            "MODEL.ROI_MASK_HEAD.POOLER_TYPE": ("ROIAlignRotated",),
+            "MODEL.ROI_KEYPOINT_HEAD.POOLER_TYPE": ("ROIAlignRotated",)}
+
+
+def compiled_ops_needed(d2) -> list[str]:
+    """The settings of detectron2 CfgNode ``d2`` that need detectron2's compiled ops, as
+    "KEY=value" strings (empty: the model runs on torch/torchvision ops alone)."""
+    def get(key: str):
+        node = d2
+        for part in key.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        return node
+
+    found = []
+    deform = get("MODEL.RESNETS.DEFORM_ON_PER_STAGE")
+    if deform and any(deform):
+        found.append(f"MODEL.RESNETS.DEFORM_ON_PER_STAGE={list(deform)} (deformable convolution)")
+    for key, values in _ROTATED.items():
+        if get(key) in values:
+            found.append(f"{key}={get(key)} (rotated boxes)")
+    return found
+
+
+def has_compiled_ops() -> bool:
+    """Whether the installed detectron2 has its C++/CUDA extension (``detectron2._C``)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("detectron2._C") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_num_gpus(num_gpus: Any, ims_per_batch: Any) -> None:
+    """Raise ConfigError unless ``num_gpus`` >= 1 divides ``solver.ims_per_batch``: every
+    process loads ims_per_batch / num_gpus images per iteration (detectron2 asserts this
+    deep inside its train loader otherwise)."""
+    if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
+        raise ConfigError(f"num_gpus={num_gpus!r}: expected an integer >= 1")
+    ims = int(ims_per_batch)
+    if ims % num_gpus:
+        fits = [n for n in range(1, ims + 1) if ims % n == 0]
+        raise ConfigError(
+            f"num_gpus={num_gpus} does not divide solver.ims_per_batch={ims}: each GPU process "
+            f"takes ims_per_batch / num_gpus images per iteration. Use num_gpus="
+            f"{'|'.join(map(str, fits))}, or solver.ims_per_batch={-(-ims // num_gpus) * num_gpus} "
+            f"(a multiple of {num_gpus}: a larger batch, so another run than the paper's)")

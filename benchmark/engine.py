@@ -66,9 +66,15 @@ class StepTimer(HookBase):
 
 class LastCheckpointer(hooks.PeriodicCheckpointer):
     """PeriodicCheckpointer that keeps only the newest checkpoint on disk, also across
-    resumed processes (fvcore's max_to_keep only knows the files its own process wrote)."""
+    resumed processes (fvcore's max_to_keep only knows the files its own process wrote).
+    Only the main process saves and prunes."""
 
     def after_step(self) -> None:
+        # detectron2 writes checkpoints on the main process only; a rank that pruned too would
+        # delete the main process's files, even one being written (fvcore's own max_to_keep
+        # deletion in super() has no rank check either)
+        if not comm.is_main_process():
+            return
         super().after_step()
         out = Path(self.checkpointer.save_dir)
         if not self.checkpointer.has_checkpoint():
@@ -243,6 +249,23 @@ def _same_size_batches(loader, batch_size: int):
         yield buf
 
 
+def forward_or_one_by_one(model, inputs: list[dict]) -> tuple[list[dict], bool]:
+    """``model(inputs)``; if that runs out of GPU memory, the images again one at a time.
+    Returns (outputs, whether it ran out). A single image that runs out raises.
+
+    The retry runs after the ``except`` block, not in it: while the exception is handled its
+    traceback holds the failed forward's frames, and with them every activation of the batch,
+    so a retry inside the handler would start with the GPU as full as it was when it failed.
+    Leaving the handler drops them; ``empty_cache`` then hands the cached blocks back."""
+    try:
+        return model(inputs), False
+    except torch.cuda.OutOfMemoryError:
+        if len(inputs) == 1:
+            raise
+    torch.cuda.empty_cache()
+    return [model([x])[0] for x in inputs], True
+
+
 def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
             batch_size: int = 1) -> dict:
     """Run the model on every image of ``dataset_name`` (no augmentation; ``batch_size`` images
@@ -271,16 +294,10 @@ def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
             for inputs in _same_size_batches(loader, batch_size):
                 progress.where = f"inference image {bar.n}"
                 t0 = time.perf_counter()
-                try:
-                    outputs = model(inputs)
-                except torch.cuda.OutOfMemoryError:
-                    # C4 heads push every image's proposals through res5 at once: a batch can
-                    # need more than training did, and a packed GPU may not have it
-                    if len(inputs) == 1:
-                        raise
-                    oom_batches += 1
-                    torch.cuda.empty_cache()
-                    outputs = [model([x])[0] for x in inputs]
+                # C4 heads push every image's proposals through res5 at once: a batch can need
+                # more than training did, and a packed GPU may not have it
+                outputs, oom = forward_or_one_by_one(model, inputs)
+                oom_batches += oom
                 if cuda:
                     torch.cuda.synchronize()
                 times.append((time.perf_counter() - t0) / len(inputs))

@@ -138,16 +138,10 @@ class Predictor:
                                      np.array([p["score"] for p in preds], float), self.score_thresh)
 
     def _forward(self, inputs: list[dict]) -> list[dict]:
-        import torch
+        from benchmark.engine import forward_or_one_by_one
 
-        try:
-            return self.model(inputs)
-        except torch.cuda.OutOfMemoryError:
-            # as in the run's own inference: a batch can need more than training did
-            if len(inputs) == 1:
-                raise
-            torch.cuda.empty_cache()
-            return [self.model([x])[0] for x in inputs]
+        # as in the run's own inference: a batch can need more than training did
+        return forward_or_one_by_one(self.model, inputs)[0]
 
     def _run(self, img_ras: np.ndarray, prewindowed: bool, todo: list[int], out: np.ndarray,
              desc: str | None) -> None:

@@ -362,6 +362,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
                                         if res["env"].get("gpu_slot") is not None else {})
     res["solver"]["amp"] = C.resolve_switch("amp", C.amp_choice(cfg), device)
     infer_batch = C.resolve_infer_batch(cfg.infer_batch_size, device)
+    C.check_num_gpus(cfg.num_gpus, cfg.solver.ims_per_batch)
     if cfg.num_gpus > 1 and device == "cuda" and torch.cuda.device_count() < cfg.num_gpus:
         raise C.ConfigError(f"num_gpus={cfg.num_gpus} but {torch.cuda.device_count()} CUDA devices")
 
