@@ -34,6 +34,8 @@ IGNORED_NAME = "ignored.csv"
 PAIRWISE_NAME = "pairwise.csv"
 LEAK_NAME = "leak.csv"
 PER_CASE_NAME = "per_case.csv"
+#: One verdict per metric and class (reports.stats.Comparison.verdict_table).
+VERDICTS_NAME = "verdicts.csv"
 VOLUME3D_NAME = "volume3d.csv"
 
 
@@ -102,7 +104,7 @@ def make_plots(df: pd.DataFrame, sweep_dir: Path, progress: bool = True,
 
 
 def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | None = None) -> Path:
-    """Write runs.csv, per_class_ap.csv, table3.csv/.md, pairwise.csv, per_case.csv, leak.csv,
+    """Write runs.csv, per_class_ap.csv, table3.csv/.md, pairwise.csv, per_case.csv, verdicts.csv, leak.csv,
     volume3d.csv, ignored.csv,
     the PNGs and report.html into ``<sweep_dir>/report/``; returns the path of report.html.
 
@@ -126,9 +128,10 @@ def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | Non
         atomic.write_text(tmp / "runs.csv", df.to_csv(index=False))
         atomic.write_text(tmp / "per_class_ap.csv", tables.per_class_ap(df).to_csv(index=False))
         atomic.write_text(tmp / "table3.csv", t3.to_csv(index=False))
-        atomic.write_text(tmp / "table3.md", tables.table3_markdown(t3, notes))
+        atomic.write_text(tmp / "table3.md", tables.table3_markdown(t3, notes, stats.method_lines(comparison)))
         atomic.write_text(tmp / PAIRWISE_NAME, comparison.pairwise.to_csv(index=False))
         atomic.write_text(tmp / PER_CASE_NAME, comparison.per_case.to_csv(index=False))
+        atomic.write_text(tmp / VERDICTS_NAME, comparison.verdict_table().to_csv(index=False))
         leak = stats.leak(df)
         atomic.write_text(tmp / LEAK_NAME, leak.to_csv(index=False))
         atomic.write_text(tmp / VOLUME3D_NAME, v3d.to_csv(index=False))
@@ -138,7 +141,7 @@ def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | Non
             if f.png is not None:
                 atomic.write_bytes(tmp / f.name, f.png)
         files = (["runs.csv", "per_class_ap.csv", "table3.csv", "table3.md", PAIRWISE_NAME, PER_CASE_NAME,
-                  LEAK_NAME, VOLUME3D_NAME, IGNORED_NAME]
+                  VERDICTS_NAME, LEAK_NAME, VOLUME3D_NAME, IGNORED_NAME]
                  + [f.name for f in figs if f.png is not None])
         winners = tables.winners(df, comparison)
         if winners_out is not None:  # the CLI prints them: no second read and test of the runs
@@ -147,7 +150,8 @@ def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | Non
                                   failed=tables.failed_runs(df), missing=tables.missing_runs(df, planned_missing),
                                   plots=figs, notes=notes, files=files,
                                   planned=None if runs.plan is None else len(runs.plan), leak=leak,
-                                  volume3d=v3d, volume3d_verdicts=volume3d.verdict_lines(comparison))
+                                  volume3d=v3d, volume3d_verdicts=volume3d.verdict_lines(comparison),
+                                  method=stats.method_lines(comparison))
         atomic.write_text(tmp / "report.html", html)
     return out / "report.html"
 

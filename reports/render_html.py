@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from .plots import Plot
-from .stats import MIN_CASES, TIED_ZERO
+from .stats import MIN_CASES, SELECTION, TIED_ZERO
 from .schema import CLASS_COLORS, CLASS_LABELS, CLASSES
 from .tables import (SEGM_AP, class_col, fmt, fmt_pm, group_label, iter_groups, load_paper, stats,
                      table3_display)
@@ -190,7 +190,8 @@ def _runs_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[dict[str, Any]],
            failed: pd.DataFrame, missing: list[dict[str, Any]], plots: list[Plot], notes: list[str],
            files: list[str], planned: int | None = None, leak: pd.DataFrame | None = None,
-           volume3d: pd.DataFrame | None = None, volume3d_verdicts: list[str] | None = None) -> str:
+           volume3d: pd.DataFrame | None = None, volume3d_verdicts: list[str] | None = None,
+           method: list[str] | None = None) -> str:
     """The whole page as one string (``planned``: the number of runs in the sweep's plan,
     None without one: then the runs found are what is expected)."""
     paper = load_paper()
@@ -241,6 +242,10 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
                      f"<div class='val'>segm AP {escape(fmt_pm(w['AP'], w['std'], w['n']))}</div>"
                      f"<div class='more'>{more}</div></div>")
     parts.append("</div>")
+    parts.append("<details id='method'><summary>What the verdicts mean, and which family each correction "
+                 "covers</summary><ul>" + "".join(f"<li>{escape(m)}</li>" for m in method or [])
+                 + f"<li>pairwise.csv states the selection on every row (<code>selection</code>: "
+                   f"{escape(SELECTION)}); verdicts.csv holds one verdict per metric and class.</li></ul></details>")
 
     if leak is not None and not leak.empty:
         parts.append("<h2 id='leak'>The leak: slices of one patient in train and test</h2>")

@@ -353,7 +353,7 @@ def winners(df: pd.DataFrame, comparison: Any = None) -> list[dict[str, Any]]:
 
     ``winner`` is the leading group: the best by the mean over cases when the runs hold
     per-case results, else by the mean over replicates. ``verdict`` is the test's words
-    ('ahead of all (p < 0.05 after Holm)', 'tied with ...', 'no test possible ...') and
+    ('ahead of all (...)', 'not shown different from ...', 'no test possible (...)') and
     ``significant`` whether the leader is ahead of every other group."""
     comparison = _comparison(df, comparison)
     targets = [(CLASS_LABELS[c], class_col(c), c) for c in CLASSES] + [("mean of 3 classes", SEGM_AP, "mean")]
@@ -485,16 +485,15 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join([head, sep, *body]) + "\n"
 
 
-def table3_markdown(t3: pd.DataFrame, notes: list[str]) -> str:
-    """table3.md: the table, then the assumptions behind the paper comparison and any notes."""
+def table3_markdown(t3: pd.DataFrame, notes: list[str], method: list[str] | None = None) -> str:
+    """table3.md: the table, then the assumptions behind the paper comparison, what the paired
+    tests do (``method``: reports.stats.method_lines) and any notes."""
     paper = load_paper()
     lines = ["# Table 3: our Mask R-CNN backbones beside Gaikwad & Joshi (2020)", "",
              to_markdown(table3_display(t3)), "Assumptions:", ""]
     lines += [f"- {a}" for a in paper["assumptions"]]
-    lines += ["", "Paired tests (columns 'Paired test'): per test case (patient), each group against the group "
-              "with the highest mean segm AP over cases, on the cases both tested (seeds averaged first); "
-              "Wilcoxon signed-rank, Holm-corrected per class, 95% bootstrap CI of the mean difference "
-              "(pairwise.csv, per_case.csv)."]
+    lines += ["", "Paired tests (columns 'Paired test'; pairwise.csv, verdicts.csv, per_case.csv):", ""]
+    lines += [f"- {m}" for m in (method or [])]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

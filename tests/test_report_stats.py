@@ -40,13 +40,18 @@ def test_better_on_every_case_by_a_wide_margin_is_ahead(tmp_path):
     cmp = stats.compare(df)
     for target in (*CLASSES, stats.MEAN):
         v = cmp.verdict(target)
-        assert v["best"] == "R50-FPN 3x" and v["verdict"] == stats.AHEAD and v["winner"] == "R50-FPN 3x"
-        assert v["n_cases"] == len(CASES)
+        assert v["best"] == "R50-FPN 3x" and v["kind"] == stats.KIND_AHEAD and v["winner"] == "R50-FPN 3x"
+        assert v["verdict"].startswith(stats.AHEAD) and v["n_cases"] == len(CASES)
     pw = cmp.pairwise[cmp.pairwise["metric"] == "segm_AP"]
     assert set(pw["group"]) == {"R50-FPN 3x"} and set(pw["vs"]) == {"R101-FPN 3x", "X101-FPN 3x"}
     assert pw["significant"].all() and (pw["ci_low"] > 10).all() and (pw["n_cases"] == len(CASES)).all()
+    # 8 cases, every one higher: the exact one-sided p is 1/2^8, Holm over the 2 comparisons doubles it
+    assert pw["p"].tolist() == pytest.approx([1 / 256] * len(pw)) and pw["p_holm"].tolist() == pytest.approx([2 / 256] * len(pw))
+    assert (pw["selection"] == stats.SELECTION).all() and (pw["p_select"] < 0.05).all()
+    assert pw["holm_family"].str.contains("against each of the 2 other group").all()
+    assert pw["select_family"].str.contains("all 3 groups").all()
     w = {x["what"]: x for x in tables.winners(df, cmp)}
-    assert w["infection"]["winner"] == "R50-FPN 3x" and w["infection"]["verdict"] == stats.AHEAD
+    assert w["infection"]["winner"] == "R50-FPN 3x" and w["infection"]["verdict"].startswith(stats.AHEAD)
     assert w["infection"]["significant"]
 
 
@@ -65,7 +70,8 @@ def test_identical_per_case_values_are_tied(tmp_path):
     df = _write(tmp_path, {"R50-FPN": {0: same, 1: same}, "R101-FPN": {0: same, 1: same}})
     cmp = stats.compare(df)
     v = cmp.verdict(stats.MEAN)
-    assert v["verdict"] == "tied with R101-FPN 3x (difference not significant)" and v["winner"] is None
+    assert v["kind"] == stats.KIND_NO_TEST and v["winner"] is None  # no non-zero pair: nothing to test
+    assert v["verdict"].startswith("no test possible (n non-zero pairs = 0 vs R101-FPN 3x")
     r = cmp.pairwise[(cmp.pairwise["metric"] == "segm_AP") & (cmp.pairwise["class"] == stats.MEAN)].iloc[0]
     assert r["p"] == 1.0 and r["p_holm"] == 1.0 and not r["significant"]
     assert (r["mean_diff"], r["ci_low"], r["ci_high"]) == (0.0, 0.0, 0.0)
@@ -88,22 +94,23 @@ def test_a_tie_at_zero_has_no_winner(tmp_path):
 
 
 def test_fewer_than_5_cases_is_no_test(tmp_path):
+    # 4 cases: no interval, and 4 non-zero pairs cannot give a one-sided p under 1/16 anyway
     few = CASES[:4]
     df = _write(tmp_path, {"R50-FPN": {0: _values(30, 1, few), 1: _values(30, 2, few)},
                            "R101-FPN": {0: _values(0, 3, few), 1: _values(0, 4, few)}}, cases=few)
     cmp = stats.compare(df)
     v = cmp.verdict(stats.MEAN)
-    assert v["verdict"] == stats.NO_TEST and v["winner"] is None
-    assert cmp.pairwise["p"].isna().all() and not cmp.pairwise["significant"].any()
+    assert v["kind"] == stats.KIND_NO_TEST and v["verdict"].startswith(stats.NO_TEST) and v["winner"] is None
+    assert not cmp.pairwise["significant"].any() and cmp.pairwise["ci_low"].isna().all()
     p = plots.rank_stability(cmp.per_case, build._no_test(cmp))
-    assert p.png is None and p.note == stats.NO_TEST
+    assert p.png is None and p.note == v["verdict"]
 
 
 def test_one_run_per_group_over_enough_cases_is_tested(tmp_path):
     # one fold per backbone with >= 5 test cases: the cases pair up, so the test runs
     df = _write(tmp_path, {"R50-FPN": {0: _values(30, 1)}, "R101-FPN": {0: _values(0, 3)}})
     v = stats.compare(df).verdict(stats.MEAN)
-    assert v["verdict"] == stats.AHEAD and v["winner"] == "R50-FPN 3x"
+    assert v["kind"] == stats.KIND_AHEAD and v["winner"] == "R50-FPN 3x"
 
 
 def test_intervals_and_p_values_are_scipys(tmp_path):
@@ -117,7 +124,7 @@ def test_intervals_and_p_values_are_scipys(tmp_path):
         xa, xb = xb, xa
     ci = sps.bootstrap((xa, xb), lambda x, y, axis=-1: np.mean(x - y, axis=axis), paired=True, vectorized=True,
                        n_resamples=9999, confidence_level=0.95, rng=0).confidence_interval
-    p = sps.wilcoxon(xa, xb).pvalue
+    p = sps.wilcoxon(xa, xb, alternative="greater").pvalue
     r = cmp.pairwise[(cmp.pairwise["metric"] == "segm_AP") & (cmp.pairwise["class"] == "infection")].iloc[0]
     assert r["n_cases"] == len(CASES)
     # result.json rounds the values to 6 decimals: compare to that precision
@@ -155,9 +162,11 @@ def test_report_writes_pairwise_and_per_case_and_shows_verdicts(tmp_path):
     pc = pd.read_csv(out / "per_case.csv")
     assert list(pc.columns) == stats.PER_CASE_COLUMNS and len(pc) == 2 * len(CASES) * len(CLASSES)
     assert (out / "rank_stability.png").is_file()
-    assert escape(stats.AHEAD) in html and "pairwise.csv" in html
+    assert escape(stats.AHEAD) in html and "pairwise.csv" in html and escape(stats.SELECTION) in html
+    vd = pd.read_csv(out / "verdicts.csv")
+    assert list(vd.columns) == stats.VERDICT_COLUMNS and (vd["kind"] == stats.KIND_AHEAD).any()
     t3 = pd.read_csv(out / "table3.csv").set_index("group")
-    assert t3.loc["R50-FPN 3x", "mean_verdict"] == stats.AHEAD
+    assert t3.loc["R50-FPN 3x", "mean_verdict"].startswith(stats.AHEAD)
     assert t3.loc["R101-FPN 3x", "mean_verdict"].startswith("below R50-FPN 3x")
     assert "Paired test: mean segm AP" in (out / "table3.md").read_text()
 
@@ -191,7 +200,8 @@ def test_leak_section_measures_the_slice_split_gap(tmp_path):
     mean = leak[leak["class"] == stats.MEAN].iloc[0]
     gaps = np.array([sliced[c] - patient[c] for c in CASES])
     assert mean["n_cases"] == len(CASES) and mean["gap"] == pytest.approx(gaps.mean())
-    assert mean["p"] == pytest.approx(sps.wilcoxon(list(sliced.values()), list(patient.values())).pvalue)
+    assert mean["p"] == pytest.approx(sps.wilcoxon(list(sliced.values()), list(patient.values()),
+                                                   alternative="greater").pvalue)
     assert mean["ci_low"] > 0  # every case gains: the interval excludes 0
     html = (build.build_report(tmp_path)).read_text()
     assert "id='leak'" in html and 'id="leak-table"' in html
@@ -202,3 +212,84 @@ def test_no_leak_section_without_both_splits(tmp_path):
     df = _write(tmp_path, {"R50-FPN": {0: _values(0, 1)}, "R101-FPN": {0: _values(0, 2)}})
     assert stats.leak(df).empty
     assert "id='leak'" not in build.build_report(tmp_path).read_text()
+
+
+# ---------------------------------------------------------------- known answers (by hand, not scipy)
+
+def _pc(groups: dict[str, list[float]], target: str = "infection") -> pd.DataFrame:
+    """A per-case table: one class, group -> values per case."""
+    rows = [{"group": g, "case": f"case_{i:02d}", "class": target, "segm_AP": v}
+            for g, vals in groups.items() for i, v in enumerate(vals)]
+    return pd.DataFrame(rows)
+
+
+def test_eight_positive_differences_give_exact_one_sided_p_1_over_256():
+    b = [10.0, 20, 30, 40, 50, 60, 70, 80]
+    a = [x + 1 + i for i, x in enumerate(b)]  # every difference positive, distinct
+    cmp = stats.compare_per_case(_pc({"A": a, "B": b}), ["segm_AP"])
+    r = cmp.pairwise.iloc[0]
+    # one of the 2^8 equally likely sign patterns is all-positive: p = 1/256
+    assert r["p"] == 1 / 256 and r["p_holm"] == 1 / 256 and r["n_nonzero"] == 8 and r["n_higher"] == 8
+    # two groups: the leader is either one, so the selection-adjusted p counts both all-same-sign patterns
+    assert r["p_select"] == pytest.approx(2 / 256)
+    assert cmp.verdict("infection")["kind"] == stats.KIND_AHEAD
+
+
+def test_the_loses_most_cases_trap_is_not_ahead():
+    # 20 cases: "A" loses 18 by about 1 point and wins 2 by 30: mean difference +2, but B is higher on 18
+    b = [50.0 + i for i in range(20)]
+    a = [x - 1.1 for x in b[:18]] + [x + 30 for x in b[18:]]
+    cmp = stats.compare_per_case(_pc({"A": a, "B": b}), ["segm_AP"])
+    v = cmp.verdict("infection")
+    r = cmp.pairwise.iloc[0]
+    assert v["best"] == "A" and r["mean_diff"] == pytest.approx((2 * 30 - 18 * 1.1) / 20)
+    assert v["kind"] == stats.KIND_NOT_SHOWN and v["winner"] is None and not r["significant"]
+    assert v["verdict"].startswith("not shown different from B (p_holm = ")
+    assert r["p"] > 0.5 and r["n_higher"] == 2 and r["n_lower"] == 18
+    assert "ahead" not in cmp.row_verdict("B", "infection", "segm_AP")
+
+
+def test_six_zero_differences_of_ten_is_no_test_possible():
+    b = [0.0] * 10
+    a = [0.0] * 6 + [5.0, 6.0, 7.0, 8.0]
+    cmp = stats.compare_per_case(_pc({"A": a, "B": b}), ["segm_AP"])
+    v = cmp.verdict("infection")
+    r = cmp.pairwise.iloc[0]
+    # 4 non-zero pairs: the smallest one-sided p is 1/2^4 = 0.0625 >= 0.05 whatever they are
+    assert r["n_cases"] == 10 and r["n_nonzero"] == 4 and r["p_min_holm"] == 1 / 16
+    assert v["kind"] == stats.KIND_NO_TEST and v["winner"] is None
+    assert v["verdict"] == ("no test possible (n non-zero pairs = 4 vs B; the smallest attainable p after Holm "
+                            "is 0.0625)")
+
+
+def test_holm_over_eight_with_ten_cases_reproduces_2_over_1024_times_8():
+    # best vs 8 others, 10 cases each: 9 differences positive, the smallest one negative; the exact
+    # one-sided p is 2/1024 (all positive, or only rank 1 negative), Holm multiplies the smallest by 8
+    base = np.arange(10, dtype=float) * 10
+    groups = {"best": list(base + np.arange(1, 11))}
+    for j in range(8):
+        d = np.arange(1, 11, dtype=float) + 0.01 * j
+        d[0] = -d[0]
+        groups[f"g{j}"] = list(base + np.arange(1, 11) - d)
+    cmp = stats.compare_per_case(_pc(groups), ["segm_AP"])
+    pw = cmp.pairwise
+    assert len(pw) == 8 and (pw["group"] == "best").all()
+    assert pw["p"].tolist() == pytest.approx([2 / 1024] * 8)
+    assert pw["p_holm"].tolist() == pytest.approx([2 / 1024 * 8] * 8)
+    assert pw["p_min_holm"].tolist() == pytest.approx([8 / 1024] * 8)  # the bound: 1/2^10, times 8
+    assert cmp.verdict("infection")["kind"] == stats.KIND_AHEAD
+
+
+def test_too_few_non_zero_pairs_for_holm_over_eight_is_said_before_any_p():
+    # 5 cases against each of 8 groups: every one-sided p is at least 1/2^5, so Holm's smallest attainable
+    # adjusted p is 8/32 = 0.25 however large the differences are
+    groups = {"best": [10.0 + i for i in range(5)]}
+    for j in range(8):
+        groups[f"g{j}"] = [float(i) - 0.1 * j for i in range(5)]
+    v = stats.compare_per_case(_pc(groups), ["segm_AP"]).verdict("infection")
+    assert v["kind"] == stats.KIND_NO_TEST and "smallest attainable p after Holm is 0.25" in v["verdict"]
+
+
+def test_method_lines_name_each_family():
+    text = " ".join(stats.method_lines())
+    assert "holm_family" in text and "select_family" in text and "Nothing is corrected across" in text
