@@ -9,9 +9,10 @@ so an unexpected source fails loudly), builds the wheel and caches it:
 
     python -m benchmark.build_detectron2 [--install] [--cache DIR]
 
-A second call finds the cached wheel and builds nothing. Nothing of detectron2 is
-committed to this repository. Users with internet who prefer upstream detectron2 can
-install it instead (see README); the harness only needs ``import detectron2``.
+A second call finds the cached wheel and builds nothing. ``--install`` (``make setup``) first
+checks that torch can use the GPUs nvidia-smi sees (benchmark.cudacheck) and fails if not.
+Nothing of detectron2 is committed to this repository. Users with internet who prefer
+upstream detectron2 can install it instead (see README); the harness only needs ``import detectron2``.
 """
 
 from __future__ import annotations
@@ -169,6 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=default_cache())
     ap.add_argument("--install", action="store_true", help="pip install the wheel (no deps)")
     args = ap.parse_args(argv)
+    if args.install:
+        # setup: a GPU that this venv's torch cannot use fails here, not in the first run
+        from benchmark.cudacheck import CudaUnusable, check
+
+        try:
+            check()
+        except CudaUnusable as e:
+            print(f"setup: {e}", file=sys.stderr)
+            return 1
     wheel = build_wheel(args.cache)
     print(f"detectron2 wheel: {wheel}")
     if args.install:

@@ -147,11 +147,21 @@ def fetch_weights(weights: Weights, download: bool = True) -> str:
 
 
 def resolve_device(device: str) -> str:
-    """auto -> cuda if available else cpu; cuda without CUDA is an error."""
+    """auto -> cuda if available else cpu; cuda without CUDA is an error, and so is auto where
+    nvidia-smi sees a GPU that torch cannot use (benchmark.cudacheck: a CPU run there would be
+    an accident; device=cpu asks for one)."""
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        from benchmark.cudacheck import CudaUnusable, check
+
+        try:
+            check()
+        except CudaUnusable as e:
+            raise ConfigError(f"device=auto: {e}") from None
+        return "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but torch sees no CUDA device: use device=auto or cpu")
     if device not in ("cpu", "cuda"):
