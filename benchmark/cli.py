@@ -4,6 +4,7 @@
     lungbench train backbone=r50_fpn dataset_dir=<converted> hydra.run.dir=<run dir>
     lungbench predict --run <run dir> --input <NIfTI file or folder> --out <dir>
     lungbench report --latest work/sweeps
+    lungbench compare per_case.csv --out work/compare
 
 Each subcommand is the program ``python -m <module>`` runs, with the remaining arguments
 passed on unchanged (Hydra overrides for convert, train and sweep; options for download
@@ -23,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("benchmark.sweep", "a multirun of train over backbones / folds (Hydra overrides)"),
     "predict": ("benchmark.predict", "a kept run's model on NIfTI volumes -> label NIfTIs + volumes.csv (--run --input --out)"),
     "report": ("reports.build", "tables, plots and HTML report of a sweep (<sweep_dir> | --latest DIR)"),
+    "compare": ("reports.compare", "the report's paired tests on per-case scores from anywhere "
+                "(PER_CASE.csv [--metric M] [--out DIR])"),
 }
 
 

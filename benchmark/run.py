@@ -425,6 +425,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
         "train_wall_s": out["train_wall_s"], "eval_wall_s": out["eval_wall_s"],
         "train_iters_timed": n_timed, "infer_batch_size": infer_batch,
         "eval3d_wall_s": out.get("eval3d_wall_s"),
+        "train_started_at": out.get("train_started_at"), "train_finished_at": out.get("train_finished_at"),
     }
 
     progress.where = "metrics"
@@ -434,6 +435,20 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
                                            score_thresh=score_thresh), out.get("volume3d"))
     res["memory"] = out["memory"]
     res["artifacts"]["checkpoint"] = f"{D2_DIR}/model_final.pth" if cfg.keep_checkpoint else None
+
+
+def gpu_memory_sections(train: dict | None, infer: dict | None) -> dict:
+    """``memory`` keys from the GPU peaks of training and of inference (engine.gpu_peaks, each
+    since its own reset; None without CUDA): ``train_peak_gpu_mb``/``train_reserved_gpu_mb``,
+    ``infer_peak_gpu_mb``/``infer_reserved_gpu_mb`` and ``peak_gpu_mb``, the larger allocated
+    peak of the two (what it was before they were told apart)."""
+    out: dict = {}
+    for part, peaks in (("train", train), ("infer", infer)):
+        out[f"{part}_peak_gpu_mb"] = peaks["allocated"] if peaks else None
+        out[f"{part}_reserved_gpu_mb"] = peaks["reserved"] if peaks else None
+    both = [v for v in (out["train_peak_gpu_mb"], out["infer_peak_gpu_mb"]) if v is not None]
+    out["peak_gpu_mb"] = max(both) if both else None
+    return out
 
 
 def add_volume3d(metrics: dict, volume3d: dict | None) -> dict:
@@ -491,8 +506,8 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
     from detectron2.utils.env import seed_all_rng
 
     from benchmark import data as D
-    from benchmark.engine import (Progress, count_gflops, count_params_m, peak_memory, predict,
-                                  reset_peak_memory, run_training)
+    from benchmark.engine import (Progress, count_gflops, count_params_m, gpu_peaks, peak_memory,
+                                  predict, reset_gpu_peaks, reset_peak_memory, run_training)
 
     import torch
 
@@ -514,10 +529,14 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
     if not comm.is_main_process():
         return {}
     model = trained["model"]
+    # training's GPU peak, then inference's on its own (batched C4 inference can need more)
+    train_gpu = gpu_peaks()
+    reset_gpu_peaks()
     progress.where = "inference"
     pred = predict(model, d2cfg, test_name, run_dir / PREDICTIONS, progress, batch_size=infer_batch)
     notes: list[str] = list(trained.get("notes", []))
     memory = peak_memory()  # the backbone's training and inference, before the 3-D evaluation
+    memory.update(gpu_memory_sections(train_gpu, gpu_peaks()))
     progress.where = "3-D metrics"
     t3d = time.perf_counter()
     volume3d, notes3d = _volume3d(model, d2cfg, split[0], test_name, pred["predictions"], score_thresh,
@@ -539,6 +558,8 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
                      "memory and ran again one image at a time (infer_batch_size lower avoids it)")
     out = {"start_iter": trained["start_iter"], "step_times": trained["step_times"],
            "train_wall_s": trained["train_wall_s"], "infer_times": pred["infer_times"],
+           "train_started_at": trained["train_started_at"],
+           "train_finished_at": trained["train_finished_at"],
            "image_ids": pred["image_ids"],
            "eval_wall_s": pred["eval_wall_s"], "volume3d": volume3d, "eval3d_wall_s": eval3d_wall_s,
            "params_m": count_params_m(model),

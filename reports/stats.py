@@ -148,10 +148,25 @@ def mean_ci(values: np.ndarray | list[float]) -> tuple[float, float, float, int]
     mean = float(v.mean())
     if n < MIN_CASES:
         return mean, math.nan, math.nan, n
-    if np.all(v == v[0]):
+    if np.ptp(v) <= 1e-9 * max(1.0, abs(mean)):
         return mean, mean, mean, n
-    res = sps.bootstrap((v,), np.mean, vectorized=True, n_resamples=N_RESAMPLES, confidence_level=0.95, rng=SEED)
-    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high), n
+    lo, hi = _bootstrap_ci((v,), np.mean)
+    return mean, lo, hi, n
+
+
+def _bootstrap_ci(data: tuple, statistic, paired: bool = False) -> tuple[float, float]:
+    """scipy's 95% BCa bootstrap interval; the percentile interval where BCa is degenerate (a few
+    distinct values can leave its acceleration undefined, and scipy then answers NaN)."""
+    import warnings
+
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sps.DegenerateDataWarning)
+            ci = sps.bootstrap(data, statistic, paired=paired, vectorized=True, n_resamples=N_RESAMPLES,
+                               confidence_level=0.95, method=method, rng=SEED).confidence_interval
+        if not (math.isnan(ci.low) or math.isnan(ci.high)):
+            break
+    return float(ci.low), float(ci.high)
 
 
 def holm(p: list[float] | np.ndarray) -> np.ndarray:
@@ -188,13 +203,12 @@ def paired_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     if n == 0:
         return out
     if n >= MIN_CASES:
-        if np.all(d == d[0]):
-            # no spread: every resample has the same mean (BCa is undefined there)
+        if np.ptp(d) <= 1e-9 * max(1.0, abs(mean)):
+            # no spread (up to float rounding): every resample has the same mean (BCa is undefined there)
             out["ci_low"] = out["ci_high"] = mean
         else:
-            res = sps.bootstrap((a, b), lambda x, y, axis=-1: np.mean(x - y, axis=axis), paired=True,
-                                vectorized=True, n_resamples=N_RESAMPLES, confidence_level=0.95, rng=SEED)
-            out["ci_low"], out["ci_high"] = float(res.confidence_interval.low), float(res.confidence_interval.high)
+            out["ci_low"], out["ci_high"] = _bootstrap_ci((a, b), lambda x, y, axis=-1: np.mean(x - y, axis=axis),
+                                                          paired=True)
     out["p"] = 1.0 if nonzero == 0 else float(sps.wilcoxon(d, alternative="greater").pvalue)
     return out
 

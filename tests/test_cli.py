@@ -30,7 +30,7 @@ def test_console_script_is_declared_and_installed():
 
 
 def test_every_command_is_a_python_m_program():
-    assert set(COMMANDS) == {"download", "convert", "train", "sweep", "predict", "report"}
+    assert set(COMMANDS) == {"download", "convert", "train", "sweep", "predict", "report", "compare"}
     for module, _ in COMMANDS.values():
         spec = importlib.util.find_spec(module)
         assert spec is not None and 'if __name__ == "__main__":' in Path(spec.origin).read_text()
