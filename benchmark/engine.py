@@ -14,6 +14,7 @@ import re
 import resource
 import statistics
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -196,8 +197,10 @@ def run_training(d2cfg, progress: Progress, identity: str | None = None,
     """Train (resuming from OUTPUT_DIR's last checkpoint if any, and only if that checkpoint
     carries ``identity``; else from MODEL.WEIGHTS through ``benchmark.weights``, which refuses
     a file that is no checkpoint or does not fit the trunk). Returns the trainer's facts:
-    start_iter, step times (this process), train_wall_s, the trained model, and notes: what
-    the initial weights did not cover (re-initialised or fresh layers)."""
+    start_iter, step times (this process), train_wall_s and when training started and finished
+    (train_started_at/_finished_at, UTC ISO: when runs packed on one GPU trained at once), the
+    trained model, and notes: what the initial weights did not cover (re-initialised or fresh
+    layers)."""
     from detectron2.utils import comm
 
     from benchmark import weights as W
@@ -225,6 +228,7 @@ def run_training(d2cfg, progress: Progress, identity: str | None = None,
     start_iter = trainer.start_iter
     if start_iter:
         log.info("resuming from the checkpoint of iteration %d", start_iter - 1)
+    started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
@@ -232,7 +236,9 @@ def run_training(d2cfg, progress: Progress, identity: str | None = None,
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
     return {"start_iter": start_iter, "step_times": trainer.step_timer.times,
-            "train_wall_s": wall, "model": model, "notes": notes}
+            "train_wall_s": wall, "model": model, "notes": notes,
+            "train_started_at": started.isoformat(),
+            "train_finished_at": datetime.now(timezone.utc).isoformat()}
 
 
 def _same_size_batches(loader, batch_size: int):
@@ -367,6 +373,23 @@ def reset_peak_memory() -> bool:
         return True
     except OSError:
         return False
+
+
+def gpu_peaks() -> dict | None:
+    """This process's GPU memory peaks since the last reset, MiB: ``allocated`` (tensors,
+    torch.cuda.max_memory_allocated, what detectron2's zoo reports) and ``reserved`` (what the
+    caching allocator held, max_memory_reserved: what the GPU must have free). None where CUDA
+    was never used."""
+    if not torch.cuda.is_initialized():
+        return None
+    return {"allocated": torch.cuda.max_memory_allocated() / 2**20,
+            "reserved": torch.cuda.max_memory_reserved() / 2**20}
+
+
+def reset_gpu_peaks() -> None:
+    """Start the GPU peaks afresh (between training and inference: each has its own)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
 
 
 def peak_memory() -> dict:

@@ -174,3 +174,31 @@ def test_options_without_compiled_ops_pass():
     assert d.MODEL.RPN.NMS_THRESH == 0.6
     assert C.compiled_ops_needed(d) == []
     assert C.compiled_ops_needed(_d2cfg("backbone=x101_dc5")) == []  # none of the nine needs them
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_training_and_inference_gpu_peaks_are_kept_apart():
+    from benchmark.run import gpu_memory_sections
+
+    m = gpu_memory_sections({"allocated": 3000.0, "reserved": 3500.0},
+                            {"allocated": 4200.0, "reserved": 6000.0})
+    assert m == {"train_peak_gpu_mb": 3000.0, "train_reserved_gpu_mb": 3500.0,
+                 "infer_peak_gpu_mb": 4200.0, "infer_reserved_gpu_mb": 6000.0, "peak_gpu_mb": 4200.0}
+    assert gpu_memory_sections(None, None) == {  # a run that never used CUDA
+        "train_peak_gpu_mb": None, "train_reserved_gpu_mb": None, "infer_peak_gpu_mb": None,
+        "infer_reserved_gpu_mb": None, "peak_gpu_mb": None}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_peaks_reset_between_training_and_inference():
+    from benchmark.engine import gpu_peaks, reset_gpu_peaks
+
+    big = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")  # 256 MiB
+    del big
+    assert gpu_peaks()["allocated"] >= 256
+    reset_gpu_peaks()
+    small = torch.empty(2**20, dtype=torch.uint8, device="cuda")
+    assert gpu_peaks()["allocated"] < 256 and gpu_peaks()["reserved"] >= 1
+    del small
