@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from .schema import CLASS_LABELS, CLASSES
-from .tables import iter_groups, ok_rows
+from .tables import is_scratch, iter_groups, ok_rows
 
 PER_CASE_PREFIX = "metrics.per_case."
 #: Per-case metrics that are tested (higher is better); result.json's
@@ -440,12 +440,12 @@ def leak(df: pd.DataFrame, metric: str = PRIMARY) -> pd.DataFrame:
     for key, g in iter_groups(df):
         splits = {s for s in g.get("dataset.split", pd.Series(dtype=object)) if isinstance(s, str)}
         if len(splits) == 1 and (s := splits.pop()) in LEAK_SPLITS:
-            split_of[key["label"]] = ((key["backbone"], key.get("schedule")), s)
+            split_of[key["label"]] = ((key["backbone"], key.get("schedule"), is_scratch(key)), s)
     pairs: dict[Any, dict[str, str]] = {}
     for label, (bb, s) in split_of.items():
         pairs.setdefault(bb, {})[s] = label
     rows = []
-    for (backbone, schedule), p in pairs.items():
+    for (backbone, schedule, scratch), p in pairs.items():
         if set(p) != set(LEAK_SPLITS) or pc.empty:
             continue
         for target in (*CLASSES, MEAN):
@@ -453,7 +453,8 @@ def leak(df: pd.DataFrame, metric: str = PRIMARY) -> pd.DataFrame:
             if not {p["patient_kfold"], p["slice_random"]} <= set(mat.columns):
                 continue
             both = mat[[p["patient_kfold"], p["slice_random"]]].dropna()
-            r = {"backbone": f"{backbone} {schedule}" if schedule else str(backbone), "class": target,
+            name = f"{backbone} scratch" if scratch else f"{backbone} {schedule}" if schedule else str(backbone)
+            r = {"backbone": name, "class": target,
                  "n_cases": len(both), "patient_kfold": float(both.iloc[:, 0].mean()) if len(both) else math.nan,
                  "slice_random": float(both.iloc[:, 1].mean()) if len(both) else math.nan,
                  "gap": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan}

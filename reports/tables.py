@@ -26,6 +26,8 @@ GROUP_COL = "identity.group"
 _LABEL_SKIP = HARMLESS + REPLICATES + ("dataset_dir",)
 #: At most this many differing config keys are spelled out in a label.
 _LABEL_KEYS = 3
+#: result.json's ``weights`` of a run trained from random init
+SCRATCH = "scratch"
 
 
 def class_col(c: str, task: str = "segm", metric: str = "AP") -> str:
@@ -104,6 +106,11 @@ def iter_groups(df: pd.DataFrame, keys: list[str] | None = None) -> Iterator[tup
     for i, t in enumerate(tuples):
         index.setdefault(t, []).append(i)
     groups = [(dict(zip(keys, t)), df.iloc[rows]) for t, rows in index.items()]
+    for key, rows in groups:
+        # a group trained from scratch has no schedule: its label names the weights instead
+        if "weights" not in key and "weights" in rows.columns and {
+                w for w in rows["weights"] if isinstance(w, str)} == {SCRATCH}:
+            key["weights"] = SCRATCH
     for (key, _), label in zip(groups, _distinct_labels(groups)):
         key["label"] = label
 
@@ -115,11 +122,20 @@ def iter_groups(df: pd.DataFrame, keys: list[str] | None = None) -> Iterator[tup
     yield from sorted(groups, key=order)
 
 
+def is_scratch(key: dict[str, Any]) -> bool:
+    """Whether a group key (iter_groups) is of runs trained from scratch (no zoo schedule)."""
+    return key.get("weights") == SCRATCH
+
+
 def _label_parts(key: dict[str, Any]) -> tuple[str, list[str]]:
-    """('R50-FPN 3x', ['AMP', 'scratch']): the backbone+schedule and the varying axes' values."""
-    head = str(key["backbone"]) + (f" {key['schedule']}" if key.get("schedule") else "")
+    """('R50-FPN 3x', ['AMP', 'imagenet']): the backbone+schedule and the varying axes' values;
+    ('R50-FPN scratch', [...]) for runs trained from scratch: a schedule names a zoo checkpoint's
+    training, which such a run does not have."""
+    scratch = is_scratch(key)
+    head = str(key["backbone"]) + (f" {SCRATCH}" if scratch else f" {key['schedule']}" if key.get("schedule") else "")
     extra = [("AMP" if v else "fp32") if k == "solver.amp" else str(v) for k, v in key.items()
-             if k not in ("backbone", "schedule", GROUP_COL, "label") and v is not None]
+             if k not in ("backbone", "schedule", GROUP_COL, "label") and v is not None
+             and not (k == "weights" and scratch)]
     return head, extra
 
 
@@ -156,7 +172,7 @@ def _config_diff(frames: list[pd.DataFrame]) -> list[list[str]]:
 
 
 def _distinct_labels(groups: list[tuple[dict[str, Any], pd.DataFrame]]) -> list[str]:
-    """Today's labels ('R50-FPN 3x (scratch)'); groups that would share one get the config
+    """Today's labels ('R50-FPN 3x (imagenet)', 'R50-FPN scratch'); groups that would share one get the config
     keys that differ between them appended ('R50-FPN 3x (solver.base_lr=0.01)'), and, should
     that not tell them apart, their group hash."""
     parts = [_label_parts(k) for k, _ in groups]
@@ -173,7 +189,8 @@ def _distinct_labels(groups: list[tuple[dict[str, Any], pd.DataFrame]]) -> list[
 
 
 def group_label(key: dict[str, Any]) -> str:
-    """'R50-FPN 3x' plus the values of any other varying axis, e.g. 'R50-FPN 3x (scratch)';
+    """'R50-FPN 3x' plus the values of any other varying axis, e.g. 'R50-FPN 3x (AMP)', and
+    'R50-FPN scratch' for runs trained from scratch;
     for a key from iter_groups, the label it chose (distinct within its table)."""
     return key.get("label") or _label(*_label_parts(key))
 
@@ -288,8 +305,11 @@ def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None
             notes.append(f"{n_miss} planned run(s) MISSING")
         if pnote and paper is None:
             notes.append(pnote)
+        if is_scratch(key):
+            notes.append(f"trained from scratch: no schedule (solver settings of the {key['schedule']} zoo config)"
+                         if key["schedule"] else "trained from scratch: no schedule")
         rows.append({
-            **key, "trunk": _first(g, "trunk"), "head": _first(g, "head"), "group": key["label"],
+            **key, "schedule": None if is_scratch(key) else key["schedule"], "trunk": _first(g, "trunk"), "head": _first(g, "head"), "group": key["label"],
             "in_zoo": in_zoo,
             "n_runs": len(g), "n_ok": int((g["status"] == "ok").sum()),
             "n_failed": int((g["status"] != "ok").sum()),

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from converters import fsutil
-from reports import build, collect, overlays, tables
+from reports import build, collect, overlays, synthetic, tables
 from reports.schema import BACKBONES, CLASSES
 from reports.synthetic import make_result, write_plan, write_run
 
@@ -499,3 +499,26 @@ def test_amp_and_fp32_runs_are_reported_side_by_side(tmp_path):
     assert rows.loc[True, "infection_AP"] - rows.loc[False, "infection_AP"] == pytest.approx(5.0)
     assert rows.loc[False, "mean_AP_std"] > 0
     assert rows.loc[True, "mean_AP_std"] == pytest.approx(rows.loc[False, "mean_AP_std"])
+
+
+def test_scratch_runs_are_labelled_by_their_weights_not_a_schedule(tmp_path):
+    synthetic.mark_sweep(tmp_path)
+    for i, (backbone, weights) in enumerate((("R50-FPN", "scratch"), ("R101-FPN", "scratch"), ("R50-C4", "zoo"))):
+        synthetic.write_run(tmp_path / f"run_{i}", synthetic.make_result(backbone, weights=weights), artifacts=False)
+    df = collect.collect(tmp_path)
+    labels = [k["label"] for k, _ in tables.iter_groups(df)]
+    assert labels == ["R50-C4 3x (zoo)", "R50-FPN scratch", "R101-FPN scratch"]
+    t3 = tables.table3(df).set_index("group")
+    assert pd.isna(t3.loc["R50-FPN scratch", "schedule"]) and t3.loc["R50-C4 3x (zoo)", "schedule"] == "3x"
+    assert "trained from scratch: no schedule" in t3.loc["R50-FPN scratch", "note"]
+    html = build.build_report(tmp_path, progress=False).read_text()
+    assert "R50-FPN scratch" in html and "R50-FPN 3x" not in html
+
+
+def test_a_sweep_all_from_scratch_names_the_weights_in_every_label(tmp_path):
+    synthetic.mark_sweep(tmp_path)
+    for i, backbone in enumerate(("R50-FPN", "R101-FPN")):
+        synthetic.write_run(tmp_path / f"run_{i}", synthetic.make_result(backbone, weights="scratch"), artifacts=False)
+    df = collect.collect(tmp_path)
+    assert [k["label"] for k, _ in tables.iter_groups(df)] == ["R50-FPN scratch", "R101-FPN scratch"]
+    assert "R50-FPN scratch" in tables.winners_text(tables.winners(df))
