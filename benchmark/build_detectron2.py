@@ -12,7 +12,7 @@ so an unexpected source fails loudly), builds the wheel and caches it:
 A second call finds the cached wheel and builds nothing. ``--install`` (``make setup``) first
 checks that torch can use the GPUs nvidia-smi sees (benchmark.cudacheck) and fails if not.
 Nothing of detectron2 is committed to this repository. Users with internet who prefer
-upstream detectron2 can install it instead (see README); the harness only needs ``import detectron2``.
+upstream detectron2 can install it instead (docs/install.md); the harness only needs ``import detectron2``.
 """
 
 from __future__ import annotations

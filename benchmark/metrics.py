@@ -15,7 +15,7 @@ Inputs
     ``image_id``, ``category_id``, ``score``, ``bbox`` ``[x, y, w, h]`` (pixels) and
     ``segmentation`` (compressed RLE, ``counts`` as str). The list is never modified.
 
-Outputs follow result.json schema 1 (see README): AP on a 0-100 scale, Dice in [0, 1],
+Outputs follow result.json (docs/reference.md): AP on a 0-100 scale, Dice in [0, 1],
 infection burden error in percentage points; a value that COCO cannot define (no ground
 truth of that class or size, reported as -1 by COCOeval) is ``None`` (null in JSON).
 """

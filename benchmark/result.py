@@ -3,7 +3,7 @@
 One file per run at ``<run dir>/result.json``. AP values are COCO AP on a 0-100 scale,
 Dice in [0, 1], times in seconds, memory in MiB, params in millions, FLOPs in GFLOPs
 (1e9 multiply-adds as fvcore counts them). NaN and infinities are written as null.
-README.md ("One run") describes the sections; validate() checks what reports/ relies on.
+docs/reference.md describes the sections; validate() checks what reports/ relies on.
 
 This module is pure (no torch, no detectron2): reports/ and tests may import it.
 """

@@ -67,8 +67,8 @@ class PhantomSpec:
 PRESETS: dict[str, PhantomSpec] = {
     # tests: a few seconds end to end (5 cases -> 5 patient folds with one test case each)
     "tiny": PhantomSpec(n_cases=5, size=64, slices=14),
-    # make demo: nine trainings on a 2-core CPU in about 21 minutes. 20 cases (as many as the
-    # real dataset) of 10 slices: a 2-fold split tests 10 cases, so a backbone better on every
+    # make demo: nine trainings on a 2-core CPU (measured time: docs/demo.md). 20 cases (as
+    # many as the real dataset) of 10 slices: a 2-fold split tests 10 cases, so a backbone better on every
     # case is significant against 8 others (Wilcoxon exact p = 2/1024, x8 for Holm); with 5
     # cases no difference could be (p >= 1/16). Blobs of 20-50 mm semi-axes (the tiny preset's
     # 12-40 mm make infection of a few pixels at 3.75 mm/px): measured, R50-FPN after 300
