@@ -1,6 +1,6 @@
 # lungbench: every target a user types. `make help` lists them.
-# Public variables (keep them working): DATA DATA_ROOT DATA_OUT BACKBONE SOLVER RUN_DIR
-# EXPERIMENT SWEEP_DIR SWEEP RUN INPUT OUT ARGS
+# Public variables (keep them working): WORK DATA DATA_ROOT DATA_OUT BACKBONE SOLVER RUN_DIR
+# EXPERIMENT SWEEP_DIR SWEEP RUN INPUT OUT ARGS DRY
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -eu -o pipefail -c
@@ -11,6 +11,11 @@ SHELL := /bin/bash
 # exported DATA_ROOT must not choose what a plain `make data` reads or writes.
 PUBLIC_VARS := WORK DATA DATA_ROOT DATA_OUT BACKBONE SOLVER RUN_DIR EXPERIMENT SWEEP_DIR SWEEP RUN INPUT OUT ARGS DRY
 $(foreach v,$(PUBLIC_VARS),$(if $(filter environment%,$(origin $(v))),$(eval undefine $(v))))
+# What the user typed is text, never make code: `$(shell ...)` in a value stays those characters
+# ($(value) is the unexpanded text). Recipes never paste a value into shell code either: each
+# is exported as LB_<NAME> and converters/launch.py hands it to the program as one argument.
+GIVEN := $(foreach v,$(PUBLIC_VARS),$(if $(filter command line,$(origin $(v))),$(v)))
+$(foreach v,$(GIVEN),$(eval override $(v) := $$(value $(v))))
 
 PYTHON_SYS ?= python3
 VENV       := .venv
@@ -35,11 +40,22 @@ RUN        ?=
 INPUT      ?=
 OUT        ?=
 ARGS       ?=
+DRY        ?=
+$(foreach v,$(PUBLIC_VARS),$(eval export LB_$(v) := $$($(v))))
+export LB_GIVEN := $(GIVEN)
 
-.PHONY: help setup data download train sweep predict report demo test test-fast perf gpu-check wheels clean
+# Every recipe that takes a user's value runs it through the launcher (standard library only,
+# so `make clean` and `make -n` work before set-up). `+`: under `make -n` it still runs, with
+# --print, and shows the exact argument list instead of running it.
+DRYRUN := $(if $(findstring n,$(firstword -$(MAKEFLAGS))),--print)
+LAUNCH := +@$(PYTHON_SYS) -m converters.launch
+EXPERIMENTS := $(sort $(basename $(notdir $(wildcard conf/experiment/*.yaml))))
+
+.PHONY: help setup data download train sweep predict report demo reproduce test test-fast perf gpu-check wheels clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	echo "  experiments (EXPERIMENT=, conf/experiment/): $(EXPERIMENTS)"
 
 # The venv is rebuilt when the dependency files change (the stamp is older than them).
 $(STAMP): pyproject.toml benchmark/build_detectron2.py
@@ -53,47 +69,53 @@ $(STAMP): pyproject.toml benchmark/build_detectron2.py
 setup: $(STAMP) ## Create/refresh .venv with torch, detectron2 (pure-Python build) and the rest
 
 data: $(STAMP) ## Convert NIfTI to COCO: DATA_ROOT=raw dir (or DATA=phantom) DATA_OUT=dir
-	$(PY) -m converters.convert data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) out=$(DATA_OUT) $(ARGS)
+	$(LAUNCH) data --python $(PY) $(DRYRUN)
 
 download: $(STAMP) ## Fetch + verify + extract the Zenodo archives into DATA_ROOT (default work/raw/covid19_ct_seg)
-	$(PY) -m converters.download --dest $(or $(DATA_ROOT),$(WORK)/raw/covid19_ct_seg) $(ARGS)
+	$(LAUNCH) download --python $(PY) $(DRYRUN)
 
 train: $(STAMP) ## One run: BACKBONE=r50_fpn SOLVER=paper|smoke DATA_OUT=dir RUN_DIR=dir -> RUN_DIR/result.json
-	$(PY) -m benchmark.train backbone=$(BACKBONE) solver=$(SOLVER) dataset_dir=$(DATA_OUT) hydra.run.dir=$(RUN_DIR) $(ARGS)
+	$(LAUNCH) train --python $(PY) $(DRYRUN)
 
-sweep: $(STAMP) ## Multirun EXPERIMENT=grid9|table3|smoke over DATA_OUT into SWEEP_DIR; non-zero if a run failed
-	$(PY) -m benchmark.sweep +experiment=$(EXPERIMENT) dataset_dir=$(DATA_OUT) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
+sweep: $(STAMP) ## Multirun EXPERIMENT=<name, see below> [SOLVER=] over DATA_OUT into SWEEP_DIR; non-zero if a run failed
+	$(LAUNCH) sweep --python $(PY) $(DRYRUN)
 
 predict: $(STAMP) ## RUN=run dir (keep_checkpoint=true) INPUT=NIfTI file|folder OUT=dir -> OUT/<case>.nii.gz + volumes.csv
-	@test -n "$(strip $(RUN))" -a -n "$(strip $(INPUT))" -a -n "$(strip $(OUT))" || { echo "make predict needs RUN=<run dir trained with ARGS=keep_checkpoint=true> INPUT=<NIfTI file or folder> OUT=<new folder>" >&2; exit 2; }
-	$(PY) -m benchmark.predict --run $(RUN) --input $(INPUT) --out $(OUT) $(ARGS)
+	$(LAUNCH) predict --python $(PY) $(DRYRUN)
 
 report: $(STAMP) ## Build SWEEP/report/ (CSV, Markdown, plots, report.html); default: the latest sweep
-	$(PY) -m reports.build $(if $(SWEEP),$(SWEEP),--latest $(WORK)/sweeps)
+	$(LAUNCH) report --python $(PY) $(DRYRUN)
 
-# The demo's data: 2 folds (5 test cases each, enough for the report's paired tests); infection
+# The demo's data: 2 folds (10 test cases each, enough for the report's paired tests); infection
 # fragments under 10 px (cut off by the lung border) are not kept as objects to detect.
 demo: $(STAMP) ## Phantom -> COCO -> nine-backbone smoke sweep on CPU -> report.html
-	$(MAKE) --no-print-directory data DATA=phantom DATA_ROOT= DATA_OUT=$(WORK)/data/phantom ARGS='splits.patient_kfold.k=2 splits.slice_random.k=2 infection.min_area=10'
-	rc=0; $(MAKE) --no-print-directory sweep EXPERIMENT=demo DATA_OUT=$(WORK)/data/phantom SWEEP_DIR=$(WORK)/sweeps/demo || rc=$$?
-	$(MAKE) --no-print-directory report SWEEP=$(WORK)/sweeps/demo
-	echo "demo: open $(WORK)/sweeps/demo/report/report.html (demo numbers: not comparable to the paper, nor to each other)"
+	$(LAUNCH) demo --check
+	$(MAKE) --no-print-directory data DATA=phantom DATA_ROOT= DATA_OUT="$$LB_WORK/data/phantom" ARGS='splits.patient_kfold.k=2 splits.slice_random.k=2 infection.min_area=10'
+	rc=0; $(MAKE) --no-print-directory sweep EXPERIMENT=demo DATA_OUT="$$LB_WORK/data/phantom" SWEEP_DIR="$$LB_WORK/sweeps/demo" || rc=$$?
+	$(MAKE) --no-print-directory report SWEEP="$$LB_WORK/sweeps/demo"
+	printf 'demo: open %s (demo numbers: not comparable to the paper)\n' "$$LB_WORK/sweeps/demo/report/report.html"
 	exit $$rc
 
+# The paper's protocol on a GPU machine with internet (converters/launch.py prints the plan
+# first). Each step skips what is done: the download keeps verified archives, the conversion is
+# "up to date" for the same sources and settings, the sweep does not redo a finished run.
+reproduce: $(STAMP) ## The paper's Table 3 on a GPU: download, convert, table3 over the 5 official folds, report
+	$(LAUNCH) reproduce --python $(PY) $(DRYRUN)
+
 test: $(STAMP) ## Every test tier (what CI runs)
-	$(PY) -m pytest $(ARGS)
+	$(LAUNCH) test --python $(PY) $(DRYRUN)
 
 test-fast: $(STAMP) ## Tests without the slow tier (training, sweeps, Slurm, browser)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(LAUNCH) test-fast --python $(PY) $(DRYRUN)
 
 perf: $(STAMP) ## Speed benchmarks -> perf/RESULTS.md and perf/results.json
-	$(PY) -m perf.run $(ARGS)
+	$(LAUNCH) perf --python $(PY) $(DRYRUN)
 
 gpu-check: $(STAMP) ## The GPU check (perf/GPU.md): speed/memory per backbone, runs per GPU; DRY=1 on a CPU
-	PYTHON=$(PY) bash perf/gpu_check.sh $(if $(DRY),--dry-run) $(ARGS)
+	$(LAUNCH) gpu-check --python $(PY) $(DRYRUN)
 
 wheels: $(STAMP) ## Fill .whl/ with the wheels a GPU machine without internet needs (perf/GPU.md)
 	PYTHON=$(PY) bash perf/wheels.sh
 
-clean: ## Delete lungbench's own outputs under WORK (marked folders only); keeps .venv and anything else
-	$(PYTHON_SYS) -m converters.clean '$(WORK)'
+clean: ## Delete lungbench's own outputs under WORK (marked folders holding only their own files); keeps .venv and anything else
+	$(LAUNCH) clean $(DRYRUN)

@@ -1,8 +1,9 @@
 """What a run *is*: the one rule for "same run", "stale run" and "same group of runs".
 
 A run is its config minus the keys that change neither what is trained nor what is scored
-(HARMLESS), plus the dataset it reads: the manifest's config hash and the sha256 of its
-train and test annotation files. Two results with the same identity are the same run; a
+(HARMLESS), plus the dataset it reads: the manifest's config hash, the sha256 of its
+train and test annotation files and the sha256 of every source volume the dataset was
+converted from (new CT pixels under the same masks are other data). Two results with the same identity are the same run; a
 finished run whose identity differs from what would run now is stale (the run refuses it,
 the sweep reports it, the report never counts it). A group (one row of Table 3) is the
 identity without the replicate axes, split fold and seed; a group cannot mix configs.
@@ -72,6 +73,8 @@ def dataset_fingerprint(dataset_dir: str | Path, scheme: str, fold: int) -> dict
         for part in ("train", "test"):
             f = split_file(d, scheme, int(fold), part, manifest)  # the file the manifest lists
             out[f"{part}_sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+        out["sources_sha256"] = _sha({path: rec.get("sha256") for path, rec
+                                      in (manifest.get("sources") or {}).items()})
     except (OSError, ValueError, TypeError):  # DatasetError is a ValueError
         return None
     return out

@@ -117,25 +117,34 @@ class Predictor:
         ``known``: slice index -> the COCO results (dataset category ids, RLE masks) this model
         already gave on the same pixels (a run's test PNGs are ``display_pixels`` of the same
         volume, written losslessly): those slices are not run again, only decoded."""
+        return self.predict_volumes(img_ras, prewindowed, (self.score_thresh,), desc, known)[0]
+
+    def predict_volumes(self, img_ras: np.ndarray, prewindowed: bool, thresholds, desc: str | None = None,
+                        known: dict[int, list[dict]] | None = None) -> list[np.ndarray]:
+        """``predict_volume`` painted at each score threshold of ``thresholds`` from one pass of the
+        model (the same detections, kept from each threshold up)."""
+        thresholds = [float(t) for t in thresholds]
         known = known or {}
         nz = img_ras.shape[2]
-        out = np.zeros(img_ras.shape, dtype=np.uint8)
+        outs = [np.zeros(img_ras.shape, dtype=np.uint8) for _ in thresholds]
         for k, preds in known.items():
-            out[:, :, k] = undisplay_slice(self._labels_of_results(preds, img_ras.shape[1::-1]))
+            for out, lab in zip(outs, self._labels_of_results(preds, img_ras.shape[1::-1], thresholds)):
+                out[:, :, k] = undisplay_slice(lab)
         todo = [k for k in range(nz) if k not in known]
         if todo:
-            self._run(img_ras, prewindowed, todo, out, desc)
-        return out
+            self._run(img_ras, prewindowed, todo, outs, thresholds, desc)
+        return outs
 
-    def _labels_of_results(self, preds: list[dict], hw: tuple[int, int]) -> np.ndarray:
+    def _labels_of_results(self, preds: list[dict], hw: tuple[int, int], thresholds: list[float]) -> list[np.ndarray]:
         from pycocotools import mask as mask_util
 
-        preds = [p for p in preds if p["score"] >= self.score_thresh]  # decode only what counts
+        preds = [p for p in preds if p["score"] >= min(thresholds)]  # decode only what counts
         if not preds:
-            return np.zeros(hw, np.uint8)
+            return [np.zeros(hw, np.uint8) for _ in thresholds]
         masks = np.stack([mask_util.decode(p["segmentation"]).astype(bool) for p in preds])
-        return labels_from_instances(masks, np.array([p["category_id"] for p in preds]),
-                                     np.array([p["score"] for p in preds], float), self.score_thresh)
+        labels = np.array([p["category_id"] for p in preds])
+        scores = np.array([p["score"] for p in preds], float)
+        return [labels_from_instances(masks, labels, scores, t) for t in thresholds]
 
     def _forward(self, inputs: list[dict]) -> list[dict]:
         from benchmark.engine import forward_or_one_by_one
@@ -143,8 +152,8 @@ class Predictor:
         # as in the run's own inference: a batch can need more than training did
         return forward_or_one_by_one(self.model, inputs)[0]
 
-    def _run(self, img_ras: np.ndarray, prewindowed: bool, todo: list[int], out: np.ndarray,
-             desc: str | None) -> None:
+    def _run(self, img_ras: np.ndarray, prewindowed: bool, todo: list[int], outs: list[np.ndarray],
+             thresholds: list[float], desc: str | None) -> None:
         import torch
         from tqdm import tqdm
 
@@ -158,10 +167,10 @@ class Predictor:
                     outputs = self._forward([self._input(img_ras, k, prewindowed) for k in ks])
                     for k, o in zip(ks, outputs):
                         inst = o["instances"].to("cpu")
-                        lab = labels_from_instances(inst.pred_masks.numpy(),
-                                                    LABEL_OF_CONTIGUOUS[inst.pred_classes.numpy()],
-                                                    inst.scores.numpy(), self.score_thresh)
-                        out[:, :, k] = undisplay_slice(lab)
+                        masks, scores = inst.pred_masks.numpy(), inst.scores.numpy()
+                        classes = LABEL_OF_CONTIGUOUS[inst.pred_classes.numpy()]
+                        for out, t in zip(outs, thresholds):
+                            out[:, :, k] = undisplay_slice(labels_from_instances(masks, classes, scores, t))
                     bar.update(len(ks))
         finally:
             self.model.train(was_training)
@@ -327,11 +336,6 @@ def _csv(rows: list[dict]) -> str:
 def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, device: str = "auto",
             batch_size: int | None = None) -> Path:
     """Predict every input volume with the run's model into ``out`` (module doc); returns ``out``."""
-    import nibabel as nib
-    from tqdm import tqdm
-
-    from benchmark.volumes import save_atomic
-
     files = input_files(input_path)
     out = fsutil.resolve_output(out)
     src = Path(input_path).expanduser().resolve()
@@ -340,6 +344,17 @@ def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, device
                            "lungbench never writes where it reads; choose another OUT")
     fsutil.check_owned(out, PRED_KIND, "OUT", replace=True)
     check_headers(files)
+    with fsutil.output_lock(run_dir, "RUN (the run folder)", shared=True):  # not cleaned meanwhile
+        return _predict_reading(run_dir, files, out, device, batch_size)
+
+
+def _predict_reading(run_dir: str | Path, files: list[Path], out: Path, device: str,
+                     batch_size: int | None) -> Path:
+    import nibabel as nib
+    from tqdm import tqdm
+
+    from benchmark.volumes import save_atomic
+
     predictor, res = load_run(run_dir, device, batch_size)
     rows = []
     with fsutil.output_lock(out, "OUT"), fsutil.atomic_dir(out, PRED_KIND, "OUT") as tmp:
@@ -382,9 +397,10 @@ def evaluate_volumes(model, d2cfg, dataset_dir: str | Path, case_ids: list[str],
                      ) -> tuple[dict | None, list[str]]:
     """Dice and NSD per test case and class on the whole source volumes (every slice, also
     those the converter did not keep), predicted by ``Predictor`` (``known``: the slices the
-    run's COCO evaluation already predicted, see ``known_slices``). Returns (the
-    ``metrics.volume3d`` section, notes); (None, [why]) when the source volumes the dataset was
-    converted from are gone or changed."""
+    run's COCO evaluation already predicted, see ``known_slices``), on both lung definitions
+    (benchmark.metrics3d), and the whole-lung Dice of the same detections painted from every
+    score the model returned (``dice3d_all``). Returns (the ``metrics.volume3d`` section, notes);
+    (None, [why]) when the source volumes the dataset was converted from are gone or changed."""
     from tqdm import tqdm
 
     from converters.case import load_verified
@@ -417,12 +433,17 @@ def evaluate_volumes(model, d2cfg, dataset_dir: str | Path, case_ids: list[str],
                               "(sha256 differs); convert it again"]
         img_ras, aff_ras, _ = canonical(img, image.affine)
         gt_ras, _, _ = canonical(labels, image.affine)
-        pred_ras = predictor.predict_volume(img_ras, is_prewindowed(img), desc=cid, known=(known or {}).get(cid))
-        per_case[cid] = volume_metrics(gt_ras, pred_ras, spacing_of(aff_ras))
+        pred_ras, pred_all = predictor.predict_volumes(img_ras, is_prewindowed(img), (score_thresh, 0.0), desc=cid,
+                                                       known=(known or {}).get(cid))
+        per_case[cid] = volume_metrics(gt_ras, pred_ras, spacing_of(aff_ras), pred_all=pred_all)
     return {"per_case": per_case, "mean": summarize(per_case), "tolerance_mm": dict(TOLERANCE_MM),
             "n_cases": len(per_case), "slices": "every slice of each test volume",
             "lungs": "each lung with the infection nearer to it (as the release's Lung_Mask)",
-            "score_thresh": float(score_thresh)}, []
+            "lungs_labelled": "labels 1 and 2 as they are, without the infection (as the benchmark's "
+                              "evaluation script scores Lung_and_Infection_Mask)",
+            "score_thresh": float(score_thresh),
+            # every detection the model returned: those at or above its test threshold, the ones AP ranks
+            "score_thresh_all": float(d2cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)}, []
 
 
 # --------------------------------------------------------------------------- CLI

@@ -36,11 +36,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark import result as R
 from benchmark.identity import HARMLESS, config_diff, dataset_fingerprint, identity, material_diff, stale_reasons  # noqa: F401
-from converters.fsutil import NotOwned, OutputBusy, claim, output_lock, resolve_output
+from converters.fsutil import NotOwned, OutputBusy, claim, output_lock, resolve_output, write_text
 
 RUN_KIND = "run"
-# What Hydra writes into a run folder it has just created, before the run starts
-HYDRA_FILES = (".hydra", "train.log")
+# What Hydra writes into a run folder it has just created, before the run starts (its log file;
+# .hydra/ is the run's own, conf/train.yaml)
+HYDRA_FILES = ("train.log",)
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,13 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
 
 def _run_locked(cfg: DictConfig, run_dir: Path) -> int:
     config = run_config(cfg)
+    # the dataset is read all through the run: a rebuild (or make clean) is refused meanwhile,
+    # so a run never trains and tests on a mix of two versions
+    with output_lock(config["dataset_dir"], "the dataset (dataset_dir)", shared=True):
+        return _run_reading(cfg, run_dir, config)
+
+
+def _run_reading(cfg: DictConfig, run_dir: Path, config: dict) -> int:
     fingerprint = dataset_fingerprint(config["dataset_dir"], cfg.split.scheme, cfg.split.fold)
     ident = identity(config, fingerprint)
     prev = R.read_result(run_dir)
@@ -218,6 +226,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> int:
                   f"done. Delete {run_dir / D2_DIR} to start over, or use another run dir.",
                   file=sys.stderr)
             return 2
+    save_hydra_record(cfg, run_dir)
     if _joblib_launcher() and _FORK:
         import multiprocessing as mp
 
@@ -290,6 +299,20 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> int:
     if interrupted is not None:
         raise interrupted
     return 1
+
+
+def save_hydra_record(cfg: DictConfig, run_dir: Path) -> None:
+    """``<run dir>/.hydra/{config,hydra,overrides}.yaml``, as Hydra's ``output_subdir`` would
+    hold them, written only once this run holds its folder (conf/train.yaml turns Hydra's off)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # not under Hydra (tests, perf): nothing to record
+        return
+    hc = HydraConfig.get()
+    files = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hc}),
+             "overrides.yaml": hc.overrides.task}
+    for name, node in files.items():
+        write_text(run_dir / ".hydra" / name, OmegaConf.to_yaml(node))
 
 
 def _interrupt_behind(e: BaseException) -> BaseException | None:

@@ -406,8 +406,9 @@ def run(cfg: DictConfig) -> Path:
 
     ``cfg`` is a complete converter config (the Hydra app's, or ``config.load_config``'s).
     Options are checked first (ConfigError), then every output before anything is written:
-    the dataset folder first, then the phantom's raw folder (``<out>/../raw/<name>``,
-    lungbench's own: data.root is for real data).
+    the dataset folder first, then the phantom's raw folder (``<out>/../raw/<out's name>``:
+    lungbench's own, and that dataset's alone, so two phantoms in one folder never share their
+    volumes; data.root is for real data).
     """
     validate(OmegaConf.to_container(cfg, resolve=True))  # before generating anything
     out = resolve_output(cfg.out)
@@ -424,7 +425,7 @@ def run(cfg: DictConfig) -> Path:
         _check_phantom(gen)
     check_owned(out, DATASET_KIND, "DATA_OUT (out=)", replace=True)
     if gen:
-        root = out.parent / "raw" / str(cfg.data.name)
+        root = out.parent / "raw" / out.name
         check_locations(root, out)
         log.info("phantom: generating %s into %s", dict(gen), root)
         phantom.generate(root, **OmegaConf.to_container(gen, resolve=True))

@@ -41,6 +41,15 @@ OLD_TAG = "lungbench-old"
 LOCK_TAG = "lungbench-lock"
 
 
+# What lungbench writes at the top of the folders that grow while it works (claimed, not built
+# whole): make clean deletes such a folder only when everything in it is one of these, a
+# lungbench folder of its own (itself checked), an empty folder or lungbench's lock/temp names.
+OWNS: dict[str, tuple[str, ...]] = {
+    "run": ("result.json", ".hydra", "train.log", "d2"),
+    "sweep": ("sweep.json", "multirun.yaml"),
+}
+
+
 class NotOwned(Exception):
     """lungbench would write, replace or delete a folder it did not make (or a source)."""
 
@@ -123,6 +132,8 @@ def write_marker(folder: str | os.PathLike, kind: str, config_hash: str | None =
               **extra}
     if files is not None:
         marker["files"] = sorted(files)
+    elif kind in OWNS:
+        marker["owns"] = list(OWNS[kind])
     write_text(Path(folder) / MARKER, json.dumps(marker, indent=1) + "\n")
     return marker
 
@@ -148,6 +159,41 @@ def foreign_files(folder: Path, marker: dict) -> list[str]:
     """Files in an owned folder that lungbench did not write there (its marker's ``files``)."""
     known = set(marker.get("files") or [])
     return [p for p in list_files(folder) if p not in known]
+
+
+def _lungbench_name(name: str) -> bool:
+    """A lock file or temp/backup folder name of lungbench's own (``.<x>.lungbench-...``)."""
+    return name.startswith(".") and any(f".{tag}" in name for tag in (LOCK_TAG, TMP_TAG, OLD_TAG))
+
+
+def stray_files(folder: Path, marker: dict | None = None) -> list[str]:
+    """What in the lungbench folder ``folder`` lungbench did not write (relative paths).
+
+    A folder built whole lists its files in its marker (``files``); a folder that grows lists
+    the top-level names it writes (``owns``), and a lungbench folder inside it is checked the
+    same way (its strays are this folder's strays); empty folders and lungbench's own lock and
+    temp names are not strays. A marker with neither list owns nothing but its marker."""
+    folder = Path(folder)
+    marker = read_marker(folder) if marker is None else marker
+    if marker is None:
+        return list_files(folder)
+    if "files" in marker:
+        return foreign_files(folder, marker)
+    owns = set(marker.get("owns") or [])
+    out: list[str] = []
+    for p in sorted(folder.iterdir()):
+        if p.name == MARKER or p.name in owns or _lungbench_name(p.name):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            inner = read_marker(p)
+            if inner is not None:
+                out += [f"{p.name}/{q}" for q in stray_files(p, inner)]
+                continue
+            rest = list_files(p)
+            out += [f"{p.name}/{q}" for q in rest]
+            continue
+        out.append(p.name)
+    return out
 
 
 def _describe(paths: list[str], most: int = 5) -> str:
@@ -208,45 +254,116 @@ def claim(folder: str | os.PathLike, kind: str, what: str, config_hash: str | No
 
 
 # --------------------------------------------------------------------------- locks
-@contextmanager
-def output_lock(output: str | os.PathLike, what: str = "output") -> Iterator[None]:
-    """Hold an exclusive lock on ``output`` (a file next to it) for the block; a second
-    writer raises OutputBusy at once, naming the output and the process that holds it."""
-    output = resolve_output(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    path = output.parent / f".{output.name}.{LOCK_TAG}"
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+# Lock fds this process holds. A forked child (a conversion's pool worker, a DataLoader worker)
+# inherits them, and an flock lives while any copy of its fd is open: were the children to keep
+# theirs, a `kill -9` of the owner would leave the lock held by orphans. Children close them.
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_LOCK_FDS):
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    """The lock file of ``output`` (next to it, so a folder swapped in keeps its lock)."""
+    output = resolve_output(output)
+    return output.parent / f".{output.name}.{LOCK_TAG}"
+
+
+def _acquire(path: Path, mode: int) -> int | None:
+    """An fd holding ``mode`` (LOCK_SH/LOCK_EX) on ``path``, or None when it is held otherwise."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            try:
-                holder = path.read_text().strip() or "another process"
-            except OSError:
-                holder = "another process"
-            raise OutputBusy(f"{output}: {what} is being written by {holder} right now; wait for "
-                             f"it to finish, or choose another {what}") from None
+            return None
         # the file may have been unlinked by the previous holder between open and flock
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
             same = False
         if same:
-            break
+            return fd
         os.close(fd)
+
+
+def _release(path: Path, fd: int) -> None:
+    """Drop the lock; the last holder (it can take the lock exclusively) removes the file."""
+    _HELD_LOCK_FDS.discard(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-        yield
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        os.close(fd)
+    except OSError:
+        pass  # other readers still hold it: theirs to remove
+    os.close(fd)
+
+
+@contextmanager
+def output_lock(output: str | os.PathLike, what: str = "output", shared: bool = False) -> Iterator[None]:
+    """Hold a lock on ``output`` for the block: exclusive for a writer (the default), shared
+    for a reader (``shared=True``: any number of readers, no writer). A conflicting lock raises
+    OutputBusy at once, naming the output and the process that holds it; readers never wait
+    for a writer, nor a writer for readers. The lock dies with the process that took it."""
+    output = resolve_output(output)
+    if shared and read_marker(output) is None:
+        yield  # not lungbench's folder: nothing of lungbench's rebuilds or deletes it
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    path = lock_path(output)
+    try:
+        fd = _acquire(path, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+    except OSError as e:
+        if not (shared and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
+            raise
+        yield  # a read-only dataset (shared storage): nobody can rebuild it from here either
+        return
+    if fd is None:
+        try:
+            holder = path.read_text().strip()
+        except OSError:
+            holder = ""
+        # a writer leaves its pid in the file; readers leave it empty
+        doing = (f"being written by {holder}" if holder
+                 else "being read by another lungbench process (a training, a prediction or a report)")
+        raise OutputBusy(f"{output}: {what} is {doing} right now; wait for it to finish"
+                         + ("" if shared else f", or choose another {what}")) from None
+    _HELD_LOCK_FDS.add(fd)
+    try:
+        if not shared:  # readers write nothing: several may hold the lock at once
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        yield
+    finally:
+        if not shared:  # a reader still holding the file must not show this writer as holder
+            os.ftruncate(fd, 0)
+        _release(path, fd)
+
+
+def in_use(output: str | os.PathLike) -> bool:
+    """True when a writer holds ``output``'s lock right now (e.g. a run still training)."""
+    path = lock_path(output)
+    if not path.exists():
+        return False
+    fd = _acquire(path, fcntl.LOCK_SH)
+    if fd is None:
+        return True
+    _release(path, fd)
+    return False
 
 
 # --------------------------------------------------------------------------- folders

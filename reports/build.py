@@ -16,8 +16,9 @@ import argparse
 import sys
 import traceback
 from collections import Counter
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 from tqdm import tqdm
@@ -37,6 +38,8 @@ PER_CASE_NAME = "per_case.csv"
 #: One verdict per metric and class (reports.stats.Comparison.verdict_table).
 VERDICTS_NAME = "verdicts.csv"
 VOLUME3D_NAME = "volume3d.csv"
+#: False positives on cases without that class, per group and class (reports.tables.false_positives).
+FALSE_POSITIVES_NAME = "false_positives.csv"
 
 
 def schema_notes(df: pd.DataFrame, planned: int | None = None) -> list[str]:
@@ -103,9 +106,22 @@ def make_plots(df: pd.DataFrame, sweep_dir: Path, progress: bool = True,
     return out
 
 
+@contextmanager
+def reading_sweep(sweep_dir: Path) -> Iterator[None]:
+    """Hold the sweep folder as a reader (make clean waits its turn). A sweep still running holds
+    it as its writer: the report is then a snapshot, its running runs shown as running."""
+    held = ExitStack()
+    try:
+        held.enter_context(fsutil.output_lock(sweep_dir, "the sweep folder", shared=True))
+    except fsutil.OutputBusy:
+        pass
+    with held:
+        yield
+
+
 def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | None = None) -> Path:
     """Write runs.csv, per_class_ap.csv, table3.csv/.md, pairwise.csv, per_case.csv, verdicts.csv, leak.csv,
-    volume3d.csv, ignored.csv,
+    volume3d.csv, false_positives.csv, ignored.csv,
     the PNGs and report.html into ``<sweep_dir>/report/``; returns the path of report.html.
 
     Raises, before writing anything: FileNotFoundError (no such folder), fsutil.NotOwned (not
@@ -115,10 +131,10 @@ def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | Non
     sweep_dir = Path(sweep_dir).resolve()
     require_sweep(sweep_dir)
     out = sweep_dir / REPORT_DIRNAME
-    runs = read_sweep(sweep_dir)  # reads only
-    df = runs.df
-    with fsutil.output_lock(out, "the report folder"), \
+    with reading_sweep(sweep_dir), fsutil.output_lock(out, "the report folder"), \
             fsutil.atomic_dir(out, REPORT_KIND, "the report folder") as tmp:
+        runs = read_sweep(sweep_dir)  # reads only
+        df = runs.df
         planned_missing = runs.missing if runs.plan is not None else None
         notes = schema_notes(df, None if runs.plan is None else len(runs.plan)) + plan_notes(runs)
         comparison = stats.compare(df)
@@ -135,13 +151,15 @@ def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | Non
         leak = stats.leak(df)
         atomic.write_text(tmp / LEAK_NAME, leak.to_csv(index=False))
         atomic.write_text(tmp / VOLUME3D_NAME, v3d.to_csv(index=False))
+        fp = tables.false_positives(comparison.per_case)
+        atomic.write_text(tmp / FALSE_POSITIVES_NAME, fp.to_csv(index=False))
         atomic.write_text(tmp / IGNORED_NAME, pd.DataFrame(runs.ignored, columns=["path", "reason"])
                           .to_csv(index=False))
         for f in figs:
             if f.png is not None:
                 atomic.write_bytes(tmp / f.name, f.png)
         files = (["runs.csv", "per_class_ap.csv", "table3.csv", "table3.md", PAIRWISE_NAME, PER_CASE_NAME,
-                  VERDICTS_NAME, LEAK_NAME, VOLUME3D_NAME, IGNORED_NAME]
+                  VERDICTS_NAME, LEAK_NAME, VOLUME3D_NAME, FALSE_POSITIVES_NAME, IGNORED_NAME]
                  + [f.name for f in figs if f.png is not None])
         winners = tables.winners(df, comparison)
         if winners_out is not None:  # the CLI prints them: no second read and test of the runs
@@ -151,7 +169,8 @@ def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | Non
                                   plots=figs, notes=notes, files=files,
                                   planned=None if runs.plan is None else len(runs.plan), leak=leak,
                                   volume3d=v3d, volume3d_verdicts=volume3d.verdict_lines(comparison),
-                                  method=stats.method_lines(comparison))
+                                  method=stats.method_lines(comparison),
+                                  volume3d_settings=volume3d.setting_lines(df), false_positives=fp)
         atomic.write_text(tmp / "report.html", html)
     return out / "report.html"
 

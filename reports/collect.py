@@ -26,7 +26,9 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.identity import identity  # pure: the one rule for "same run" and "same group"
+from converters.fsutil import in_use
+
+from benchmark.identity import dataset_fingerprint, identity  # pure: the one rule for "same run"
 from benchmark.result import validate  # pure (no torch): the writer's own check of schema 1
 
 from .schema import CLASSES, KNOWN_SCHEMAS, backbone_order, schedule_order
@@ -41,6 +43,11 @@ SWEEP_KIND = "sweep"
 #: error_reason of a planned run whose result.json is another run's.
 STALE_REASON = ("StaleResult: result.json is not this sweep's run (another config or dataset); "
                 "not counted")
+#: error_reason of a run whose dataset changed after it ran (rebuilt, or new source volumes).
+CHANGED_DATA_REASON = ("StaleResult: its dataset changed after this run (rebuilt, or its source "
+                       "volumes changed): not counted; run the sweep again")
+#: error_reason of a run still training when the report was built (its folder's lock is held).
+RUNNING_REASON = "Running: still training when this report was built"
 
 #: Columns shown first in runs.csv; every other field follows in first-seen order.
 LEAD_COLUMNS = (
@@ -244,6 +251,7 @@ def read_sweep(sweep_dir: Path) -> SweepRuns:
     if plan is None:
         return SweepRuns(collect(sweep_dir, files))
     rows, missing, planned = [], [], set()
+    fingerprints: dict[tuple, dict | None] = {}
     for run in plan:
         path = sweep_dir / run["run_dir"] / RESULT_NAME
         planned.add(os.path.realpath(path))
@@ -256,10 +264,28 @@ def read_sweep(sweep_dir: Path) -> SweepRuns:
         got = row.get("identity.hash")
         if run.get("identity") and isinstance(got, str) and got and got != run["identity"]:
             row["status"], row["error_reason"] = "failed", STALE_REASON
+        elif row.get("status") == "ok" and data_changed(row, fingerprints):
+            row["status"], row["error_reason"] = "failed", CHANGED_DATA_REASON
+        elif row.get("error.type") == "Unfinished" and in_use(path.parent):
+            row["status"], row["error_reason"] = "running", RUNNING_REASON
         rows.append(row)
     ignored = [(_rel(f, sweep_dir), f"not a run of this sweep's plan ({PLAN_NAME})")
                for f in files if os.path.realpath(f) not in planned]
     return SweepRuns(_frame(rows), plan, missing, ignored)
+
+
+def data_changed(row: dict[str, Any], cache: dict[tuple, dict | None]) -> bool:
+    """True when the dataset a finished run recorded is not the one at its dataset_dir now
+    (checked against the folder as it is, not against the sweep's plan of earlier)."""
+    recorded = {k.removeprefix("identity.dataset."): v for k, v in row.items()
+                if k.startswith("identity.dataset.")}
+    where = (row.get("config.dataset_dir"), row.get("config.split.scheme"), row.get("config.split.fold"))
+    if not recorded or any(v is None or v != v for v in where):
+        return False  # an old result without the record: the plan's identity check stands
+    if where not in cache:
+        cache[where] = dataset_fingerprint(where[0], where[1], int(where[2]))
+    now = cache[where]
+    return now is None or any(now.get(k) != v for k, v in recorded.items()) or set(now) != set(recorded)
 
 
 def collect(sweep_dir: Path, files: list[Path] | None = None) -> pd.DataFrame:

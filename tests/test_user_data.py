@@ -240,7 +240,7 @@ def test_phantom_checks_the_output_before_its_raw_folder(tmp_path):
     from converters.convert import run
 
     out = precious(tmp_path / "X")
-    raw = precious(tmp_path / "raw" / "phantom")
+    raw = precious(tmp_path / "raw" / "Y")  # the raw folder of a phantom at Y
     before = snapshot(tmp_path)
     cfg = load_config({"out": str(out), "data": {"name": "phantom"}, "workers": 1})
     cfg.data.generate = {"preset": "tiny", "seed": 0}
@@ -395,6 +395,7 @@ def stray_folders(root: Path) -> dict[str, Path]:
         "OUT": precious(root / "my_pred", "scan_001.nii.gz", "volumes.csv"),
         "WORK": precious(root / "work", "data/phantom/precious.txt", "data/covid19_ct_seg/x.txt",
                          "raw/phantom/precious.txt", "raw/covid19_ct_seg/x.txt",
+                         "data/raw/phantom/precious.txt",
                          "runs/r50_fpn-smoke/result.json", "sweeps/smoke/sweep.json",
                          "sweeps/demo/sweep.json", "sweeps/grid9/x.txt"),
     }
