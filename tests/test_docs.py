@@ -473,3 +473,26 @@ def test_index_reaches_every_page(doc):
     pages = sorted(p.name for p in (REPO / "docs").glob("*.md") if p.name != "index.md")
     missing = [p for p in pages if f"]({p})" not in text]
     assert not missing, f"docs/index.md does not link {missing}"
+
+
+def test_pinned_versions_in_install_lines_are_the_ones_pyproject_asks_for():
+    """`pip install torch==X` in the docs installs a torch that `make setup` keeps."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = {(r := Requirement(d)).name.lower(): r.specifier for d in deps}
+    pins, bad = 0, []
+    for m in mentions():
+        words = _words(m.text) or []
+        if "pip" not in " ".join(words[:3]) or "install" not in words:
+            continue
+        for w in words:
+            name, eq, version = w.partition("==")
+            if eq and name.lower() in wanted:
+                pins += 1
+                if not wanted[name.lower()].contains(version, prereleases=True):
+                    bad.append(f"{m}: {w} is not what pyproject.toml asks for ({name}{wanted[name.lower()]})")
+    assert pins >= 2, "no pinned torch / torchvision install line found in the docs"
+    assert not bad, "\n".join(bad)
