@@ -254,10 +254,49 @@ def segm_ap_per_case(
     return out
 
 
-def _per_case(segm_ap: Mapping[str, Mapping[str, float | None]], dice: Mapping[str, Mapping[str, float]]) -> dict:
-    """``{case: {"segm_AP": {class: AP}, "dice": {class: d}}}`` over the cases of either."""
-    return {case: {"segm_AP": dict(segm_ap.get(case, {})), "dice": dict(dice.get(case, {}))}
-            for case in sorted(set(segm_ap) | set(dice))}
+def false_positives_per_case(
+    gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], score_thresh: float = 0.5
+) -> dict[str, dict[str, dict[str, int | None]]]:
+    """Per test case, the predicted instances of each class the case has no ground truth of:
+    ``{case: {"fp_no_gt": {class: n}, "fp_no_gt_any": {class: n}}}`` (``fp_no_gt``: scoring at
+    least ``score_thresh``, as the masks that Dice counts; ``fp_no_gt_any``: every score). None
+    for a class the case has: there the per-case AP scores its false positives.
+
+    Per-case AP is undefined for a class absent from the case (COCO leaves it out), so a
+    confident false infection on a patient without infection costs it nothing; these counts
+    show that blind spot beside the AP."""
+    gt = load_gt(gt)
+    _check_predictions(gt, predictions)
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    case_of = {im["id"]: str(im["case_id"]) for im in gt["images"] if "case_id" in im}
+    present: dict[str, set[str]] = defaultdict(set)
+    for a in gt["annotations"]:
+        if a["image_id"] in case_of:
+            present[case_of[a["image_id"]]].add(names[a["category_id"]])
+    counts = {case: {"fp_no_gt": dict.fromkeys(names.values(), 0), "fp_no_gt_any": dict.fromkeys(names.values(), 0)}
+              for case in sorted(set(case_of.values()))}
+    for p in predictions:
+        case = case_of.get(p["image_id"])
+        name = names.get(p["category_id"])
+        if case is None or name is None or name in present[case]:
+            continue
+        counts[case]["fp_no_gt_any"][name] += 1
+        if p["score"] >= score_thresh:
+            counts[case]["fp_no_gt"][name] += 1
+    for case, c in counts.items():
+        for key in c:
+            c[key] = {name: (None if name in present[case] else n) for name, n in c[key].items()}
+    return counts
+
+
+def _per_case(segm_ap: Mapping[str, Mapping[str, float | None]], dice: Mapping[str, Mapping[str, float]],
+              fp: Mapping[str, Mapping[str, Mapping[str, int | None]]] | None = None) -> dict:
+    """``{case: {"segm_AP": {class: AP}, "dice": {class: d}, "fp_no_gt": ..., "fp_no_gt_any": ...}}``
+    over the cases of any (``fp``: false_positives_per_case)."""
+    fp = fp or {}
+    return {case: {"segm_AP": dict(segm_ap.get(case, {})), "dice": dict(dice.get(case, {})),
+                   **{k: dict(v) for k, v in fp.get(case, {}).items()}}
+            for case in sorted(set(segm_ap) | set(dice) | set(fp))}
 
 
 # ---------------------------------------------------------------------------- volumes
@@ -463,7 +502,8 @@ def evaluate(
 ) -> dict:
     """The ``metrics`` section of result.json: segm and bbox AP, Dice, infection burden error,
     and ``per_case``: per test case the segm AP and the Dice per class (see
-    :func:`segm_ap_per_case`), the unit the report's paired comparisons are made on.
+    :func:`segm_ap_per_case`), the unit the report's paired comparisons are made on, and the
+    false positives on a case without that class (:func:`false_positives_per_case`).
 
     ``predictions`` is the list of COCO result dicts or the path of a COCO results JSON
     (detectron2's ``coco_instances_results.json``). ``score_thresh`` applies to the
@@ -482,5 +522,6 @@ def evaluate(
         "bbox": coco_metrics(gt, predictions, "bbox", backend),
         "dice": dice,
         "infection_burden_abs_error": _burden_from_counts(counts),
-        "per_case": _per_case(segm_ap_per_case(gt, predictions, backend), dice["per_case"]),
+        "per_case": _per_case(segm_ap_per_case(gt, predictions, backend), dice["per_case"],
+                              false_positives_per_case(gt, predictions, score_thresh)),
     }

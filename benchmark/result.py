@@ -1,4 +1,4 @@
-"""result.json (schema 3): the contract between benchmark/ (writer) and reports/ (reader).
+"""result.json (schema 4): the contract between benchmark/ (writer) and reports/ (reader).
 
 One file per run at ``<run dir>/result.json``. AP values are COCO AP on a 0-100 scale,
 Dice in [0, 1], times in seconds, memory in MiB, params in millions, FLOPs in GFLOPs
@@ -19,12 +19,16 @@ from typing import Any
 
 from converters.catalog import CLASS_NAMES, HEADS, TRUNKS
 
-SCHEMA = 3
+SCHEMA = 4
 # 2: adds ``identity`` {hash, group, dataset fingerprint} (benchmark.identity)
 # 3: adds ``conversion`` (how new volumes are prepared: benchmark.predict) and, in an ok
 #    result, ``metrics.volume3d`` (3-D Dice and NSD per test case on whole volumes, null when
 #    the source volumes were not there) with each case's ``dice3d``/``nsd3d`` in ``per_case``
-READABLE_SCHEMAS = (1, 2, 3)
+# 4: 3-D metrics also on the lungs as labelled (``dice3d_labelled``/``nsd3d_labelled``: labels
+#    1 / 2 without the infection, as the dataset's benchmark scores them) and the whole-lung
+#    Dice from every detection (``dice3d_all``), with ``volume3d.score_thresh_all``; per case,
+#    the false positives on a case without that class (``fp_no_gt``, ``fp_no_gt_any``)
+READABLE_SCHEMAS = (1, 2, 3, 4)
 FILENAME = "result.json"
 STATUSES = ("ok", "failed")
 # TRUNKS, HEADS and the class names come from converters.catalog (re-exported here)

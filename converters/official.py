@@ -1,7 +1,9 @@
 """Facts about the public COVID-19-CT-Seg release that the converter needs at run time, read
 from the packaged ``converters/covid19_ct_seg.json`` (the dataset's published facts).
 
-Official folds: Ma et al. 2021, COVID-19-CT-Seg-Benchmark, Task 1, 80/20 patient-level 5-fold.
+Official folds: COVID-19-CT-Seg-Benchmark (Ma et al. 2021) split file, patient-level 5-fold with
+16 train / 4 test cases per fold: the setting of its "80% training, 20% testing" table (its
+Task 1 is the inverse, 4 train / 16 test).
 """
 from __future__ import annotations
 

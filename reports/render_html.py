@@ -191,7 +191,8 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
            failed: pd.DataFrame, missing: list[dict[str, Any]], plots: list[Plot], notes: list[str],
            files: list[str], planned: int | None = None, leak: pd.DataFrame | None = None,
            volume3d: pd.DataFrame | None = None, volume3d_verdicts: list[str] | None = None,
-           method: list[str] | None = None) -> str:
+           method: list[str] | None = None, volume3d_settings: list[str] | None = None,
+           false_positives: pd.DataFrame | None = None) -> str:
     """The whole page as one string (``planned``: the number of runs in the sweep's plan,
     None without one: then the runs found are what is expected)."""
     paper = load_paper()
@@ -279,7 +280,8 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
                  + f"<li>Paper: {escape(paper['source'])}. Metric: {escape(paper['metric'])}.</li>"
                  + "<li>Ours: mean ± sample std over folds/seeds with n successful runs; bold green = best.</li></ul></details>")
 
-    parts.append(_volume3d_section(volume3d, volume3d_verdicts or []))
+    parts.append(_false_positive_section(false_positives))
+    parts.append(_volume3d_section(volume3d, volume3d_verdicts or [], volume3d_settings))
 
     parts.append("<h2 id='failures'>Failed and missing runs</h2>")
     if failed.empty and not missing:
@@ -334,9 +336,10 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
     return "\n".join(parts)
 
 
-def _volume3d_section(t: pd.DataFrame | None, verdicts: list[str]) -> str:
-    """Dice and NSD per patient on whole volumes beside Ma et al. 2021 (reports.volume3d)."""
-    from .volume3d import wide
+def _volume3d_section(t: pd.DataFrame | None, verdicts: list[str], settings: list[str] | None = None) -> str:
+    """Dice and NSD per patient on whole volumes, on both lung definitions, the published
+    numbers beside the lungs as labelled only (reports.volume3d)."""
+    from .volume3d import VIEWS, wide
 
     head = "<h2 id='volume3d'>3-D on whole volumes: Dice and surface Dice per patient</h2>"
     if t is None or t.empty:
@@ -348,13 +351,26 @@ def _volume3d_section(t: pd.DataFrame | None, verdicts: list[str]) -> str:
              "keep for training, where a false positive counts), from the same prediction code as "
              "<code>make predict</code>: Dice, and normalised surface Dice (NSD) at 1 mm for the lungs and 3 mm "
              "for infection, the tolerances of the dataset's benchmark (surface elements weighted by area, as "
-             "DeepMind's surface-distance code that benchmark uses). Lungs are scored with their infection, "
-             "as the release's lung masks hold them. Ours: mean over cases in % with a 95% bootstrap interval "
-             f"(none under {MIN_CASES} cases); theirs: the published means.</p>"]
-    w = wide(t)
-    row_class = ["paper" if b not in set(ours["group"]) else "" for b in w["backbone"]]
-    parts.append(_table(w, table_id="volume3d-table", row_class=row_class,
-                        num_cols=[c for c in w.columns if c != "backbone"]))
+             "DeepMind's surface-distance code that benchmark uses). The lungs on two definitions: as labelled "
+             "(label 1 / 2 alone, without the infection inside them), which is how the benchmark's evaluation "
+             "script scores them and so the only one the published numbers sit beside; and whole (each lung "
+             "with its infection, as the release's lung masks hold them). Infection is the same in both. Ours: "
+             f"mean over cases in % with a 95% bootstrap interval (none under {MIN_CASES} cases); theirs: the "
+             "published means.</p>"]
+    if settings:
+        parts.append("<ul id='volume3d-settings'>" + "".join(f"<li>{escape(x)}</li>" for x in settings) + "</ul>")
+    groups = set(ours["group"])
+    for view, (title, metrics, with_refs) in VIEWS.items():
+        shown = t[t["metric"].isin(metrics) & ((t["source"] == "ours") | with_refs)]
+        if shown.empty or not (shown["source"] == "ours").any():
+            parts.append(f"<h3>{escape(title)}</h3><p class='skip' id='volume3d-{view}-none'>No run holds these "
+                         "(result.json schema &lt; 4 scores whole lungs only).</p>")
+            continue
+        w = wide(shown, view)
+        row_class = ["paper" if b not in groups else "" for b in w["backbone"]]
+        parts.append(f"<h3>{escape(title)}</h3>")
+        parts.append(_table(w, table_id="volume3d-table" if view == "whole" else f"volume3d-{view}",
+                            row_class=row_class, num_cols=[c for c in w.columns if c != "backbone"]))
     refs = t[t["source"] != "ours"].drop_duplicates("group")
     parts.append("<details open><summary>What these numbers can and cannot mean</summary><ul>"
                  + "".join(f"<li>{escape(str(r['group']))}: {escape(str(r['verdict']))} (source: "
@@ -364,3 +380,24 @@ def _volume3d_section(t: pd.DataFrame | None, verdicts: list[str]) -> str:
                  + "".join(f"<li>{escape(v)}</li>" for v in verdicts) + "</ul></details>")
     return "\n".join(parts)
 
+
+def _false_positive_section(fp: pd.DataFrame | None) -> str:
+    """The false positives per-case AP cannot see (reports.tables.false_positives)."""
+    if fp is None or fp.empty:
+        return ""
+    shown = pd.DataFrame({
+        "backbone": fp["group"], "class": fp["class"].map(lambda c: CLASS_LABELS.get(c, c)),
+        "segm AP (cases with the class)": [f"{fmt(a)} (n={n})" for a, n in zip(fp["segm_AP"], fp["n_cases_with"])],
+        "cases without the class": fp["n_cases_without"].astype(int).astype(str),
+        "false instances there (score >= Dice threshold)": [fmt(v, 1) for v in fp["fp_instances"]],
+        "cases with any": fp["cases_with_fp"].astype(int).astype(str),
+        "false instances there (any score)": [fmt(v, 1) for v in fp["fp_instances_any"]],
+    })
+    return ("<h2 id='false-positives'>False positives where per-case AP cannot see them</h2>"
+            "<p>A class absent from a test case has no AP in that case (COCO leaves it out), so a confident "
+            "false infection on a patient without infection costs the per-case AP nothing (Dice does count "
+            "it). Here, per backbone and class, the predicted instances of that class on the cases without it "
+            "(per case the mean over the group's runs; every case in <code>per_case.csv</code>, columns "
+            "<code>fp_no_gt</code> and <code>fp_no_gt_any</code>).</p>"
+            + _table(shown, table_id="false-positives-table",
+                     num_cols=[c for c in shown.columns if c not in ("backbone", "class")]))

@@ -12,7 +12,7 @@ from converters.catalog import CLASS_COLOURS as CLASS_COLORS
 from converters.catalog import CLASS_NAMES as CLASSES
 
 #: result.json schema versions this reader understands fully.
-KNOWN_SCHEMAS = (1, 2, 3)
+KNOWN_SCHEMAS = (1, 2, 3, 4)
 
 # Whether a cell is in detectron2's model zoo is read from each result.json's ``in_zoo`` (and
 # for a planned run without one, from sweep.json), copied there from conf/backbone/<cell>.yaml.

@@ -114,9 +114,9 @@ def make_result(backbone: str = "R50-FPN", *, schedule: str | None = "3x", fold:
         "config": config,
         "started_at": "2026-11-29T10:00:00+00:00", "finished_at": "2026-11-29T10:02:00+00:00",
     }
-    if schema in (2, 3):
+    if schema in (2, 3, 4):
         out["identity"] = identity(config, None)
-    if schema == 3:
+    if schema in (3, 4):
         out["conversion"] = {"window": [-1250, 250], "multiwindow": False, "windows": {}, "orientation": None}
         if ok:
             set_volume3d(out, {case: {c: round(0.85 * d[c], 4) for c in CLASSES} for case, d in dice.items()})
@@ -124,16 +124,26 @@ def make_result(backbone: str = "R50-FPN", *, schedule: str | None = "3x", fold:
 
 
 def set_volume3d(result: dict[str, Any], dice3d: dict[str, dict[str, float]],
-                 nsd3d: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+                 nsd3d: dict[str, dict[str, float]] | None = None, labelled: bool = True,
+                 dice3d_all: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """Give an ok result 3-D numbers as a real run writes them (``metrics.volume3d`` and each
-    case's ``dice3d``/``nsd3d`` in ``metrics.per_case``); ``nsd3d`` defaults to 0.9 x Dice."""
+    case's ``dice3d``/``nsd3d`` in ``metrics.per_case``); ``nsd3d`` defaults to 0.9 x Dice.
+    ``labelled``: also the lungs as labelled (schema 4: ``dice3d_labelled``/``nsd3d_labelled``,
+    0.95 x the whole lungs' numbers, infection the same) and ``dice3d_all`` (default: ``dice3d``)."""
     nsd3d = nsd3d or {case: {c: round(0.9 * v, 4) for c, v in d.items()} for case, d in dice3d.items()}
     per_case = {case: {"dice3d": dict(dice3d[case]), "nsd3d": dict(nsd3d.get(case, {}))} for case in dice3d}
-    mean = {m: {c: float(np.mean([v[m][c] for v in per_case.values()])) for c in CLASSES}
-            for m in ("dice3d", "nsd3d")}
+    if labelled:
+        for case, v in per_case.items():
+            for key in ("dice3d", "nsd3d"):
+                v[f"{key}_labelled"] = {c: x if c == "infection" else round(0.95 * x, 4) for c, x in v[key].items()}
+            v["dice3d_all"] = dict((dice3d_all or dice3d)[case])
+    keys = [k for k in ("dice3d", "nsd3d", "dice3d_labelled", "nsd3d_labelled", "dice3d_all")
+            if all(k in v for v in per_case.values())]
+    mean = {m: {c: float(np.mean([v[m][c] for v in per_case.values()])) for c in CLASSES} for m in keys}
     m = result["metrics"]
     m["volume3d"] = {"per_case": per_case, "mean": mean, "n_cases": len(per_case),
-                     "tolerance_mm": {"left_lung": 1.0, "right_lung": 1.0, "infection": 3.0}}
+                     "tolerance_mm": {"left_lung": 1.0, "right_lung": 1.0, "infection": 3.0},
+                     "score_thresh": 0.5, **({"score_thresh_all": 0.05} if labelled else {})}
     for case, v in per_case.items():
         m.setdefault("per_case", {}).setdefault(case, {}).update(v)
     return result
@@ -147,7 +157,8 @@ def set_per_case(result: dict[str, Any], segm_ap: dict[str, dict[str, float | No
     dice = dice or {case: {c: 0.8 for c in CLASSES} for case in segm_ap}
     m = result["metrics"]
     old = m.get("per_case") or {}
-    m["per_case"] = {case: {**{k: v for k, v in old.get(case, {}).items() if k in ("dice3d", "nsd3d")},
+    keep = ("dice3d", "nsd3d", "dice3d_labelled", "nsd3d_labelled", "dice3d_all", "fp_no_gt", "fp_no_gt_any")
+    m["per_case"] = {case: {**{k: v for k, v in old.get(case, {}).items() if k in keep},
                             "segm_AP": dict(segm_ap[case]), "dice": dict(dice.get(case, {}))} for case in segm_ap}
     for c in CLASSES:
         vals = [v[c] for v in segm_ap.values() if v.get(c) is not None]

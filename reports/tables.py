@@ -367,6 +367,32 @@ def per_class_ap(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+FP_COLUMNS = ["group", "class", "segm_AP", "n_cases_with", "n_cases_without", "fp_instances",
+              "cases_with_fp", "fp_instances_any"]
+
+
+def false_positives(per_case: pd.DataFrame) -> pd.DataFrame:
+    """Per group and class, what per-case AP cannot see: on the cases without that class (its AP
+    is undefined there, so they drop out of it) the predicted instances of it (``fp_instances``:
+    scoring at least the Dice threshold; ``fp_instances_any``: every score; per case the mean
+    over the group's runs) and the cases with any (FP_COLUMNS), beside the mean segm AP over the
+    cases that have the class. From a per-case table (reports.stats.per_case_table); empty
+    where no run counts them (result.json schema < 4)."""
+    if per_case.empty or "fp_no_gt" not in per_case.columns or per_case["fp_no_gt"].notna().sum() == 0:
+        return pd.DataFrame(columns=FP_COLUMNS)
+    rows = []
+    for (group, c), g in per_case.groupby(["group", "class"], sort=False):
+        without = g[g["fp_no_gt"].notna()]
+        ap = pd.to_numeric(g["segm_AP"], errors="coerce").dropna()
+        rows.append({"group": group, "class": c, "segm_AP": float(ap.mean()) if len(ap) else math.nan,
+                     "n_cases_with": int(len(ap)), "n_cases_without": int(len(without)),
+                     "fp_instances": float(without["fp_no_gt"].sum()) if len(without) else math.nan,
+                     "cases_with_fp": int((without["fp_no_gt"] > 0).sum()),
+                     "fp_instances_any": float(pd.to_numeric(without["fp_no_gt_any"], errors="coerce").sum())
+                     if len(without) else math.nan})
+    return pd.DataFrame(rows, columns=FP_COLUMNS)
+
+
 def winners(df: pd.DataFrame, comparison: Any = None) -> list[dict[str, Any]]:
     """Best backbone group per class (segm AP) and for the mean segm AP, with what the paired
     case-by-case tests say of it (reports.stats; ``comparison``: its compare(df)).

@@ -49,6 +49,23 @@ def test_class_without_ground_truth_in_a_case_is_none(gt):
     assert ap["case_b"]["infection"] == 100.0
 
 
+def test_false_infection_on_a_case_without_infection_is_counted_beside_the_blind_ap(gt):
+    """case_a has no infection; the detector paints its infection anyway (one confident, one
+    faint instance per slice): AP cannot see it (None), the counts do."""
+    case_of = _case_of(gt)
+    no_inf_a = {**gt, "annotations": [a for a in gt["annotations"]
+                                      if not (a["category_id"] == 3 and case_of[a["image_id"]] == "case_a")]}
+    preds = _as_predictions(gt["annotations"])  # still predicts case_a's (removed) infection
+    inf_a = [p for p in preds if p["category_id"] == 3 and case_of[p["image_id"]] == "case_a"]
+    faint = [{**p, "score": 0.1} for p in inf_a]
+    ap = metrics.segm_ap_per_case(no_inf_a, preds + faint)
+    fp = metrics.false_positives_per_case(no_inf_a, preds + faint, score_thresh=0.5)
+    assert ap["case_a"]["infection"] is None and len(inf_a) > 0
+    assert fp["case_a"]["fp_no_gt"] == {"left_lung": None, "right_lung": None, "infection": len(inf_a)}
+    assert fp["case_a"]["fp_no_gt_any"]["infection"] == 2 * len(inf_a)
+    assert fp["case_b"]["fp_no_gt"] == {c: None for c in CLASSES}
+
+
 def test_evaluate_puts_per_case_ap_and_dice_in_the_metrics(gt, tmp_path):
     gt_path = tmp_path / "test.json"
     gt_path.write_text(json.dumps(gt))
@@ -57,8 +74,11 @@ def test_evaluate_puts_per_case_ap_and_dice_in_the_metrics(gt, tmp_path):
     m = metrics.evaluate(gt_path, preds)
     pc = m["per_case"]
     assert set(pc) == set(CASES)
-    assert pc["case_a"] == {"segm_AP": {c: 100.0 for c in CLASSES}, "dice": {c: 1.0 for c in CLASSES}}
-    assert pc["case_b"] == {"segm_AP": {c: 0.0 for c in CLASSES}, "dice": {c: 0.0 for c in CLASSES}}
+    none = {c: None for c in CLASSES}  # every case has every class: the AP scores its false positives
+    assert pc["case_a"] == {"segm_AP": {c: 100.0 for c in CLASSES}, "dice": {c: 1.0 for c in CLASSES},
+                            "fp_no_gt": none, "fp_no_gt_any": none}
+    assert pc["case_b"] == {"segm_AP": {c: 0.0 for c in CLASSES}, "dice": {c: 0.0 for c in CLASSES},
+                            "fp_no_gt": none, "fp_no_gt_any": none}
     assert {case: v["dice"] for case, v in pc.items()} == m["dice"]["per_case"]
     json.dumps(m, allow_nan=False)
 

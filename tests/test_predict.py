@@ -160,6 +160,39 @@ def test_a_run_prepared_otherwise_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------ overlap rule
+def test_the_stand_in_detector_painted_at_two_thresholds_from_one_pass(tmp_path):
+    """predict_volumes: the same detections at the Dice threshold and from every score; infection
+    (score 0.7) is below a 0.75 threshold and present without one."""
+    raw = phantom.generate(tmp_path / "raw", preset="tiny", n_cases=1)
+    vol = nib.load(str(raw / phantom.IMAGE_DIR / "phantom_000.nii.gz"))
+    ras, _, _ = canonical(np.asarray(vol.dataobj), vol.affine)
+    pred = Predictor(model=_HalvesModel(), mapper=_Mapper(), windows=[(-1250.0, 250.0)], score_thresh=0.75,
+                     batch_size=2)
+    high, every = pred.predict_volumes(ras, is_prewindowed(ras), (0.75, 0.0))
+    assert 3 not in np.unique(high) and 3 in np.unique(every)
+    assert np.array_equal(high, pred.predict_volume(ras, is_prewindowed(ras)))
+    assert np.array_equal(high[every != 3], every[every != 3])  # only the infection differs
+
+
+def test_both_lung_definitions_by_hand():
+    """A left lung of 6 x 6 x 6 voxels holding a 2 x 2 x 2 infection 2 mm inside it, predicted as lung
+    throughout: whole lungs (with their infection) match exactly; as labelled (1 without the
+    infection) the prediction has 216 voxels against 208: Dice 2*208 / (208 + 216), and the
+    cavity's surface is 2 mm from any predicted surface (beyond the 1 mm tolerance)."""
+    gt = np.zeros((8, 8, 8), np.uint8)
+    gt[1:7, 1:7, 1:7] = 1
+    gt[3:5, 3:5, 3:5] = 3
+    pred = np.where(gt > 0, 1, 0).astype(np.uint8)
+    m = M.volume_metrics(gt, pred, (1.0, 1.0, 1.0), pred_all=gt)
+    assert set(m) == set(M.METRIC_KEYS)
+    assert m["dice3d"]["left_lung"] == 1.0 and m["dice3d_labelled"]["left_lung"] == pytest.approx(416 / 424)
+    assert m["dice3d"]["infection"] == m["dice3d_labelled"]["infection"] == 0.0
+    assert m["nsd3d"]["left_lung"] == 1.0 and m["nsd3d_labelled"]["left_lung"] < 1.0
+    assert m["nsd3d"]["infection"] == m["nsd3d_labelled"]["infection"] == 0.0
+    assert all(v == 1.0 for v in m["dice3d_all"].values())  # the second prediction is the ground truth
+    assert set(M.summarize({"a": m})) == set(M.METRIC_KEYS)
+
+
 def test_overlap_rule_infection_over_lung_then_higher_score():
     masks = np.zeros((4, 4, 6), bool)
     masks[0, :, 0:4] = True   # left lung, score 0.6

@@ -48,7 +48,7 @@ def _test_cases(tiny_dataset: Path) -> list[str]:
 
 def test_result_json_holds_3d_metrics_per_test_case(kept_run, tiny_dataset):
     r = read_result(kept_run)
-    assert r["schema"] == 3 and validate(r) == []
+    assert r["schema"] == 4 and validate(r) == []
     v = r["metrics"]["volume3d"]
     cases = _test_cases(tiny_dataset)
     assert sorted(v["per_case"]) == cases and v["n_cases"] == len(cases)

@@ -293,3 +293,32 @@ def test_too_few_non_zero_pairs_for_holm_over_eight_is_said_before_any_p():
 def test_method_lines_name_each_family():
     text = " ".join(stats.method_lines())
     assert "holm_family" in text and "select_family" in text and "Nothing is corrected across" in text
+
+
+def test_false_positives_on_cases_without_the_class_are_shown_beside_the_ap(tmp_path):
+    """Infection absent from half the cases: its AP is None there; R50-FPN paints 3 false instances
+    on each such case (2 of them confident), R101-FPN none. The report counts them per backbone."""
+    synthetic.mark_sweep(tmp_path)
+    without = set(CASES[::2])
+    for i, (backbone, n_fp) in enumerate((("R50-FPN", 3), ("R101-FPN", 0))):
+        r = synthetic.make_result(backbone, cases=CASES)
+        synthetic.set_per_case(r, {c: {k: (None if k == "infection" and c in without else 50.0 + i) for k in CLASSES}
+                                   for c in CASES})
+        for c in CASES:
+            absent = c in without
+            r["metrics"]["per_case"][c]["fp_no_gt"] = {k: (max(0, n_fp - 1) if absent and k == "infection" else None)
+                                                      for k in CLASSES}
+            r["metrics"]["per_case"][c]["fp_no_gt_any"] = {k: (n_fp if absent and k == "infection" else None)
+                                                          for k in CLASSES}
+        synthetic.write_run(tmp_path / f"run_{i}", r, artifacts=False)
+    html = build.build_report(tmp_path, progress=False).read_text()
+    fp = pd.read_csv(tmp_path / "report" / "false_positives.csv").set_index(["group", "class"])
+    a = fp.loc[("R50-FPN 3x", "infection")]
+    assert a["n_cases_without"] == len(without) and a["n_cases_with"] == len(CASES) - len(without)
+    assert a["fp_instances"] == 2 * len(without) and a["fp_instances_any"] == 3 * len(without)
+    assert a["cases_with_fp"] == len(without) and a["segm_AP"] == pytest.approx(50.0)
+    assert fp.loc[("R101-FPN 3x", "infection"), "fp_instances"] == 0
+    assert fp.loc[("R50-FPN 3x", "left_lung"), "n_cases_without"] == 0  # every case has lungs
+    assert "id='false-positives'" in html and 'id="false-positives-table"' in html
+    pc = pd.read_csv(tmp_path / "report" / "per_case.csv")
+    assert {"segm_AP", "fp_no_gt", "fp_no_gt_any"} <= set(pc.columns)
