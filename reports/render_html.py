@@ -254,8 +254,8 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
                      "(<code>patient_kfold</code>) and by slice (<code>slice_random</code>, the paper's likely, "
                      "unstated protocol): a slice split puts neighbouring, nearly identical slices of one "
                      "patient in train and test. Gap = slice_random − patient_kfold, per case (segm AP), "
-                     "with a 95% bootstrap interval and a paired Wilcoxon p-value (no interval under "
-                     f"{MIN_CASES} cases). A positive gap is score that a patient-level test does not "
+                     "with a 95% bootstrap interval and a one-sided paired Wilcoxon p-value of a positive "
+                     f"gap (no interval under {MIN_CASES} cases). A positive gap is score that a patient-level test does not "
                      "confirm; it measures the leak on these data, not on any other dataset.</p>")
         shown = leak.assign(**{"class": leak["class"].map(lambda c: CLASS_LABELS.get(c, "mean of classes")),
                                "gap [95% CI]": [f"{fmt(g)} [{fmt(lo)}, {fmt(hi)}]" for g, lo, hi in
