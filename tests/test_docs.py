@@ -209,6 +209,8 @@ def override_errors(config: str, overrides: list[str]) -> list[str]:
     if err := compose_error(config, base):
         return [f"{base}: {err}"]
     for i, key, values in sweeps:
+        if _group(key) is None:
+            continue  # Hydra checks a plain key, not its value: the first value checked it
         for v in values:
             trial = [*base[:i], f"{key}={v}", *base[i + 1:]]
             if err := compose_error(config, trial):
@@ -371,10 +373,40 @@ def _prose_error(overrides: list[str]) -> str | None:
     return first
 
 
+def _root(override: str) -> str:
+    return re.split(r"[./=]", override.lstrip("+~"), maxsplit=1)[0]
+
+
+def _batches(options: set[str], config: str) -> list[list[str]]:
+    """The single concrete options whose top-level key is one of conf/<config>.yaml's, packed
+    into groups without a repeated key, each composed once (about 0.1 s a composition): a
+    group that composes clears all of its options."""
+    roots = set(_compose(config, ("dataset_dir=x",) if config == "train" else ()))
+    batches: list[list[str]] = []
+    for o in sorted(options):
+        if _placeholder(o.partition("=")[2]) or _root(o) == "hydra" or _root(o) not in roots:
+            continue
+        key = o.partition("=")[0].lstrip("+~")
+        for batch in batches:
+            if all(x.partition("=")[0].lstrip("+~") != key for x in batch):
+                batch.append(o)
+                break
+        else:
+            batches.append([o])
+    return batches
+
+
 def test_every_option_named_in_prose_exists():
     found = _prose_overrides()
     assert len(found) > 20, f"the parser found only {len(found)} options in the docs"
-    bad = [f"{m}: {err}" for m, ov in found if (err := _prose_error(ov))]
+    singles = {ov[0] for _, ov in found if len(ov) == 1}
+    cleared: set[str] = set()
+    for config, base in (("train", ["dataset_dir=x"]), ("convert", [])):
+        for batch in _batches(singles, config):
+            if not override_errors(config, base + batch):
+                cleared.update(batch)
+    bad = [f"{m}: {err}" for m, ov in found
+           if not (len(ov) == 1 and ov[0] in cleared) and (err := _prose_error(ov))]
     assert not bad, "\n".join(bad)
 
 
