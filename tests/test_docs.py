@@ -528,3 +528,22 @@ def test_pinned_versions_in_install_lines_are_the_ones_pyproject_asks_for():
                     bad.append(f"{m}: {w} is not what pyproject.toml asks for ({name}{wanted[name.lower()]})")
     assert pins >= 2, "no pinned torch / torchvision install line found in the docs"
     assert not bad, "\n".join(bad)
+
+
+def test_citation_file_cites_the_packaged_dataset():
+    """CITATION.cff loads, has CFF's required keys, and its dataset DOI and record are the
+    ones of the packaged dataset facts (converters/covid19_ct_seg.json)."""
+    import json
+
+    import yaml
+
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert {"cff-version", "message", "title", "authors"} <= set(cff), sorted(cff)
+    facts = json.loads((REPO / "converters" / "covid19_ct_seg.json").read_text())
+    data = [r for r in cff.get("references", []) if r.get("type") == "data"]
+    assert len(data) == 1, "CITATION.cff: one dataset reference (type: data)"
+    assert f"doi:{data[0]['doi']}" in facts["citation"], (data[0]["doi"], facts["citation"])
+    assert data[0]["url"] == facts["record_url"]
+    import tomllib
+
+    assert cff["license"] == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"]
