@@ -43,8 +43,8 @@ from converters.catalog import CLASSES
 from benchmark.config import ConfigError
 from converters.errors import ConversionError
 from converters.layout import CaseFiles, case_id_from_name
-from converters.volume import (ORIENTATION, canonical, check_finite, display_pixels, from_canonical,
-                               is_prewindowed, read_volume, shape_3d, squeeze_3d, undisplay_slice)
+from converters.volume import (MAX_VOXELS, ORIENTATION, canonical, check_claims, check_finite, display_pixels, from_canonical,
+                               is_prewindowed, read_volume, squeeze_3d, undisplay_slice)
 
 PRED_KIND = "predictions"
 CHECKPOINT = "d2/model_final.pth"
@@ -293,8 +293,9 @@ def check_affine(path: Path, affine: np.ndarray) -> None:
                               "position in space (fix the NIfTI header's qform/sform)")
 
 
-def check_headers(files: list[Path]) -> None:
-    """Cheap pre-pass on the headers: readable, 3-D, usable affine (no voxel data read)."""
+def check_headers(files: list[Path], max_voxels: int = MAX_VOXELS) -> None:
+    """Cheap pre-pass on the headers: readable, what they claim (real numbers, at most
+    ``max_voxels``, a usable slice size: converters.volume.check_claims), usable affine."""
     import nibabel as nib
 
     for p in files:
@@ -302,23 +303,23 @@ def check_headers(files: list[Path]) -> None:
             img = nib.load(str(p))
         except Exception as e:  # nibabel raises several types for a bad header
             raise ConversionError(p, f"not a readable NIfTI file ({e})") from None
-        shape_3d(p, img.shape, case_id_from_name(p.name))
         check_affine(p, img.affine)
+        check_claims(p, img.shape, img.get_data_dtype(), img.affine, case_id_from_name(p.name), max_voxels)
 
 
-def read_input(path: Path):
+def read_input(path: Path, max_voxels: int = MAX_VOXELS):
     """(Volume, 3-D data as stored) of one input, checked like the converter checks images."""
     cid = case_id_from_name(path.name)
-    vol = read_volume(path)
+    vol = read_volume(path, max_voxels)
     data = squeeze_3d(vol, cid)
     check_finite(vol, data, cid)
     check_affine(path, vol.affine)
     return vol, data
 
 
-def predict_file(predictor: Predictor, path: Path) -> tuple[np.ndarray, Any, np.ndarray]:
+def predict_file(predictor: Predictor, path: Path, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, Any, np.ndarray]:
     """(labels in the input's voxel grid, the input Volume, voxel spacing in mm) of one file."""
-    vol, data = read_input(path)
+    vol, data = read_input(path, max_voxels)
     img_ras, _, _ = canonical(data, vol.affine)
     pred = predictor.predict_volume(img_ras, is_prewindowed(data), desc=case_name(path))
     return from_canonical(pred, vol.affine), vol, spacing_of(vol.affine)
@@ -334,7 +335,7 @@ def _csv(rows: list[dict]) -> str:
 
 
 def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, device: str = "auto",
-            batch_size: int | None = None) -> Path:
+            batch_size: int | None = None, max_voxels: int = MAX_VOXELS) -> Path:
     """Predict every input volume with the run's model into ``out`` (module doc); returns ``out``."""
     files = input_files(input_path)
     out = fsutil.resolve_output(out)
@@ -343,13 +344,13 @@ def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, device
         raise PredictError(out, f"OUT and the folder of INPUT ({src if src.is_dir() else src.parent}) overlap: "
                            "lungbench never writes where it reads; choose another OUT")
     fsutil.check_owned(out, PRED_KIND, "OUT", replace=True)
-    check_headers(files)
+    check_headers(files, max_voxels)
     with fsutil.output_lock(run_dir, "RUN (the run folder)", shared=True):  # not cleaned meanwhile
-        return _predict_reading(run_dir, files, out, device, batch_size)
+        return _predict_reading(run_dir, files, out, device, batch_size, max_voxels)
 
 
 def _predict_reading(run_dir: str | Path, files: list[Path], out: Path, device: str,
-                     batch_size: int | None) -> Path:
+                     batch_size: int | None, max_voxels: int) -> Path:
     import nibabel as nib
     from tqdm import tqdm
 
@@ -359,7 +360,7 @@ def _predict_reading(run_dir: str | Path, files: list[Path], out: Path, device: 
     rows = []
     with fsutil.output_lock(out, "OUT"), fsutil.atomic_dir(out, PRED_KIND, "OUT") as tmp:
         for p in tqdm(files, desc=f"predict {res.get('backbone')}", unit="volume", disable=None):
-            labels, vol, spacing = predict_file(predictor, p)
+            labels, vol, spacing = predict_file(predictor, p, max_voxels)
             cid = case_name(p)
             # the input's own header: its qform/sform (and codes) describe this grid exactly
             save_atomic(label_image(labels, vol.affine, like=nib.load(str(p))), tmp / f"{cid}.nii.gz")
@@ -456,12 +457,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder (new, empty, or an earlier OUT of make predict)")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     ap.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: the run's auto)")
+    ap.add_argument("--max-voxels", type=int, default=MAX_VOXELS,
+                    help=f"most voxels an input's header may claim (default {MAX_VOXELS:,}; checked before reading it)")
     a = ap.parse_args(argv)
     try:
-        out = predict(a.run, a.input, a.out, a.device, a.batch_size)
+        out = predict(a.run, a.input, a.out, a.device, a.batch_size, a.max_voxels)
     except (PredictError, ConversionError, fsutil.NotOwned, fsutil.OutputBusy, ConfigError) as e:
         print(f"error: {e}; nothing written.", file=sys.stderr)
         return 2
+    except OSError as e:
+        if (msg := fsutil.output_error(e)) is None:
+            raise
+        print(f"error: writing OUT {a.out}: {msg}", file=sys.stderr)
+        return 1
     n = len(list(out.glob("*.nii.gz")))
     print(f"wrote {n} label volume(s), {VOLUMES_CSV} and {INFO_JSON} to {out}")
     return 0

@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark import result as R
 from benchmark.identity import HARMLESS, config_diff, dataset_fingerprint, identity, material_diff, stale_reasons  # noqa: F401
-from converters.fsutil import NotOwned, OutputBusy, claim, output_lock, resolve_output, write_text
+from converters.fsutil import NotOwned, OutputBusy, claim, output_error, output_lock, resolve_output, write_text
 
 RUN_KIND = "run"
 # What Hydra writes into a run folder it has just created, before the run starts (its log file;
@@ -196,6 +196,11 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
     except (NotOwned, OutputBusy) as e:
         print(f"{e}; nothing done.", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. the disk filled up while the failure itself was being recorded
+        if (msg := output_error(e)) is None:
+            raise
+        print(f"{run_dir}: {msg}", file=sys.stderr)
+        return 1
 
 
 def _run_locked(cfg: DictConfig, run_dir: Path) -> int:

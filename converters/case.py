@@ -55,10 +55,11 @@ def load_verified(case: CaseFiles, cfg: dict):
     the bad file."""
     cid = case.case_id
     atol = float(cfg["verify"]["affine_atol"])
-    image = read_volume(case.image)
+    limit = int(cfg["verify"]["max_voxels"])
+    image = read_volume(case.image, limit)
     img = squeeze_3d(image, cid)
     check_finite(image, img, cid)
-    masks = [(role, read_volume(p)) for role, p in case.masks()]
+    masks = [(role, read_volume(p, limit)) for role, p in case.masks()]
     arrays = {}
     for role, vol in masks:
         arr = squeeze_3d(vol, cid)

@@ -43,7 +43,7 @@ def refusals(outputs: list[Path], held: bool = False) -> list[str]:
     holds their own locks already (the folders inside them are still checked)."""
     out = []
     for p in outputs:
-        busy = [q for q in _marked_below(p)[1 if held else 0:] if in_use(q)]
+        busy = [q for q in _marked_below(p)[1 if held else 0:] if in_use(q, readers=True)]
         if busy:
             out.append(f"{p}: in use right now ({busy[0]} is being written); left in place")
         stray = stray_files(p)

@@ -125,6 +125,8 @@ def validate(c: dict) -> None:
          f"png_compress_level must be 0..9, not {c['png_compress_level']}")
     need(num(float, c["verify"]["affine_atol"], "verify.affine_atol") >= 0,
          "verify.affine_atol must be >= 0")
+    need(num(int, c["verify"]["max_voxels"], "verify.max_voxels") >= 1,
+         "verify.max_voxels must be >= 1")
     for scheme in ("patient_kfold", "slice_random"):
         key = f"splits.{scheme}.k"
         need(num(int, c["splits"][scheme]["k"], key) >= 2, f"{key} must be >= 2")

@@ -283,7 +283,8 @@ def _convert_locked(raw_root: Path, out: Path, cfg: DictConfig, c: dict, t0: flo
     for case in list(disc.cases):
         try:
             check_headers(case.image, [p for _, p in case.masks()],
-                          float(c["verify"]["affine_atol"]), case.case_id)
+                          float(c["verify"]["affine_atol"]), case.case_id,
+                          int(c["verify"]["max_voxels"]))
         except ConversionError as e:
             disc.bad.append(e)
             disc.cases.remove(case)
@@ -441,6 +442,11 @@ def _hydra_main() -> None:
             out = run(cfg)
         except (ConversionError, NotOwned, fsutil.OutputBusy) as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except OSError as e:
+            if (msg := fsutil.output_error(e)) is None:
+                raise
+            print(f"error: writing DATA_OUT {cfg.out}: {msg}", file=sys.stderr)
             sys.exit(1)
         except ConfigError as e:  # a bad option value (validate) or phantom parameter
             print(f"error: config: {e}", file=sys.stderr)

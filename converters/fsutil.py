@@ -100,6 +100,24 @@ def write_text(path: str | os.PathLike, text: str, fsync: bool = False) -> Path:
     return write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
+# What an output's OSError means to the user, for the errors that are about the place, not
+# the data: the command says so in one line instead of a traceback.
+_PLACE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied"}
+
+
+def output_error(e: BaseException) -> str | None:
+    """A one-line message for a disk-full / read-only / permission error, else None."""
+    why = _PLACE_ERRORS.get(getattr(e, "errno", None)) if isinstance(e, OSError) else None
+    if why is None:
+        return None
+    where = e.filename or "an output"
+    return (f"{where}: cannot write there: {why} ({e.strerror}); nothing half-written is kept "
+            "(outputs are swapped in whole): free space or choose a writable folder, then run "
+            "the same command again")
+
+
 # --------------------------------------------------------------------------- paths
 def resolve_output(path: str | os.PathLike) -> Path:
     """The absolute path an output is written at: a symlink is followed (written through)."""
@@ -354,12 +372,13 @@ def output_lock(output: str | os.PathLike, what: str = "output", shared: bool = 
         _release(path, fd)
 
 
-def in_use(output: str | os.PathLike) -> bool:
-    """True when a writer holds ``output``'s lock right now (e.g. a run still training)."""
+def in_use(output: str | os.PathLike, readers: bool = False) -> bool:
+    """True when a writer holds ``output``'s lock right now (e.g. a run still training);
+    with ``readers``, when anybody holds it (a training reading a dataset counts)."""
     path = lock_path(output)
     if not path.exists():
         return False
-    fd = _acquire(path, fcntl.LOCK_SH)
+    fd = _acquire(path, fcntl.LOCK_EX if readers else fcntl.LOCK_SH)
     if fd is None:
         return True
     _release(path, fd)

@@ -39,6 +39,43 @@ ORIENTATION = {
 }
 
 
+# Rules on what a header claims, checked before any voxel is read
+MIN_INPLANE = 16  # px per in-plane axis: a smaller slice holds no lung to segment
+# The most voxels a volume may claim (1 Gi: 2 GiB as int16; real CT is 512 x 512 x ~600 = 0.16 Gi).
+# A 5 MB gzip can claim 2048 x 2048 x 640; reading it would fill memory. Raise it with the
+# converter's verify.max_voxels or make predict's --max-voxels.
+MAX_VOXELS = 1 << 30
+
+
+def check_claims(path: Path, shape: tuple, dtype, affine: np.ndarray, case_id: str = "",
+                 max_voxels: int = MAX_VOXELS) -> tuple:
+    """The 3-D shape of a volume whose header claims ``shape`` and ``dtype``; refused
+    (ConversionError naming the file) when the voxels are not real numbers (RGB, complex),
+    when it claims more than ``max_voxels`` voxels, or an in-plane axis under MIN_INPLANE."""
+    dt = np.dtype(dtype)
+    if dt.fields is not None or dt.kind not in "biuf":
+        kind = ("RGB colour" if dt.fields is not None else
+                "complex" if dt.kind == "c" else f"non-numeric ({dt})")
+        raise ConversionError(path, f"{kind} voxels (dtype {dt}); expected a grey-level volume of "
+                              "integers or real numbers (CT in HU, or a label mask)", case_id=case_id)
+    s = shape_3d(path, shape, case_id)
+    n = int(np.prod(s, dtype=np.int64))
+    if n > max_voxels:
+        raise ConversionError(path, f"its header claims {' x '.join(map(str, s))} = {n:,} voxels, "
+                              f"more than the limit of {max_voxels:,}; if the volume is real, raise "
+                              "the limit (make data ARGS=verify.max_voxels=N, make predict "
+                              "ARGS=--max-voxels=N)", case_id=case_id)
+    try:  # the axes that lie in the axial plane (towards R/L and A/P)
+        axes = [i for i in range(3) if int(io_orientation(np.asarray(affine, float))[i, 0]) in (0, 1)]
+    except Exception:  # a singular affine: refused by check_affine, with its own message
+        axes = [0, 1]
+    small = [s[i] for i in axes if s[i] < MIN_INPLANE]
+    if small:
+        raise ConversionError(path, f"shape {s}: an axial slice is {' x '.join(str(s[i]) for i in axes)} "
+                              f"pixels, under the minimum of {MIN_INPLANE} per side", case_id=case_id)
+    return s
+
+
 @dataclass
 class Volume:
     """One NIfTI file, read once: data as stored, plus what the manifest records."""
@@ -59,13 +96,21 @@ class Volume:
                 "mtime_ns": self.mtime_ns}
 
 
-def read_volume(path: Path) -> Volume:
+def read_volume(path: Path, max_voxels: int = MAX_VOXELS) -> Volume:
     """Read a .nii or .nii.gz file fully, hashing the bytes on the way.
 
-    Any read/parse failure (truncated gzip, bad header, short data) becomes a
-    ConversionError naming the file.
+    The header's claims are checked first (``check_claims``: real numbers, at most
+    ``max_voxels`` voxels, a usable slice size), before any voxel is read. Any read/parse
+    failure (truncated gzip, bad header, short data) becomes a ConversionError naming the file.
     """
     path = Path(path)
+    try:
+        lazy = nib.load(str(path))  # the header only
+    except FileNotFoundError:
+        raise ConversionError(path, "cannot read file: No such file or directory") from None
+    except Exception as e:  # nibabel raises several types for a bad header
+        raise ConversionError(path, f"not a readable NIfTI file ({e})") from None
+    check_claims(path, lazy.shape, lazy.get_data_dtype(), lazy.affine, max_voxels=max_voxels)
     try:
         st = path.stat()
         raw = path.read_bytes()
@@ -128,21 +173,20 @@ def check_geometry(image_path: Path, image_shape: tuple, image_affine: np.ndarra
 
 
 def check_headers(image_path: Path, mask_paths: list[Path], affine_atol: float,
-                  case_id: str) -> None:
-    """Cheap pre-pass on the NIfTI headers only (no voxel data read): readable, 3-D,
-    same shape and affine. Lets a structural problem fail before any work is done."""
+                  case_id: str, max_voxels: int = MAX_VOXELS) -> None:
+    """Cheap pre-pass on the NIfTI headers only (no voxel data read): readable, what they claim
+    (``check_claims``), same shape and affine. Lets a structural problem fail before any work."""
     def header(p: Path):
         try:
             img = nib.load(str(p))
-            return img.shape, np.asarray(img.affine, dtype=np.float64)
+            aff = np.asarray(img.affine, dtype=np.float64)
         except Exception as e:  # nibabel raises several types for a bad header
             raise ConversionError(p, f"not a readable NIfTI file ({e})", case_id=case_id) from None
+        return check_claims(p, img.shape, img.get_data_dtype(), aff, case_id, max_voxels), aff
 
     ishape, iaff = header(image_path)
-    ishape = shape_3d(image_path, ishape, case_id)
     for mp in mask_paths:
         mshape, maff = header(mp)
-        mshape = shape_3d(mp, mshape, case_id)
         check_geometry(image_path, ishape, iaff, mp, mshape, maff, affine_atol, case_id)
 
 

@@ -220,6 +220,8 @@ def load_run(path: Path, sweep_dir: Path) -> dict[str, Any]:
     row = flatten(r)
     row.update(meta)
     row["error_reason"] = error_reason(r.get("status"), r.get("error"))
+    if row.get("error.type") == "Unfinished" and in_use(path.parent):  # its process holds it
+        row["status"], row["error_reason"] = "running", RUNNING_REASON
     row["schema_note"] = NOTE_SEP.join(notes) or None
     return row
 
@@ -266,8 +268,6 @@ def read_sweep(sweep_dir: Path) -> SweepRuns:
             row["status"], row["error_reason"] = "failed", STALE_REASON
         elif row.get("status") == "ok" and data_changed(row, fingerprints):
             row["status"], row["error_reason"] = "failed", CHANGED_DATA_REASON
-        elif row.get("error.type") == "Unfinished" and in_use(path.parent):
-            row["status"], row["error_reason"] = "running", RUNNING_REASON
         rows.append(row)
     ignored = [(_rel(f, sweep_dir), f"not a run of this sweep's plan ({PLAN_NAME})")
                for f in files if os.path.realpath(f) not in planned]
