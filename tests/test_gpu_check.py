@@ -265,14 +265,28 @@ def test_dry_run_prints_the_table(tmp_path):
     expect = [("fp32", 1)] + ([("amp", 1)] if cuda else []) + [(p, 2) for p in (["amp"] if cuda else ["fp32"])]
     assert [(lv["precision"], lv["k"]) for lv in doc["levels"]] == expect
     backbones = doc["plan"]["backbones"]
+    pb = G.display_name(doc["plan"]["pack_backbone"])
+    assert doc["finished"] is True and doc["written_after"] == f"{expect[-1][0]} k=2"
     for lv in doc["levels"]:
         assert not lv.get("skipped") and not lv["cut_short"] and lv["rc"] == 0, lv
-        assert sorted(r["backbone"] for r in lv["runs"]) == sorted(map(G.display_name, backbones))
+        # k = 1: the plan's backbones; packed: k equal runs of one backbone (seeds 0..k-1)
+        want = sorted(map(G.display_name, backbones)) if lv["k"] == 1 else [pb] * lv["slots"]
+        assert sorted(r["backbone"] for r in lv["runs"]) == want
+        if lv["k"] > 1:
+            assert sorted(r["seed"] for r in lv["runs"]) == list(range(lv["slots"]))
+            assert lv["iters"] >= doc["plan"]["iters"]
         for r in lv["runs"]:
             assert r["ok"] and r["s_per_iter"] > 0 and r["peak_mb"] > 0 and r["once_s"] is not None, r
-        assert f"| {lv['k']} | {len(backbones)} |" in md or lv["precision"] != doc["summary"]["pack_precision"]
+            assert r["infer_timed"] and r["train_span"][0] < r["train_span"][1]
+        # every run's result.json kept under --out
+        kept = sorted((out / "runs" / f"{lv['precision']}_k{lv['k']}").rglob("result.json"))
+        assert len(kept) == len(lv["runs"]) and (kept[0].parent.parent / "sweep.json").is_file()
+        assert f"| {lv['k']} | {len(lv['runs'])} |" in md or lv["precision"] != doc["summary"]["pack_precision"]
     for b in doc["backbones"]:
         assert f"| {b['name']} | " in md and b["fp32"]["ok"]
     s = doc["summary"]
     assert s["sequential"]["fp32"] > 0 and s["best_k"] in (1, 2)
+    packed = next(r for r in s["levels"] if r["k"] == 2)
+    assert packed["overlap"] is not None and packed["slowdown"] > 0
     assert "best:" in md and "one after another, fp32" in md
+    assert doc["env"]["torch"] and doc["env"]["python"] and "torch " in md.splitlines()[2]
