@@ -54,6 +54,7 @@ EXPERIMENTS := $(sort $(basename $(notdir $(wildcard conf/experiment/*.yaml))))
 .PHONY: help setup data download train sweep predict report demo reproduce test test-fast perf gpu-check wheels clean
 
 help: ## List the targets
+	$(LAUNCH) help --check
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	echo "  experiments (EXPERIMENT=, conf/experiment/): $(EXPERIMENTS)"
 
@@ -67,6 +68,7 @@ $(STAMP): pyproject.toml benchmark/build_detectron2.py
 	touch $(STAMP)
 
 setup: $(STAMP) ## Create/refresh .venv with torch, detectron2 (pure-Python build) and the rest
+	$(LAUNCH) setup --check
 
 data: $(STAMP) ## Convert NIfTI to COCO: DATA_ROOT=raw dir (or DATA=phantom) DATA_OUT=dir
 	$(LAUNCH) data --python $(PY) $(DRYRUN)
@@ -115,6 +117,7 @@ gpu-check: $(STAMP) ## The GPU check (perf/GPU.md): speed/memory per backbone, r
 	$(LAUNCH) gpu-check --python $(PY) $(DRYRUN)
 
 wheels: $(STAMP) ## Fill .whl/ with the wheels a GPU machine without internet needs (perf/GPU.md)
+	$(LAUNCH) wheels --check
 	PYTHON=$(PY) bash perf/wheels.sh
 
 clean: ## Delete lungbench's own outputs under WORK (marked folders holding only their own files); keeps .venv and anything else

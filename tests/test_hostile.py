@@ -430,3 +430,27 @@ def test_launch_refuses_control_characters_in_paths():
                          {"RUN_DIR"})
     with pytest.raises(launch.LaunchError, match="control character"):
         launch.command("train", vals, "python")
+
+
+def _n(box: Path, target: str, *args: str) -> subprocess.CompletedProcess:
+    return make(box, "-n", "-o", ".venv/.lungbench-stamp", target, *args)
+
+
+@pytest.mark.slow  # 16 targets x 15 variables of `make -n`
+@pytest.mark.parametrize("target", sorted(launch.USES))
+def test_every_target_uses_or_refuses_every_variable(sandbox, target):
+    """`make -n` for every target and public variable: the variable changes the command that
+    would run, or the target refuses it naming it. None is silently ignored."""
+    needed = {"RUN": "/tmp/r", "INPUT": "/tmp/i", "OUT": "/tmp/o"} if target == "predict" else {}
+    base = _n(sandbox, target, *[f"{k}={v}" for k, v in needed.items()])
+    assert base.returncode == 0, base.stderr
+    for var in launch.PUBLIC_VARS:
+        value = "/tmp/zz" if var in ("WORK", "DATA_ROOT", "DATA_OUT", "RUN_DIR", "SWEEP_DIR", "SWEEP",
+                                     "RUN", "INPUT", "OUT") else "zz" if var != "ARGS" else "zz=1"
+        p = _n(sandbox, target, *[f"{k}={v}" for k, v in (needed | {var: value}).items()])
+        if p.returncode == 2:
+            assert f"does not take {var}" in p.stderr, (target, var, p.stderr)
+            assert var not in launch.USES[target], (target, var)
+        else:
+            assert var in launch.USES[target], (target, var, p.stdout)
+            assert p.stdout != base.stdout, f"make {target} {var}={value} changed nothing"

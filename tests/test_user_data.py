@@ -418,8 +418,11 @@ TARGETS = {
     "clean": ["WORK"],
     "download": ["DATA_ROOT", "WORK"],
     "demo": ["WORK"],
-    "predict": ["RUN", "INPUT", "OUT", "WORK"],
+    "predict": ["RUN", "INPUT", "OUT"],
 }
+# Every stray folder lies below a folder whose name a shell would run as commands: each value
+# typed also tests that no make variable reaches a shell as code (nothing creates PWNED).
+HOSTILE_ROOT = "user `touch PWNED` $(touch PWNED); touch PWNED || 'q' \"x\""
 ARGS = {"data": "workers=1", "train": "solver.max_iter=1 measure.flops=false",
         "sweep": "backbone=r50_fpn solver.max_iter=1 measure.flops=false",
         "download": "--base-url http://127.0.0.1:9 --retries 0"}
@@ -428,7 +431,7 @@ ARGS = {"data": "workers=1", "train": "solver.max_iter=1 measure.flops=false",
 @pytest.mark.slow
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_every_make_target_and_variable_leaves_stray_files_alone(target, sandbox, tmp_path):
-    stray = stray_folders(tmp_path / "user")
+    stray = stray_folders(tmp_path / HOSTILE_ROOT)
     before = snapshot(*stray.values())
     names = TARGETS[target]
     datas = [None, "phantom", "covid19_ct_seg"] if target == "data" else [None]
@@ -464,7 +467,8 @@ def test_every_make_target_and_variable_leaves_stray_files_alone(target, sandbox
     p = make(sandbox, target, *[f"{n}={stray[n]}" for n in names],
              *([f"ARGS={ARGS[target]}"] if target in ARGS else []))
     if target not in ("clean", "download"):
-        assert p.returncode != 0 and str(tmp_path / "user") in p.stderr, p.stderr[-2000:]
+        assert p.returncode != 0 and str(tmp_path / HOSTILE_ROOT) in p.stderr, p.stderr[-2000:]
+    assert not [p for p in (sandbox, tmp_path, REPO, tmp_path / HOSTILE_ROOT) if (p / "PWNED").exists()]
 
 
 @pytest.mark.slow
