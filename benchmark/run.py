@@ -101,7 +101,7 @@ def describe(cfg: DictConfig, config: dict) -> dict:
         "weights": str(cfg.weights.path) if cfg.weights.get("path") else cfg.weights.source,
         "experiment": _experiment(cfg),
         "solver": {"name": s.name, "ims_per_batch": s.ims_per_batch, "base_lr": effective_lr(cfg),
-                   "max_iter": s.max_iter, "lr_schedule": s.lr_schedule,
+                   "max_iter": s.max_iter, "lr_schedule": s.lr_schedule, "budget_tflop": s.get("budget"),
                    "amp": _amp if isinstance(_amp := amp_choice(cfg), bool) else None},  # auto: set with the device
         "dataset": {"name": None, "dir": config["dataset_dir"], "split": cfg.split.scheme,
                     "fold": cfg.split.fold, "n_train_images": None, "n_test_images": None,
@@ -352,6 +352,21 @@ def remove_checkpoints(d2_dir: Path) -> None:
     (d2_dir / "last_checkpoint").unlink(missing_ok=True)
 
 
+def apply_budget(cfg: DictConfig, res: dict, d2cfg, image_hw, train_name: str, test_name: str,
+                 output_dir: str, weights_file: str, device: str):
+    """The run's detectron2 config with MAX_ITER (and what scales with it: warm-up, LR steps)
+    bought by ``solver.budget`` training TFLOPs (benchmark.budget); recorded in res["solver"]."""
+    from benchmark import config as C
+    from benchmark.budget import iterations, train_flops_per_iter
+
+    counted = train_flops_per_iter(d2cfg, image_hw)
+    n = iterations(float(cfg.solver.budget), counted["train_flops_per_iter"])
+    OmegaConf.update(cfg, "solver.max_iter", n)
+    res["solver"].update(max_iter=n, budget_tflop=float(cfg.solver.budget), **counted)
+    return C.build_d2_cfg(cfg, train_name=train_name, test_name=test_name, output_dir=output_dir,
+                          weights_file=weights_file, device=device, image_hw=image_hw)
+
+
 def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
     """Check inputs, train, predict, score and measure; fills ``res`` in place as it goes so a
     failure still records everything learned before it."""
@@ -407,6 +422,10 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
     progress.where = "build config"
     d2cfg = C.build_d2_cfg(cfg, train_name=train.name, test_name=test.name, output_dir=str(d2_dir),
                            weights_file=weights_file, device=device, image_hw=train.image_hw)
+    if cfg.solver.get("budget") is not None:
+        progress.where = "count training FLOPs"
+        d2cfg = apply_budget(cfg, res, d2cfg, train.image_hw, train.name, test.name, str(d2_dir),
+                             weights_file, device)
     d2_dir.mkdir(parents=True, exist_ok=True)
     (d2_dir / "config.yaml").write_text(d2cfg.dump())
     from benchmark.logs import route_logs
