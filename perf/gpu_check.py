@@ -708,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
             left = plan["budget_s"] - (time.perf_counter() - t0) - GRACE_S
             if STOP.is_set() or left < 10 or (k > 1 and last and left < last):
                 lv["skipped"] = ("stopped (SIGTERM)" if STOP.is_set() else
-                                 f"time budget ({max(0, left):.0f} s left, ~{last or 0:.0f} s needed)")
+                                 f"time budget ({max(0, left):.0f} s left"
+                                 + (f", ~{last:.0f} s needed)" if k > 1 and last else ")"))
                 doc["skipped"].append(f"{prec} k={k}")
                 continue
             if k == 1:

@@ -185,3 +185,24 @@ def test_a_check_stopped_after_its_first_level_leaves_that_level(tmp_path):
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True,
                           text=True).stdout.split()
     assert left == []
+
+
+def test_the_check_stops_inside_its_budget(tmp_path):
+    out, budget = tmp_path / "out", 45
+    t0 = time.monotonic()
+    p = subprocess.run(["bash", str(REPO / "perf" / "gpu_check.sh"), "--dry-run", "--out", str(out),
+                        "--budget-s", str(budget), "--work", str(tmp_path / "work")],
+                       cwd=tmp_path, env=dict(os.environ, PYTHON=sys.executable), capture_output=True,
+                       text=True, timeout=600)
+    wall = time.monotonic() - t0
+    doc = json.loads((out / "gpu_check.json").read_text())
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]  # not everything measured
+    assert doc["wall_s"] <= budget, doc["wall_s"]
+    assert wall <= budget + 30, wall  # + starting Python, the bundle check and imports
+    assert doc["finished"] is True and doc["skipped"], doc["skipped"]
+    # whatever was cut or skipped is named: the budget, never a silent drop
+    for lv in doc["levels"]:
+        assert lv.get("skipped", "").startswith("time budget") or lv.get("cut_short") in (None, "time budget")
+    assert "Skipped or cut short" in (out / "gpu_check.md").read_text()
+    assert subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True,
+                          text=True).stdout.split() == []
