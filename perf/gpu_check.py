@@ -115,7 +115,9 @@ def run_facts(res: dict) -> dict:
     reserved peak, else ``memory.peak_gpu_mb``, else (no CUDA) the process's peak RSS.
     ``once_s``: what the run paid besides its iterations and inference (imports, model, data
     loader, metrics): its wall time (started_at..finished_at) - max_iter x s/iter - eval_wall_s.
-    ``infer_timed``: test images in the inference median (all but the first, warm-up, batch)."""
+    ``infer_timed``: test images in the inference median, all but the first (warm-up) batch;
+    ``infer_warm``: whether there was a batch after it (else the median is of every batch, the
+    warm-up one included: what ``benchmark.engine.median_after`` falls back to)."""
     t, mem, solver = res.get("timing") or {}, res.get("memory") or {}, res.get("solver") or {}
     err = res.get("error") or {}
     ok = res.get("status") == "ok"
@@ -135,7 +137,8 @@ def run_facts(res: dict) -> dict:
             "amp": bool(solver.get("amp")), "iters": n, "ims_per_batch": solver.get("ims_per_batch"),
             "s_per_iter": s, "infer_s_per_image": t.get("infer_s_per_image"),
             "infer_batch": batch, "n_test": n_test,
-            "infer_timed": max(0, n_test - batch) if n_test and batch else None,
+            "infer_timed": (n_test - batch if n_test > batch else n_test) if n_test and batch else None,
+            "infer_warm": bool(n_test and batch and n_test > batch),
             "train_wall_s": t.get("train_wall_s"), "eval_wall_s": t.get("eval_wall_s"),
             "train_span": [t.get("train_started_at"), t.get("train_finished_at")],
             "run_wall_s": wall, "once_s": once,
@@ -282,7 +285,8 @@ def render(doc: dict) -> str:
         f"`measure.warmup_iters`); inference = `timing.infer_s_per_image`, the median over "
         f"batches of {s['infer_batch']} image(s) after the first (warm-up) batch: "
         f"{s.get('infer_timed') if s.get('infer_timed') is not None else '-'} of "
-        f"{s.get('n_predicted') or '-'} test images timed; "
+        f"{s.get('n_predicted') or '-'} test images timed"
+        f"{' (NO batch after the warm-up one: every batch timed, warm-up included)' if s.get('infer_warm') is False else ''}; "
         + ("memory = the GPU peaks of training and of inference apart, `memory.train_*` / "
            "`infer_*`, allocated / reserved MiB." if gpu else "memory = `memory.peak_rss_mb`."), "",
         f"Zoo: detectron2 MODEL_ZOO ({zoo['gpus']}x {zoo['gpu']}, {zoo['images_per_iter']} "
@@ -592,7 +596,8 @@ def write_report(doc: dict, out: Path, t0: float, ok: dict, zoo: dict) -> str:
                        "iters": plan["iters"], "overrides": doc["overrides"], "ims_per_batch": ims,
                        "input_size": ((ok.get("config") or {}).get("solver") or {}).get("input_size"),
                        "infer_batch": (ok.get("timing") or {}).get("infer_batch_size"),
-                       "infer_timed": first.get("infer_timed"), "n_predicted": first.get("n_test"),
+                       "infer_timed": first.get("infer_timed"), "infer_warm": first.get("infer_warm"),
+                       "n_predicted": first.get("n_test"),
                        **{f"n_{p}_images": (ok.get("dataset") or {}).get(f"n_{p}_images")
                           for p in ("train", "test")}}
     doc["zoo"] = {k: zoo[k] for k in ("source", "gpu", "gpus", "images_per_iter")}

@@ -67,7 +67,10 @@ def test_run_facts_from_a_result_json():
         (3000.0, 3500.0, 4200.0, 6000.0)
     assert f["peak_mb"] == 6000.0
     # 40 test images in batches of 8: the first batch is warm-up, 32 are timed
-    assert f["n_test"] == 40 and f["infer_timed"] == 32
+    assert f["n_test"] == 40 and f["infer_timed"] == 32 and f["infer_warm"] is True
+    # fewer test images than one batch (a dry run on CUDA): every batch timed, warm-up included
+    few = G.run_facts(dict(_res("R50-FPN", 0.1), dataset={"n_predicted_images": 4}))
+    assert few["infer_timed"] == 4 and few["infer_warm"] is False
     # paid once: 30 s wall - 100 iterations x 0.1 s - 2 s inference = 18 s
     assert f["once_s"] == pytest.approx(18.0)
     # 1000 iterations, 100 test slices: 18 + 1000 x 0.1 + 100 x 0.05 = 123 s; packed 1.5x slower
@@ -278,6 +281,7 @@ def test_dry_run_prints_the_table(tmp_path):
         for r in lv["runs"]:
             assert r["ok"] and r["s_per_iter"] > 0 and r["peak_mb"] > 0 and r["once_s"] is not None, r
             assert r["infer_timed"] and r["train_span"][0] < r["train_span"][1]
+            assert r["infer_warm"] == (r["n_test"] > r["infer_batch"])
         # every run's result.json kept under --out
         kept = sorted((out / "runs" / f"{lv['precision']}_k{lv['k']}").rglob("result.json"))
         assert len(kept) == len(lv["runs"]) and (kept[0].parent.parent / "sweep.json").is_file()
