@@ -142,3 +142,39 @@ def test_report_from_the_sweep(smoke_sweep):
     every = page.table("runs")
     assert [r["status"] for r in every.rows] == ["ok"] * 9 and not any(every.classes)
     assert len(list(report.glob("*.png"))) >= 4
+
+
+def test_report_3d_section_has_both_lung_definitions(smoke_sweep):
+    """The 3-D section of a real sweep: every run scored its test case on the lungs as labelled
+    (the benchmark's definition) and on whole lungs, and from every detection; the published
+    numbers sit beside the labelled lungs only; the threshold is stated; scratch runs carry no
+    schedule; one test case per run can test nothing, and the verdicts say so."""
+    _, sweep_dir, runs = smoke_sweep
+    for _, r in runs.values():
+        v3d = r["metrics"]["volume3d"]
+        assert v3d is not None and v3d["score_thresh"] == 0.5 and v3d["score_thresh_all"] == 0.05
+        for case in v3d["per_case"].values():
+            assert {"dice3d", "nsd3d", "dice3d_labelled", "nsd3d_labelled", "dice3d_all"} <= set(case)
+            # infection is one definition; the labelled lung is never bigger than the whole one
+            assert case["nsd3d_labelled"]["infection"] == case["nsd3d"]["infection"]
+        assert {"fp_no_gt", "fp_no_gt_any"} <= set(next(iter(r["metrics"]["per_case"].values())))
+    html = build_report(sweep_dir, progress=False)
+    report = html.parent
+    page = Page(html.read_text())
+    labelled, whole = page.table("volume3d-labelled"), page.table("volume3d-table")
+    refs = {"Ma et al., nnU-Net 3-D joint model, 80/20 (16 train / 4 test per fold)",
+            "Ma et al., nnU-Net 3-D separate models, Task 1 (4 train / 16 test per fold)"}
+    labelled_rows = {row["backbone"] for row in labelled.rows}
+    whole_rows = {row["backbone"] for row in whole.rows}
+    assert refs <= labelled_rows and not refs & whole_rows
+    ours = {f"{b} scratch" for b in NINE.values()}
+    assert ours <= labelled_rows and ours <= whole_rows  # scratch runs: the weights, no schedule
+    assert not any(" 3x" in b or " 1x" in b for b in labelled_rows | whole_rows)
+    assert "Score threshold of the 3-D label volumes: detections scoring at least 0.5" in page.text("volume3d-settings")
+    v = pd.read_csv(report / "volume3d.csv")
+    assert set(v[v["source"] != "ours"]["metric"]) == {"dice3d_labelled", "nsd3d_labelled"}
+    assert {"dice3d", "dice3d_labelled", "dice3d_all"} <= set(v[v["source"] == "ours"]["metric"])
+    # one test case per run: no verdict can claim anything
+    verdicts = pd.read_csv(report / "verdicts.csv")
+    assert set(verdicts["kind"]) <= {"no_test", "zero"}, verdicts.to_string()
+    assert (report / "false_positives.csv").is_file()
