@@ -120,7 +120,8 @@ def wide(t: pd.DataFrame, view: str | None = None) -> pd.DataFrame:
     t = t[t["metric"].isin(metrics)]
     out = []
     for group, g in t.groupby("group", sort=False):
-        row: dict[str, Any] = {"backbone": group, "cases": _first_int(g["n_cases"])}
+        # ours: test cases; the published: their evaluations (5 folds x their test cases)
+        row: dict[str, Any] = {"backbone": group, "n (cases; published: evaluations)": _first_int(g["n_cases"])}
         for metric in metrics:
             for c in CLASSES:
                 r = g[(g["metric"] == metric) & (g["class"] == c)]
