@@ -92,9 +92,9 @@ report: $(STAMP) ## Build SWEEP/report/ (CSV, Markdown, plots, report.html); def
 # fragments under 10 px (cut off by the lung border) are not kept as objects to detect.
 demo: $(STAMP) ## Phantom -> COCO -> nine-backbone smoke sweep on CPU -> report.html
 	$(LAUNCH) demo --check
-	$(MAKE) --no-print-directory data DATA=phantom DATA_ROOT= DATA_OUT="$$LB_WORK/data/phantom" ARGS='splits.patient_kfold.k=2 splits.slice_random.k=2 infection.min_area=10'
-	rc=0; $(MAKE) --no-print-directory sweep EXPERIMENT=demo DATA_OUT="$$LB_WORK/data/phantom" SWEEP_DIR="$$LB_WORK/sweeps/demo" || rc=$$?
-	$(MAKE) --no-print-directory report SWEEP="$$LB_WORK/sweeps/demo"
+	$(MAKE) --no-print-directory -o $(STAMP) data DATA=phantom DATA_ROOT= DATA_OUT="$$LB_WORK/data/phantom" ARGS='splits.patient_kfold.k=2 splits.slice_random.k=2 infection.min_area=10'
+	rc=0; $(MAKE) --no-print-directory -o $(STAMP) sweep EXPERIMENT=demo DATA_OUT="$$LB_WORK/data/phantom" SWEEP_DIR="$$LB_WORK/sweeps/demo" || rc=$$?
+	$(MAKE) --no-print-directory -o $(STAMP) report SWEEP="$$LB_WORK/sweeps/demo"
 	printf 'demo: open %s (demo numbers: not comparable to the paper)\n' "$$LB_WORK/sweeps/demo/report/report.html"
 	exit $$rc
 
