@@ -426,6 +426,14 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
         progress.where = "count training FLOPs"
         d2cfg = apply_budget(cfg, res, d2cfg, train.image_hw, train.name, test.name, str(d2_dir),
                              weights_file, device)
+    elif cfg.measure.flops:  # what the iterations cost, so reports can tell unequal budgets
+        progress.where = "count training FLOPs"
+        from benchmark.budget import train_flops_per_iter
+
+        try:
+            res["solver"].update(train_flops_per_iter(d2cfg, train.image_hw))
+        except Exception as e:  # noqa: BLE001 - a count is a measurement, not the run
+            res["notes"].append(f"training FLOPs not counted: {type(e).__name__}: {e}")
     d2_dir.mkdir(parents=True, exist_ok=True)
     (d2_dir / "config.yaml").write_text(d2cfg.dump())
     from benchmark.logs import route_logs

@@ -19,7 +19,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from .schema import CLASS_COLORS, CLASS_LABELS, CLASSES, HEADS, TRUNKS
-from .tables import SEGM_AP, class_col, group_label, iter_groups, load_paper, paper_table3, stats
+from .tables import (SEGM_AP, class_col, group_label, iter_groups, load_paper, ok_rows, paper_table3, stats,
+                     training_tflop)
 
 DPI = 110
 TRUNK_COLORS = {"R50": "#4c72b0", "R101": "#dd8452", "X101": "#55a868"}
@@ -227,6 +228,40 @@ def ap_vs_cost(df: pd.DataFrame) -> Plot:
     handles = [Line2D([], [], marker="o", ls="", color=c, label=t) for t, c in TRUNK_COLORS.items()] + [
         Line2D([], [], marker=m, ls="", color="grey", label=h) for h, m in HEAD_MARKERS.items()]
     fig.legend(handles=handles, ncol=6, loc="upper center", bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=9)
+    p.png = to_png(fig)
+    return p
+
+
+def ap_vs_compute(df: pd.DataFrame) -> Plot:
+    """Mean segm AP against training compute (TFLOPs, log scale): a point per run, and a line
+    per backbone through its budgets where it was trained at several."""
+    p = Plot("ap_vs_compute.png", "AP against training compute",
+             "Mean segm AP (three classes) of each run against its training compute (iterations x "
+             "training FLOPs per iteration, log scale); a line joins a backbone's runs at different "
+             "budgets. Colour = trunk, marker = head.")
+    ok = ok_rows(df) if not df.empty else df
+    if ok.empty or SEGM_AP not in ok.columns:
+        p.note = "no successful run with metrics: nothing to plot"
+        return p
+    pts = ok.assign(_tf=training_tflop(ok), _ap=pd.to_numeric(ok[SEGM_AP], errors="coerce"))
+    pts = pts[pts["_tf"].notna() & pts["_ap"].notna() & (pts["_tf"] > 0)]
+    if pts.empty:
+        p.note = "no run recorded its training FLOPs per iteration (measure.flops=false?): nothing to plot"
+        return p
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.subplots(1, 1, gridspec_kw=margins(fig, 1, 1, top=0.5, bottom=0.6, right=1.6))
+    for bb, g in pts.groupby("backbone", sort=False):
+        t, h = g["trunk"].iloc[0], g["head"].iloc[0]
+        color, marker = TRUNK_COLORS.get(t, "grey"), HEAD_MARKERS.get(h, "o")
+        ax.scatter(g["_tf"], g["_ap"], color=color, marker=marker, s=40, label=bb)
+        curve = g.groupby("_tf")["_ap"].mean().sort_index()
+        if len(curve) > 1:  # a curve only through two budgets or more
+            ax.plot(curve.index, curve.values, color=color, lw=1.2, ls="-")
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute (TFLOPs, log scale)")
+    ax.set_ylabel("mean segm AP")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     p.png = to_png(fig)
     return p
 

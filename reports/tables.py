@@ -393,6 +393,39 @@ def false_positives(per_case: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FP_COLUMNS)
 
 
+#: runs whose training compute differs by more than this ratio were not trained alike
+UNEQUAL_COMPUTE = 1.05
+
+
+def training_tflop(df: pd.DataFrame) -> pd.Series:
+    """Each run's training compute in TFLOPs: iterations x training FLOPs per iteration (NaN
+    where the run did not record its FLOPs per iteration)."""
+    if df.empty or "solver.train_flops_per_iter" not in df.columns:
+        return pd.Series(math.nan, index=df.index, dtype=float)
+    return (pd.to_numeric(df["solver.max_iter"], errors="coerce")
+            * pd.to_numeric(df["solver.train_flops_per_iter"], errors="coerce") / 1e12)
+
+
+def compute_remark(df: pd.DataFrame) -> str | None:
+    """What a verdict must say when the runs it compares were not trained at one budget: their
+    training compute (or, where FLOPs were not recorded, their iterations) differ."""
+    ok = ok_rows(df) if not df.empty else df
+    if ok.empty:
+        return None
+    tf = training_tflop(ok)
+    if tf.notna().all():
+        lo, hi = float(tf.min()), float(tf.max())
+        if lo > 0 and hi / lo > UNEQUAL_COMPUTE:
+            return (f"unequal budgets: training compute {lo:.3g}-{hi:.3g} TFLOPs ({hi / lo:.1f}x), so this "
+                    "compares trainings, not backbones alone (equal compute: solver.budget)")
+        return None
+    iters = pd.to_numeric(ok.get("solver.max_iter"), errors="coerce") if "solver.max_iter" in ok else None
+    if iters is not None and iters.nunique() > 1:
+        return (f"unequal budgets: {int(iters.min())}-{int(iters.max())} iterations, training FLOPs not "
+                "recorded, so this compares trainings, not backbones alone (equal compute: solver.budget)")
+    return None
+
+
 def winners(df: pd.DataFrame, comparison: Any = None) -> list[dict[str, Any]]:
     """Best backbone group per class (segm AP) and for the mean segm AP, with what the paired
     case-by-case tests say of it (reports.stats; ``comparison``: its compare(df)).
@@ -403,6 +436,7 @@ def winners(df: pd.DataFrame, comparison: Any = None) -> list[dict[str, Any]]:
     ``significant`` whether the leader is ahead of every other group."""
     comparison = _comparison(df, comparison)
     targets = [(CLASS_LABELS[c], class_col(c), c) for c in CLASSES] + [("mean of 3 classes", SEGM_AP, "mean")]
+    remark = compute_remark(df)
     out = []
     groups = list(iter_groups(df))
     for what, col, target in targets:
@@ -421,7 +455,8 @@ def winners(df: pd.DataFrame, comparison: Any = None) -> list[dict[str, Any]]:
             out.append({"what": what, "winner": best[3], "AP": best[0], "std": best[1], "n": best[2],
                         "runner_up": scored[1][3] if len(scored) > 1 else None,
                         "margin": best[0] - scored[1][0] if len(scored) > 1 else math.nan,
-                        "verdict": v["verdict"], "significant": v["winner"] is not None and v["winner"] == best[3]})
+                        "verdict": v["verdict"] + (f"; {remark}" if remark and len(scored) > 1 else ""),
+                        "significant": v["winner"] is not None and v["winner"] == best[3]})
         else:
             out.append({"what": what, "winner": None, "AP": math.nan, "std": math.nan, "n": 0,
                         "runner_up": None, "margin": math.nan, "verdict": v["verdict"], "significant": False})

@@ -64,3 +64,34 @@ def test_a_run_records_its_budget_and_trains_what_it_buys(tmp_path, tiny_dataset
     assert 1 < s["max_iter"] < 20  # the smoke solver's 20 iterations are not what ran
     logged = [json.loads(line) for line in (tmp_path / "run" / "d2" / "metrics.json").read_text().splitlines()]
     assert max(r["iteration"] for r in logged if "total_loss" in r) == s["max_iter"] - 1
+
+
+def _sweep_df(tmp_path, iters: dict[str, int], flops: dict[str, float] | None):
+    from reports import synthetic
+    from reports.collect import collect
+
+    sweep = tmp_path / "sweep"
+    paths = synthetic.write_sweep(sweep, backbones=list(iters), folds=(0, 1, 2), artifacts=False)
+    for p in paths:
+        doc = json.loads(p.read_text())
+        doc["solver"]["max_iter"] = iters[doc["backbone"]]
+        if flops is not None:
+            doc["solver"]["train_flops_per_iter"] = flops[doc["backbone"]]
+        p.write_text(json.dumps(doc))
+    return collect(sweep)
+
+
+@pytest.mark.parametrize("iters,flops,unequal", [
+    ({"R50-FPN": 100, "R50-C4": 40}, {"R50-FPN": 2e10, "R50-C4": 5e10}, False),   # 2 TFLOPs each
+    ({"R50-FPN": 100, "R50-C4": 100}, {"R50-FPN": 2e10, "R50-C4": 5e10}, True),   # same iterations
+    ({"R50-FPN": 100, "R50-C4": 40}, None, True),                                 # iterations only
+    ({"R50-FPN": 100, "R50-C4": 100}, None, False),
+])
+def test_verdicts_say_when_the_runs_were_trained_at_unequal_budgets(tmp_path, iters, flops, unequal):
+    from reports import plots, tables
+
+    df = _sweep_df(tmp_path, iters, flops)
+    ws = tables.winners(df)
+    assert ws and all(("unequal budgets" in w["verdict"]) == unequal for w in ws), [w["verdict"] for w in ws]
+    fig = plots.ap_vs_compute(df)
+    assert (fig.png is not None) == (flops is not None), fig.note
