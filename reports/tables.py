@@ -226,6 +226,18 @@ def _status_note(rows: pd.DataFrame) -> list[str]:
     return []
 
 
+def _learnt_nothing_note(rows: pd.DataFrame) -> list[str]:
+    """Said in words where a group's finished runs found nothing: segm AP50 0 for every class."""
+    ok = ok_rows(rows)
+    cols = [class_col(c, metric="AP50") for c in CLASSES]
+    if ok.empty or not all(c in ok.columns for c in cols):
+        return []
+    ap50 = ok[cols].apply(pd.to_numeric, errors="coerce")
+    if ap50.notna().all().all() and (ap50 == 0).all().all():
+        return ["learnt nothing at this training budget: segm AP50 0 for every class in every run"]
+    return []
+
+
 def _in_zoo(value: Any) -> bool | None:
     """A group's ``in_zoo`` (as its result.json files record it): True, False or None (unknown)."""
     v = _norm(value)
@@ -298,7 +310,7 @@ def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None
         mean_ap = stats(g, SEGM_AP)
         paper, pnote = paper_table3(str(key["backbone"]), key["schedule"])
         in_zoo = _in_zoo(_first(g, "in_zoo"))  # what the runs' result.json files say
-        notes = _zoo_note(in_zoo) + _status_note(g)
+        notes = _zoo_note(in_zoo) + _status_note(g) + _learnt_nothing_note(g)
         n_miss = sum(m.get("group") is not None and m.get("group") == key.get(GROUP_COL)
                      for m in planned_missing or [])
         if n_miss:

@@ -95,3 +95,21 @@ def test_verdicts_say_when_the_runs_were_trained_at_unequal_budgets(tmp_path, it
     assert ws and all(("unequal budgets" in w["verdict"]) == unequal for w in ws), [w["verdict"] for w in ws]
     fig = plots.ap_vs_compute(df)
     assert (fig.png is not None) == (flops is not None), fig.note
+
+
+def test_a_backbone_that_learnt_nothing_is_said_in_words(tmp_path):
+    from reports import tables
+
+    sweep = tmp_path / "sweep"
+    from reports import synthetic
+    from reports.collect import collect
+
+    for p in synthetic.write_sweep(sweep, backbones=["R50-FPN", "X101-C4"], folds=(0, 1), artifacts=False):
+        doc = json.loads(p.read_text())
+        if doc["backbone"] == "X101-C4":
+            for c in doc["metrics"]["segm"]["per_class"].values():
+                c.update(AP=0.0, AP50=0.0, AP75=0.0)
+        p.write_text(json.dumps(doc))
+    t3 = tables.table3(collect(sweep)).set_index("backbone")  # Table 3 rows carry the note
+    assert "learnt nothing" in str(t3.loc["X101-C4", "note"])
+    assert "learnt nothing" not in str(t3.loc["R50-FPN", "note"])
