@@ -51,7 +51,7 @@ DRYRUN := $(if $(findstring n,$(firstword -$(MAKEFLAGS))),--print)
 LAUNCH := +@$(PYTHON_SYS) -m converters.launch
 EXPERIMENTS := $(sort $(basename $(notdir $(wildcard conf/experiment/*.yaml))))
 
-.PHONY: help setup data download train sweep predict report demo reproduce test test-fast perf gpu-check wheels clean
+.PHONY: help setup data download train sweep predict report demo reproduce test test-fast perf gpu-check gpu-bundle clean
 
 help: ## List the targets
 	$(LAUNCH) help --check
@@ -116,8 +116,8 @@ perf: $(STAMP) ## Speed benchmarks -> perf/RESULTS.md and perf/results.json
 gpu-check: $(STAMP) ## The GPU check (perf/GPU.md): speed/memory per backbone, runs per GPU; DRY=1 on a CPU
 	$(LAUNCH) gpu-check --python $(PY) $(DRYRUN)
 
-wheels: $(STAMP) ## Fill .whl/ with the wheels a GPU machine without internet needs (perf/GPU.md)
-	$(LAUNCH) wheels --check
+gpu-bundle: $(STAMP) ## Fill .whl/ with what an offline GPU machine lacks (CPython 3.12; perf/GPU.md) and print its size with the checkout
+	$(LAUNCH) gpu-bundle --check
 	PYTHON=$(PY) bash perf/wheels.sh
 
 clean: ## Delete lungbench's own outputs under WORK (marked folders holding only their own files); keeps .venv and anything else

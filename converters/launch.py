@@ -40,7 +40,7 @@ USES: dict[str, set[str]] = {
     "gpu-check": {"DRY", "ARGS"},
     "clean": {"WORK"},
     "demo": {"WORK"},  # the demo's settings are the demo: checked only (`--check`)
-    "help": set(), "setup": set(), "wheels": set(),
+    "help": set(), "setup": set(), "gpu-bundle": set(),
     "reproduce": {"WORK", "DATA_ROOT", "DATA_OUT", "SWEEP_DIR", "ARGS"},
 }
 # Why a variable means nothing to a target, where a plain "not used" would leave the user stuck
