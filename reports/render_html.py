@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from . import tables
 from .plots import Plot
 from .stats import MIN_CASES, SELECTION, TIED_ZERO
 from .schema import CLASS_COLORS, CLASS_LABELS, CLASSES
@@ -211,9 +212,15 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
                  f"<span class='pill fail' id='n-failed'>{n - n_ok} FAILED</span>"
                  f"<span class='pill miss' id='n-missing'>{len(missing)} MISSING ({expected})</span></div>")
     if smoke:
-        parts.append('<div class="banner smoke" id="smoke-warning">SMOKE RUN: these models trained for only a '
-                     "few iterations (solver 'smoke') to check that the pipeline works. Their numbers are NOT "
-                     "comparable to the paper or to each other.</div>")
+        # runs at one budget in compute are comparable with each other at that budget (the tests
+        # say how sure); runs at unequal budgets compare trainings, not backbones
+        tf = tables.training_tflop(tables.ok_rows(df))
+        equal = bool(tf.notna().all() and not tf.empty and tables.compute_remark(df) is None)
+        other = (f"they compare with each other only as trainings of {tf.mean():.3g} training TFLOPs each"
+                 if equal else "nor to each other (unequal training budgets)")
+        parts.append('<div class="banner smoke" id="smoke-warning">SMOKE RUN: these models trained briefly '
+                     "(solver 'smoke') to check that the pipeline works. Their numbers are NOT "
+                     f"comparable to the paper; {escape(other)}.</div>")
     if notes:
         parts.append("<div class='banner notes'><b>Notes</b><ul>" + "".join(f"<li>{escape(x)}</li>" for x in notes) + "</ul></div>")
     if n - n_ok or missing:
