@@ -348,11 +348,13 @@ def test_two_phantoms_in_one_folder_keep_their_own_raw_volumes(tmp_path):
         cfg.data.generate = {"preset": "tiny", "seed": seed}
         return run(cfg)
 
+    from benchmark.manifest import read_manifest
+
     a = build("a", 0)
-    raw_a = Path(json.loads((a / "dataset.json").read_text())["raw_root"])
+    raw_a = Path(read_manifest(a)["raw_root"])
     before = snapshot(raw_a)
     b = build("b", 1)
-    raw_b = Path(json.loads((b / "dataset.json").read_text())["raw_root"])
+    raw_b = Path(read_manifest(b)["raw_root"])
     assert raw_a != raw_b and snapshot(raw_a) == before
 
 
