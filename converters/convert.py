@@ -10,7 +10,7 @@ Python::
     from converters.convert import convert
     convert(raw_root, out_dir, {"slices": {"keep": "all"}})   # -> out_dir
 
-Output (README.md, "Converted dataset"): ``images/<case_id>/<slice:04d>.png``,
+Output (docs/dataset.md): ``images/<case_id>/<slice:04d>.png``,
 ``annotations/all.json``, ``annotations/<scheme>_f<k>_{train,test}.json``, ``dataset.json``.
 The dataset is built in ``<out>.tmp-<pid>`` and renamed into place when complete; a re-run
 with the same sources and config does nothing; a changed config rebuilds.

@@ -69,8 +69,8 @@ PRESETS: dict[str, PhantomSpec] = {
     "tiny": PhantomSpec(n_cases=5, size=64, slices=14),
     # make demo: nine trainings on a 2-core CPU (measured time: docs/demo.md). 20 cases (as
     # many as the real dataset) of 10 slices: a 2-fold split tests 10 cases, so a backbone better on every
-    # case is significant against 8 others (Wilcoxon exact p = 2/1024, x8 for Holm); with 5
-    # cases no difference could be (p >= 1/16). Blobs of 20-50 mm semi-axes (the tiny preset's
+    # case is significant against 8 others (one-sided Wilcoxon exact p = 1/1024, x8 for Holm); with
+    # 5 cases no difference could be (p >= 1/32 before Holm's x8). Blobs of 20-50 mm semi-axes (the tiny preset's
     # 12-40 mm make infection of a few pixels at 3.75 mm/px): measured, R50-FPN after 300
     # iterations predicted 8x8 px infection boxes that never reached IoU 0.5 (infection AP 0);
     # with these it reaches infection AP 6.
