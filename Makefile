@@ -46,7 +46,9 @@ export LB_GIVEN := $(GIVEN)
 
 # Every recipe that takes a user's value runs it through the launcher (standard library only,
 # so `make clean` and `make -n` work before set-up). `+`: under `make -n` it still runs, with
-# --print, and shows the exact argument list instead of running it.
+# --print, and shows the exact argument list instead of running it. With .ONESHELL a `+` on a
+# recipe's first line covers the whole recipe: a recipe that starts with the launcher runs
+# nothing else but sub-makes (which get -n too) and echoes.
 DRYRUN := $(if $(findstring n,$(firstword -$(MAKEFLAGS))),--print)
 LAUNCH := +@$(PYTHON_SYS) -m converters.launch
 EXPERIMENTS := $(sort $(basename $(notdir $(wildcard conf/experiment/*.yaml))))
@@ -117,8 +119,7 @@ gpu-check: $(STAMP) ## The GPU check (perf/GPU.md): speed/memory per backbone, r
 	$(LAUNCH) gpu-check --python $(PY) $(DRYRUN)
 
 gpu-bundle: $(STAMP) ## Fill .whl/ with what an offline GPU machine lacks (CPython 3.12; perf/GPU.md) and print its size with the checkout
-	$(LAUNCH) gpu-bundle --check
-	PYTHON=$(PY) bash perf/wheels.sh
+	$(LAUNCH) gpu-bundle --python $(PY) $(DRYRUN)
 
 clean: ## Delete lungbench's own outputs under WORK (marked folders holding only their own files); keeps .venv and anything else
 	$(LAUNCH) clean $(DRYRUN)

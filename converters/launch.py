@@ -40,7 +40,7 @@ USES: dict[str, set[str]] = {
     "gpu-check": {"DRY", "ARGS"},
     "clean": {"WORK"},
     "demo": {"WORK"},  # the demo's settings are the demo: checked only (`--check`)
-    "help": set(), "setup": set(), "gpu-bundle": set(),
+    "help": set(), "setup": set(), "gpu-bundle": set(),  # checked; gpu-bundle runs perf/wheels.sh
     "reproduce": {"WORK", "DATA_ROOT", "DATA_OUT", "SWEEP_DIR", "ARGS"},
 }
 # Why a variable means nothing to a target, where a plain "not used" would leave the user stuck
@@ -177,6 +177,8 @@ def command(target: str, vals: Values, python: str) -> list[str]:
     if target == "gpu-check":
         return ["bash", "perf/gpu_check.sh", *(["--dry-run"] if vals.text("DRY") else []),
                 *vals.args()]
+    if target == "gpu-bundle":
+        return ["bash", "perf/wheels.sh"]
     if target == "clean":
         return py + ["converters.clean", "--", vals.raw.get("WORK", "")]
     raise LaunchError(f"unknown target {target!r}")
@@ -264,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         print(shlex.join(argv_))
         return 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("LB_")}
-    if target == "gpu-check":
+    if target in ("gpu-check", "gpu-bundle"):
         env["PYTHON"] = python
     sys.stdout.flush()
     # exec, not a child: Ctrl-C and SIGTERM reach the program itself, its exit status is make's
