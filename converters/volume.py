@@ -40,7 +40,7 @@ ORIENTATION = {
 
 
 # Rules on what a header claims, checked before any voxel is read
-MIN_INPLANE = 16  # px per in-plane axis: a smaller slice holds no lung to segment
+MIN_INPLANE = 8  # px per in-plane axis: below the smallest anchor (8 px), nothing can be found
 # The most voxels a volume may claim (1 Gi: 2 GiB as int16; real CT is 512 x 512 x ~600 = 0.16 Gi).
 # A 5 MB gzip can claim 2048 x 2048 x 640; reading it would fill memory. Raise it with the
 # converter's verify.max_voxels or make predict's --max-voxels.

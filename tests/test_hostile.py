@@ -378,7 +378,7 @@ def _claims_huge(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name,problem", [("thin", "minimum of 16"), ("rgb", "RGB"),
+@pytest.mark.parametrize("name,problem", [("thin", "minimum of 8"), ("rgb", "RGB"),
                                           ("complex", "complex"), ("huge", "more than the limit")])
 def test_bad_volumes_get_a_message_before_anything_is_read(tmp_path, name, problem):
     from converters.volume import read_volume

@@ -288,7 +288,7 @@ def _run_without_model(tmp_path: Path) -> Path:
     return synthetic.write_run(tmp_path / "run", synthetic.make_result(schema=3), artifacts=False).parent
 
 
-def _nifti(path: Path, shape=(16, 16, 4)) -> Path:  # the smallest slice predict takes
+def _nifti(path: Path, shape=(8, 8, 4)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), np.eye(4)), str(path))
     return path
@@ -322,7 +322,7 @@ def test_not_a_run_folder(tmp_path):
 
 
 @pytest.mark.parametrize("make, problem", [
-    (lambda p: _nifti(p / "c.nii.gz", shape=(16, 16, 4, 3)), "4-D"),
+    (lambda p: _nifti(p / "c.nii.gz", shape=(8, 8, 4, 3)), "4-D"),
     (lambda p: _singular_nifti(p / "c.nii"), "singular"),
     (lambda p: (p.mkdir(parents=True), (p / "c.nii.gz").write_bytes(b"not nifti"))[0] or p / "c.nii.gz",
      "not a readable NIfTI"),
