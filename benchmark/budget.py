@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from converters.fsutil import write_text
+from contracts.fsutil import write_text
 
 BACKWARD_FACTOR = 3  # forward + backward = 3 x forward
 TERA = 1e12

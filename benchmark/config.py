@@ -17,16 +17,13 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-from converters.catalog import CLASS_NAMES
+from contracts.catalog import CLASS_NAMES
+from contracts.errors import ConfigError
 
 DETECTRON2_PREFIX = "detectron2://"
 DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
-#: Class names in category-id order (converters.catalog); detectron2's contiguous ids 0, 1, 2.
+#: Class names in category-id order (contracts.catalog); detectron2's contiguous ids 0, 1, 2.
 CLASSES = CLASS_NAMES
-
-
-class ConfigError(ValueError):
-    """The run's configuration cannot describe a valid run (raised before any work)."""
 
 
 class WeightsUnavailable(RuntimeError):

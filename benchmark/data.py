@@ -1,10 +1,9 @@
 """The converted dataset inside detectron2: split registration and the training mapper.
 
-A converted dataset is read through its manifest, ``<dataset_dir>/dataset.json``
-(converters.convert): a split's annotation file (COCO, RLE masks, images under
-``<dataset_dir>/images``) is the one its ``annotation_files`` lists, and the manifest is
-checked first (``read_manifest``, ``split_file``), so a dataset that is not what the
-converter wrote fails with the file, the problem and the command that rebuilds it.
+A converted dataset arrives as a ``contracts.dataset.Dataset`` (dataset.json read and checked
+once): a split's annotation file (COCO, RLE masks, images under ``<dataset_dir>/images``) is
+the one its ``annotation_files`` lists, so a dataset that is not what the converter wrote fails
+with the file, the problem and the command that rebuilds it.
 Category ids 1 left_lung, 2 right_lung, 3 infection
 (the patient's sides); detectron2 sees them as contiguous ids 0, 1, 2 in that order.
 """
@@ -12,7 +11,6 @@ Category ids 1 left_lung, 2 right_lung, 3 infection
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +23,9 @@ from detectron2.data.detection_utils import read_image
 from detectron2.data.transforms import HFlipTransform
 
 from benchmark.config import CLASSES
-from converters.catalog import LUNG_CLASSES, NAME_BY_ID
+from contracts.catalog import LUNG_CLASSES, NAME_BY_ID
 
-from benchmark.manifest import (MANIFEST, MANIFEST_SCHEMAS, PARTS, DatasetError,  # noqa: F401
-                                _check_members, _read_coco, _rebuild, read_manifest, split_file)
+from contracts.dataset import Dataset, read_coco
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ def load_split(json_file: str | Path, image_root: str | Path, name: str | None =
     """detectron2 dataset dicts (``load_coco_json``) plus each image's ``case_id`` and
     ``slice_index`` (load_coco_json keeps only file_name/height/width/image_id)."""
     json_file = Path(json_file)
-    extra = {im["id"]: im for im in _read_coco(json_file)["images"]}
+    extra = {im["id"]: im for im in read_coco(json_file)["images"]}
     dicts = load_coco_json(str(json_file), str(image_root), dataset_name=name)
     for d in dicts:
         im = extra[d["image_id"]]
@@ -56,22 +53,17 @@ def load_split(json_file: str | Path, image_root: str | Path, name: str | None =
     return dicts
 
 
-def register_split(dataset_dir: str | Path, scheme: str, fold: int, part: str) -> Split:
+def register_split(dataset: Dataset, scheme: str, fold: int, part: str) -> Split:
     """Register one split with DatasetCatalog/MetadataCatalog (idempotent: a second call with
     the same file reuses the registration). The name carries a hash of the file's absolute
     path, so two datasets never share a registration.
 
-    The file is the one dataset.json lists for the split, and both are checked first
-    (read_manifest, split_file, its image count): DatasetError names the file, the problem
-    and what to re-run."""
-    dataset_dir = Path(dataset_dir).resolve()
-    manifest = read_manifest(dataset_dir)
-    json_file = split_file(dataset_dir, scheme, fold, part, manifest)
-    try:
-        coco = _read_coco(json_file)
-    except DatasetError as e:  # unreadable, not COCO, other categories, no images
-        raise DatasetError(f"{e}; {_rebuild(dataset_dir, manifest)}") from e
-    _check_members(json_file, coco, manifest, scheme, fold, part, dataset_dir)
+    The file is the one dataset.json lists for the split, checked first (``Dataset.coco``: its
+    categories and its image count): DatasetError names the file, the problem and what to
+    re-run."""
+    coco = dataset.coco(scheme, fold, part)
+    json_file = dataset.split_file(scheme, fold, part)
+    dataset_dir = dataset.dir.resolve()
     image_root = dataset_dir / "images"
     tag = hashlib.sha1(str(json_file).encode()).hexdigest()[:8]
     name = f"lungbench_{scheme}_f{int(fold)}_{part}_{tag}"
@@ -134,25 +126,8 @@ def build_mapper(d2cfg, is_train: bool) -> LungDatasetMapper:
     return LungDatasetMapper(lung_swap=swap, **kwargs)
 
 
-def dataset_name(dataset_dir: str | Path, override: str | None = None) -> str:
-    """The dataset's name: ``override``, else dataset.json's ``name`` (or config.data.name),
-    else the folder's name."""
-    if override:
-        return str(override)
-    manifest = Path(dataset_dir) / "dataset.json"
-    try:
-        m = json.loads(manifest.read_text())
-    except (OSError, json.JSONDecodeError):
-        m = {}
-    for cand in (m.get("name"), (m.get("config") or {}).get("data", {}).get("name")
-                 if isinstance((m.get("config") or {}).get("data"), dict) else None):
-        if isinstance(cand, str) and cand:
-            return cand
-    return Path(dataset_dir).resolve().name
-
-
 def first_image(json_file: str | Path, image_root: str | Path) -> np.ndarray:
     """The first image (lowest id) of a split as detectron2 reads it: HxWx3 uint8, BGR."""
-    coco = _read_coco(Path(json_file))
+    coco = read_coco(Path(json_file))
     im = min(coco["images"], key=lambda i: i["id"])
     return read_image(str(Path(image_root) / im["file_name"]), format="BGR")

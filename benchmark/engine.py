@@ -25,7 +25,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 
 from benchmark.data import build_mapper
-from benchmark.result import write_json_atomic
+from contracts.fsutil import write_json
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
                 bar.update(len(inputs))
     finally:
         model.train(was_training)
-    write_json_atomic(out_json, preds)
+    write_json(out_json, preds)
     return {"predictions": preds, "infer_times": times, "infer_batches": sizes,
             "image_ids": image_ids, "oom_batches": oom_batches, "eval_wall_s": time.perf_counter() - t_all}
 

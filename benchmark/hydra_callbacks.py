@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from converters.fsutil import NotOwned, claim
+from contracts.fsutil import NotOwned, claim
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 LAUNCHER_PREFIX = "lungbench_"

@@ -104,8 +104,8 @@ def progress_hook(label: str, stream=None):
 
 def summary_line(res: dict) -> str:
     """``R50-FPN  ok  segm AP  left lung 57.1  right lung 72.3  infection 0.0  (312 s training)``
-    (the classes of converters.catalog, in id order) or the failure."""
-    from converters.catalog import CLASSES
+    (the classes of contracts.catalog, in id order) or the failure."""
+    from contracts.catalog import CLASSES
 
     name = res.get("backbone") or "run"
     if res.get("status") != "ok":

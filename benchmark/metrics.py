@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_util
 
-from converters.catalog import INFECTION_CLASS, LUNG_CLASSES
+from contracts.catalog import INFECTION_CLASS, LUNG_CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 
 from benchmark.volumes import INFECT, LEFT, RIGHT, whole_lungs
-from converters.catalog import INFECTION_CLASS, LUNG_CLASSES
+from contracts.catalog import INFECTION_CLASS, LUNG_CLASSES
 
 #: NSD tolerance per class, mm (the benchmark's: 1 mm lungs, 3 mm infection)
 TOLERANCE_MM = {LUNG_CLASSES[0]: 1.0, LUNG_CLASSES[1]: 1.0, INFECTION_CLASS: 3.0}

@@ -13,7 +13,7 @@ holds per case the volume of each lung, the infection within each, and the burde
 
 Inputs are checked like the converter's (readable NIfTI, 3-D, finite voxels, usable affine)
 before any prediction starts; OUT is built in a temp folder that replaces it only when every
-case is written (``converters.fsutil.atomic_dir``), so a failure leaves OUT as it was. OUT
+case is written (``contracts.fsutil.atomic_dir``), so a failure leaves OUT as it was. OUT
 must be new, empty, or an earlier OUT of ``make predict``; it may not overlap INPUT.
 
 The same ``Predictor`` scores a run's test volumes in 3-D after training
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmark import result as R
-from benchmark.manifest import DatasetError, read_manifest
+from contracts import result as R
+from contracts.dataset import DatasetError, read_dataset
+from contracts.predictions import FILENAME as PREDICTIONS_FILE
+from contracts.predictions import write_predictions
 from benchmark.metrics3d import TOLERANCE_MM, summarize, volume_metrics
 from benchmark.volumes import VOLUME_COLUMNS, label_image, labels_from_instances, spacing_of, volume_table
-from converters import fsutil
-from converters.catalog import CLASSES
-from benchmark.config import ConfigError
+from contracts import fsutil
+from contracts.catalog import CLASSES
+from contracts.errors import ConfigError
 from converters.errors import ConversionError
 from converters.layout import CaseFiles, case_id_from_name
 from converters.volume import (MAX_VOXELS, ORIENTATION, canonical, check_claims, check_finite, display_pixels, from_canonical,
@@ -50,7 +51,6 @@ PRED_KIND = "predictions"
 CHECKPOINT = "d2/model_final.pth"
 D2_CONFIG = "d2/config.yaml"
 VOLUMES_CSV = "volumes.csv"
-INFO_JSON = "predictions.json"
 #: detectron2's contiguous class index -> dataset label value
 LABEL_OF_CONTIGUOUS = np.array([c.label_value for c in CLASSES], dtype=np.uint8)
 
@@ -187,7 +187,7 @@ def _run_conversion(res: dict, run_dir: Path) -> dict:
     if not isinstance(conv, dict):
         dataset_dir = (res.get("config") or {}).get("dataset_dir")
         try:
-            manifest = read_manifest(Path(str(dataset_dir)))
+            manifest = read_dataset(Path(str(dataset_dir))).manifest
         except (DatasetError, KeyError, TypeError) as e:
             raise PredictError(run_dir / R.FILENAME, f"the run records no conversion settings and its "
                                f"dataset ({dataset_dir}) cannot tell them: {e}") from None
@@ -212,10 +212,14 @@ def load_run(run_dir: str | Path, device: str = "auto", batch_size: int | None =
     PredictError (file and what to do) for a folder that is no finished lungbench run, or
     whose model was not kept."""
     run_dir = Path(run_dir).expanduser().resolve()
-    res = R.read_result(run_dir) if run_dir.is_dir() else None
-    if res is None:
+    try:
+        found = R.read_result(run_dir) if run_dir.is_dir() else None
+    except R.ResultUnreadable:
+        found = None
+    if found is None:
         raise PredictError(run_dir, "no readable result.json: not a lungbench run folder (pass RUN=<the RUN_DIR "
                            "of a finished run>)")
+    res = found.data
     if res.get("status") != "ok":
         err = res.get("error") or {}
         raise PredictError(run_dir / R.FILENAME, f"the run did not finish (status {res.get('status')!r}: "
@@ -367,13 +371,12 @@ def _predict_reading(run_dir: str | Path, files: list[Path], out: Path, device: 
             rows.append({"case": cid, "file": str(p.resolve()),
                          **volume_table(labels, spacing, voxel_mm3=abs(float(np.linalg.det(vol.affine[:3, :3]))))})
         fsutil.write_text(tmp / VOLUMES_CSV, _csv(rows))
-        info = {"run_dir": str(Path(run_dir).resolve()), "backbone": res.get("backbone"),
-                "identity": (res.get("identity") or {}).get("hash"), "score_thresh": predictor.score_thresh,
-                "conversion": res["conversion"],
-                "labels": {str(c.label_value): c.name for c in CLASSES},
-                "overlap_rule": "infection over lung; between lungs the higher-scoring instance",
-                "inputs": [r["file"] for r in rows]}
-        fsutil.write_text(tmp / INFO_JSON, json.dumps(R.sanitize(info), indent=1) + "\n")
+        write_predictions(tmp, run_dir=str(Path(run_dir).resolve()), backbone=res.get("backbone"),
+                          identity=(res.get("identity") or {}).get("hash"),
+                          score_thresh=predictor.score_thresh, conversion=res["conversion"],
+                          labels={str(c.label_value): c.name for c in CLASSES},
+                          overlap_rule="infection over lung; between lungs the higher-scoring instance",
+                          inputs=[r["file"] for r in rows])
     return out
 
 
@@ -407,7 +410,7 @@ def evaluate_volumes(model, d2cfg, dataset_dir: str | Path, case_ids: list[str],
     from converters.case import load_verified
 
     dataset_dir = Path(dataset_dir)
-    manifest = read_manifest(dataset_dir)
+    manifest = read_dataset(dataset_dir).manifest
     predictor = Predictor.from_model(model, d2cfg, conversion_settings(manifest), score_thresh, batch_size)
     raw_root = Path(str(manifest.get("raw_root")))
     records = {c["id"]: c for c in manifest.get("cases", [])}
@@ -471,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: writing OUT {a.out}: {msg}", file=sys.stderr)
         return 1
     n = len(list(out.glob("*.nii.gz")))
-    print(f"wrote {n} label volume(s), {VOLUMES_CSV} and {INFO_JSON} to {out}")
+    print(f"wrote {n} label volume(s), {VOLUMES_CSV} and {PREDICTIONS_FILE} to {out}")
     return 0
 
 

@@ -5,7 +5,7 @@
 - the run dir must be new, empty or a lungbench run folder (owner marker); anything else is
   refused with 2 and left untouched, and so is a run dir another process is running in.
 - ``<run dir>/result.json`` with status ``ok`` -> the run is not redone (0; the file is not
-  touched). If it is not this run (benchmark.identity: another config beyond the HARMLESS
+  touched). If it is not this run (contracts.identity: another config beyond the HARMLESS
   keys, or another dataset), nothing is done and 2 is returned: a folder holds one run. The
   same holds for a failed run that left a checkpoint: resuming it under another config would
   mix two runs; and a checkpoint itself carries the identity of the run that wrote it, so it
@@ -34,9 +34,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark import result as R
-from benchmark.identity import HARMLESS, config_diff, dataset_fingerprint, identity, material_diff, stale_reasons  # noqa: F401
-from converters.fsutil import NotOwned, OutputBusy, claim, output_error, output_lock, resolve_output, write_text
+from contracts import result as R
+from contracts.dataset import fingerprint as dataset_fingerprint
+from contracts.dataset import read_dataset
+from contracts.identity import identity, stale_reasons
+from contracts.fsutil import (NotOwned, OutputBusy, claim, output_error, output_lock, resolve_output, sanitize,
+                              write_json, write_text)
 
 RUN_KIND = "run"
 # What Hydra writes into a run folder it has just created, before the run starts (its log file;
@@ -76,7 +79,7 @@ def resolved_config(cfg: DictConfig) -> dict:
     """The run's full config as plain data, dataset_dir made absolute (what result.json keeps)."""
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     c["dataset_dir"] = str(Path(c["dataset_dir"]).expanduser().resolve())
-    return R.sanitize(c)
+    return sanitize(c)
 
 
 def _experiment(cfg: DictConfig) -> str | None:
@@ -214,7 +217,11 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> int:
 def _run_reading(cfg: DictConfig, run_dir: Path, config: dict) -> int:
     fingerprint = dataset_fingerprint(config["dataset_dir"], cfg.split.scheme, cfg.split.fold)
     ident = identity(config, fingerprint)
-    prev = R.read_result(run_dir)
+    try:
+        prev = R.read_result(run_dir)
+    except R.ResultUnreadable:  # a half-written one from an older crash: the run starts over
+        prev = None
+    prev = None if prev is None else prev.data
     if prev is not None and prev.get("status") == "ok":
         diff = stale_reasons(prev, config, fingerprint)
         if diff:
@@ -332,8 +339,9 @@ def _interrupt_behind(e: BaseException) -> BaseException | None:
 
 
 def _expected_errors() -> tuple[type, ...]:
-    from benchmark.config import ConfigError, WeightsUnavailable
-    from benchmark.data import DatasetError
+    from benchmark.config import WeightsUnavailable
+    from contracts.errors import ConfigError
+    from contracts.dataset import DatasetError
     from benchmark.engine import CheckpointMismatch
 
     return (ConfigError, WeightsUnavailable, DatasetError, CheckpointMismatch)
@@ -379,9 +387,10 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
     # fail early: data, device, weights are checked before any model is built
     progress.where = "check dataset"
     dataset_dir = Path(res["config"]["dataset_dir"])
-    train = D.register_split(dataset_dir, cfg.split.scheme, cfg.split.fold, "train")
-    test = D.register_split(dataset_dir, cfg.split.scheme, cfg.split.fold, "test")
-    res["dataset"].update(name=D.dataset_name(dataset_dir, cfg.dataset_name),
+    dataset = read_dataset(dataset_dir)
+    train = D.register_split(dataset, cfg.split.scheme, cfg.split.fold, "train")
+    test = D.register_split(dataset, cfg.split.scheme, cfg.split.fold, "test")
+    res["dataset"].update(name=dataset.name(cfg.dataset_name),
                           n_train_images=train.n_images, n_test_images=test.n_images,
                           image_size=list(test.image_hw))
     if train.mixed_sizes or test.mixed_sizes:
@@ -390,7 +399,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, progress) -> None:
     from benchmark.predict import conversion_settings
 
     # how new volumes are prepared for this run's model (make predict reads it here)
-    res["conversion"] = conversion_settings(D.read_manifest(dataset_dir))
+    res["conversion"] = conversion_settings(dataset.manifest)
 
     progress.where = "check device"
     device = C.resolve_device(cfg.device)
@@ -522,13 +531,13 @@ def _volume3d(model, d2cfg, dataset_dir: str, test_name: str, predictions: list[
     its COCO metrics are done)."""
     from detectron2.data import MetadataCatalog
 
-    from benchmark.manifest import _read_coco
+    from contracts.dataset import read_coco
     from benchmark.predict import evaluate_volumes, known_slices
 
     try:
-        test_coco = _read_coco(Path(MetadataCatalog.get(test_name).json_file))
+        test_coco = read_coco(Path(MetadataCatalog.get(test_name).json_file))
         trained = {str(im["case_id"]) for name in d2cfg.DATASETS.TRAIN
-                   for im in _read_coco(Path(MetadataCatalog.get(name).json_file))["images"]}
+                   for im in read_coco(Path(MetadataCatalog.get(name).json_file))["images"]}
         tested = {str(im["case_id"]) for im in test_coco["images"]}
         cases = sorted(tested - trained)
         notes = []
@@ -575,7 +584,7 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
     if comm.get_world_size() > 1:
         # spawned processes start with empty catalogs: register the splits again
         for part in ("train", "test"):
-            D.register_split(*split, part)
+            D.register_split(read_dataset(split[0]), split[1], split[2], part)
     if comm.get_world_size() > 1:  # a spawned process: its logs go where the run's do
         from benchmark.logs import route_logs
 
@@ -620,5 +629,5 @@ def _worker(d2cfg, split: tuple, test_name: str, run_dir: str, flops: bool, seed
            "params_m": count_params_m(model),
            "gflops": gflops, "gflops_input_hw": hw, "notes": notes, "memory": memory}
     if comm.get_world_size() > 1:
-        R.write_json_atomic(run_dir / WORKER_OUT, out)
+        write_json(run_dir / WORKER_OUT, out)
     return out

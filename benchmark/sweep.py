@@ -46,22 +46,21 @@ Hydra's public API has no call for either:
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.hydra_callbacks import register_launchers
-from converters.fsutil import NotOwned, OutputBusy, check_owned, claim, output_lock, write_text
+from contracts.fsutil import NotOwned, OutputBusy, check_owned, claim, output_lock
+from contracts.result import ResultUnreadable, read_result
+from contracts.sweep import KIND as SWEEP_KIND
+from contracts.sweep import write_plan
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 CONFIG_NAME = "train"
 TRAIN_MODULE = "benchmark.train"
-SWEEP_FILE = "sweep.json"
-SWEEP_SCHEMA = 3  # 2: each run's identity and group hash (benchmark.identity); 3: its backbone, in_zoo
-SWEEP_KIND = "sweep"
 
 class SweepError(RuntimeError):
     """The sweep cannot be planned (bad override, unknown experiment, unsupported sweeper)."""
@@ -77,7 +76,7 @@ class PlannedRun:
     # the run's resolved config as benchmark.run records it (None if it cannot be computed here);
     # an "ok" result.json with a different config is not this run's result
     config: dict | None = field(default=None, repr=False)
-    # benchmark.identity.identity(config, dataset fingerprint): what the report matches on
+    # contracts.identity.identity(config, dataset fingerprint): what the report matches on
     identity: dict | None = field(default=None, repr=False)
 
 
@@ -177,7 +176,8 @@ def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str
 def _identity(config: dict | None) -> dict | None:
     if config is None:
         return None
-    from benchmark.identity import dataset_fingerprint, identity
+    from contracts.dataset import fingerprint as dataset_fingerprint
+    from contracts.identity import identity
 
     split = config.get("split") or {}
     fp = dataset_fingerprint(config.get("dataset_dir") or "", split.get("scheme"), split.get("fold", 0))
@@ -219,16 +219,17 @@ def read_status(run_dir: Path, config: dict | None = None) -> tuple[str, str | N
     With `config`, an "ok" result recorded with a different config counts as failed: the run
     refuses to redo it (a folder holds one run), so the sweep's own settings never ran.
     """
-    path = Path(run_dir) / "result.json"
-    if not path.exists():
-        return "missing", None
     try:
-        res = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        return "failed", f"unreadable {path}: {e}"
+        found = read_result(run_dir)
+    except ResultUnreadable as e:
+        return "failed", str(e)
+    if found is None:
+        return "missing", None
+    res = found.data
     if res.get("status") == "ok":
         if config is not None and isinstance(res.get("config"), dict):
-            from benchmark.identity import dataset_fingerprint, stale_reasons
+            from contracts.dataset import fingerprint as dataset_fingerprint
+            from contracts.identity import stale_reasons
 
             split = config.get("split") or {}
             fp = dataset_fingerprint(config.get("dataset_dir") or "", split.get("scheme"), split.get("fold", 0))
@@ -270,19 +271,16 @@ def summary_line(runs: list[PlannedRun], max_message: int = 90) -> str:
 
 
 def write_sweep_file(plan: SweepPlan, hydra_rc: int | None) -> Path:
-    """`<sweep dir>/sweep.json`: the planned runs and their status (temp file, then rename)."""
-    out = Path(plan.sweep_dir) / SWEEP_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"schema": SWEEP_SCHEMA, "sweep_dir": plan.sweep_dir, "overrides": plan.overrides,
-           "hydra_exit_code": hydra_rc, "summary": summary_line(plan.runs),
-           "runs": [{"label": r.label, "run_dir": os.path.relpath(r.run_dir, plan.sweep_dir),
-                     "overrides": r.overrides, "status": r.status, "error": r.error,
-                     "identity": (r.identity or {}).get("hash"), "group": (r.identity or {}).get("group"),
-                     # what a report shows for a planned run that never wrote its result.json
-                     "backbone": ((r.config or {}).get("backbone") or {}).get("name"),
-                     "in_zoo": ((r.config or {}).get("backbone") or {}).get("in_zoo")}
-                    for r in plan.runs]}
-    return write_text(out, json.dumps(doc, indent=1) + "\n")
+    """`<sweep dir>/sweep.json`: the planned runs and their status (contracts.sweep)."""
+    runs = [{"label": r.label, "run_dir": os.path.relpath(r.run_dir, plan.sweep_dir),
+             "overrides": r.overrides, "status": r.status, "error": r.error,
+             "identity": (r.identity or {}).get("hash"), "group": (r.identity or {}).get("group"),
+             # what a report shows for a planned run that never wrote its result.json
+             "backbone": ((r.config or {}).get("backbone") or {}).get("name"),
+             "in_zoo": ((r.config or {}).get("backbone") or {}).get("in_zoo")}
+            for r in plan.runs]
+    return write_plan(plan.sweep_dir, runs, overrides=plan.overrides, hydra_exit_code=hydra_rc,
+                      summary=summary_line(plan.runs))
 
 
 # ----------------------------------------------------------------------------- running

@@ -3,7 +3,7 @@
 Contracts
 ---------
 Labels are the dataset's: 0 background, 1 left lung, 2 right lung, 3 infection (the
-patient's sides, ``converters.catalog``), one label per voxel, uint8.
+patient's sides, ``contracts.catalog``), one label per voxel, uint8.
 
 Overlap rule (``labels_from_instances``): instances below the score threshold are dropped;
 a pixel covered by any infection instance is infection (3), as in the release's
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from converters.catalog import INFECTION, LEFT_LUNG, RIGHT_LUNG
+from contracts.catalog import INFECTION, LEFT_LUNG, RIGHT_LUNG
 
 LEFT, RIGHT, INFECT = LEFT_LUNG.label_value, RIGHT_LUNG.label_value, INFECTION.label_value
 #: volumes.csv columns, in order (case and file first)

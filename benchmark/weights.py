@@ -234,10 +234,10 @@ def load_initial_weights(model: torch.nn.Module, path: str) -> LoadReport | None
 
 def write_notes(output_dir: str | Path, notes: list[str]) -> None:
     """Keep the first load's notes next to the checkpoints, for a resumed process."""
-    from benchmark.result import write_json_atomic
+    from contracts.fsutil import write_json
 
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(output_dir) / NOTES_FILE, notes)
+    write_json(Path(output_dir) / NOTES_FILE, notes)
 
 
 def read_notes(output_dir: str | Path) -> list[str]:

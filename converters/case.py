@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import catalog
+from contracts import catalog
 from .errors import ConversionError
 from .instances import LABELS, slice_instances
 from .layout import CaseFiles

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .errors import ConfigError
+from contracts.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Keys that do not change the converted data (where it goes, how fast, where the raw

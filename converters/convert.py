@@ -35,16 +35,18 @@ from tqdm import tqdm
 from . import phantom
 from .case import run_case, windows_of
 from .config import config_hash, load_config, validate
-from .errors import ConfigError, ConversionError
-from . import fsutil
-from .fsutil import (NotOwned, check_owned, output_lock, overlaps, remove_stale_temps,
+from contracts.errors import ConfigError
+
+from .errors import ConversionError
+from contracts import dataset as dataset_contract
+from contracts import fsutil
+from contracts.fsutil import (NotOwned, check_owned, output_lock, overlaps, remove_stale_temps,
                      replace_dir, resolve_output, seal, sha256_file)
 from .instances import CATEGORIES, CLASSES
 from .layout import Discovery, discover
 from .splits import SLICE_RANDOM_WARNING, build_splits
 from .volume import ORIENTATION, PREWINDOW_HU, check_headers
 
-SCHEMA = 1
 CONVERTER_VERSION = 1
 log = logging.getLogger("converters")
 
@@ -70,9 +72,8 @@ def is_up_to_date(out: Path, chash: str, disc: Discovery, files: list[Path]) -> 
     Sources are compared by size + mtime first and by sha256 only when those differ,
     so an unchanged dataset is recognised without reading the volumes.
     """
-    try:
-        manifest = json.loads((out / "dataset.json").read_text())
-    except (OSError, ValueError):
+    manifest = dataset_contract.recorded_manifest(out)
+    if manifest is None:
         return False
     if manifest.get("config_hash") != chash:
         return False
@@ -343,7 +344,7 @@ def _convert_locked(raw_root: Path, out: Path, cfg: DictConfig, c: dict, t0: flo
         sizes = {(im["height"], im["width"]) for im in images}
         wall = time.perf_counter() - t0
         manifest = {
-            "schema": SCHEMA,
+            "schema": dataset_contract.SCHEMA,
             "name": c["data"].get("name"),
             "converter_version": CONVERTER_VERSION,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -381,7 +382,7 @@ def _convert_locked(raw_root: Path, out: Path, cfg: DictConfig, c: dict, t0: flo
             "stats": {"wall_s": round(wall, 3), "workers": workers,
                       "slices_per_s": round(len(images) / wall, 2) if wall > 0 else None},
         }
-        _dump(manifest, tmp / "dataset.json", indent=1)  # written last: marks completeness
+        dataset_contract.write_manifest(tmp, manifest)  # written last: marks completeness
         seal(tmp, DATASET_KIND, chash)
         replace_dir(tmp, out, DATASET_KIND, "DATA_OUT (out=)")
     except BaseException:

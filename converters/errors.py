@@ -2,7 +2,7 @@
 
 ConversionError: a bad input file or output location; every message names the offending
 file (or folder) and the problem, on one line, so the CLI can print it as is and a user
-knows what to fix. ConfigError: a bad option value, named by its key.
+knows what to fix (a bad option value is a contracts.errors.ConfigError).
 """
 from __future__ import annotations
 
@@ -29,12 +29,3 @@ class ConversionError(Exception):
     def as_record(self) -> dict:
         return {"case_id": self.case_id, "file": self.path, "problem": self.problem}
 
-
-class ConfigError(ValueError):
-    """A bad option value (conf/convert.yaml keys, phantom parameters), found while checking
-    the config before any work starts; the message names the key.
-
-    The CLI prints it as a config error (exit 2). It is a ValueError so that callers of the
-    Python API that catch ValueError for bad options keep working; any other ValueError
-    raised during a conversion is a fault, not a bad option, and is not reported as one.
-    """

@@ -1,6 +1,6 @@
 """Masks of one slice -> COCO instance annotations.
 
-Classes (``converters.catalog``; COCO category ids = mask label values of
+Classes (``contracts.catalog``; COCO category ids = mask label values of
 Lung_and_Infection_Mask): 1 left_lung, 2 right_lung (the patient's sides, from the label
 value, never from the image side), 3 infection. One instance per lung (all its pixels, even
 if split into several pieces), one instance per connected infection component.
@@ -11,7 +11,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
-from . import catalog
+from contracts import catalog
 
 #: The classes as dataset.json records them.
 CLASSES = [{"id": c.id, "name": c.name, "label_value": c.label_value} for c in catalog.CLASSES]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConversionError
-from .fsutil import LOCK_TAG, MARKER
+from contracts.fsutil import LOCK_TAG, MARKER
 
 # lower-cased folder name -> role
 ROLE_DIRS = {

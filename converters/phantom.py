@@ -26,7 +26,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
 from scipy import ndimage
 
-from .fsutil import atomic_dir, output_lock, resolve_output
+from contracts.fsutil import atomic_dir, output_lock, resolve_output
 
 GENERATOR_VERSION = 1
 IMAGE_DIR = "COVID-19-CT-Seg_20cases"

@@ -19,7 +19,6 @@ Target: converter >= 70% of the I/O floor on one core, scaling with cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from contracts.dataset import read_dataset
 from converters import phantom
 from converters.convert import _pool_context, convert
 from converters.layout import discover
@@ -81,7 +81,7 @@ def run(tmpdir: Path, quick: bool = False, repeats: int = 3) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     base = {"splits": NO_SPLITS, "slices": {"keep": "lung"}}
     ref = convert(raw, tmpdir / "ref", {**base, "workers": cores})
-    manifest = json.loads((ref / "dataset.json").read_text())
+    manifest = read_dataset(ref).manifest
     kept = {c["id"]: c["slices_kept"] for c in manifest["cases"]}
     n = sum(len(v) for v in kept.values())
     level = int(manifest["config"]["png_compress_level"])

@@ -43,10 +43,11 @@ def _dataset(root: Path, size: int, n_cases: int, slices: int) -> Path:
 def _d2cfg(dataset: Path, out_dir: Path, overrides: list[str]):
     from benchmark import config as C
     from benchmark import data as D
+    from contracts.dataset import read_dataset
     from benchmark.run import compose
 
-    train = D.register_split(dataset, "patient_kfold", 0, "train")
-    test = D.register_split(dataset, "patient_kfold", 0, "test")
+    train = D.register_split(read_dataset(dataset), "patient_kfold", 0, "train")
+    test = D.register_split(read_dataset(dataset), "patient_kfold", 0, "test")
     cfg = compose([f"dataset_dir={dataset}", *overrides])
     return C.build_d2_cfg(cfg, train_name=train.name, test_name=test.name,
                           output_dir=str(out_dir), image_hw=train.image_hw)

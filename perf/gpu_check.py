@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from converters.catalog import BACKBONES, conf_name
+from contracts.catalog import BACKBONES, conf_name
 
 REPO = Path(__file__).resolve().parent.parent
 ZOO_JSON = Path(__file__).with_name("zoo.json")
@@ -470,8 +470,8 @@ def _stop_sweep(proc: subprocess.Popen, grace_s: float) -> int:
 def read_level(sweep_dir: Path, rc: int | None, log: Path) -> dict:
     """The sweep's runs' result.json in sweep order (its sweep.json, through their readers); a
     planned run without one is "missing"."""
-    from benchmark.result import read_result
-    from reports.collect import PlanError, read_plan
+    from contracts.result import ResultUnreadable, read_result
+    from contracts.sweep import PlanError, read_plan
 
     try:
         plan = read_plan(sweep_dir)
@@ -484,10 +484,15 @@ def read_level(sweep_dir: Path, rc: int | None, log: Path) -> dict:
         return {"results": [], "error": f"{why} (exit {rc}): {tail}"}
     results = []
     for r in plan:
-        res = read_result(sweep_dir / r["run_dir"])
-        results.append(res if res is not None else
+        try:
+            found = read_result(sweep_dir / r["run_dir"])
+        except ResultUnreadable as e:
+            found, unreadable = None, str(e)
+        else:
+            unreadable = "no result.json"
+        results.append(found.data if found is not None else
                        {"backbone": r.get("backbone") or r["label"], "status": "missing",
-                        "error": {"type": "Missing", "message": "no result.json"}})
+                        "error": {"type": "Missing", "message": unreadable}})
     return {"results": results}
 
 
@@ -661,7 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + (["cudnn_benchmark=true"] if args.cudnn_benchmark else [])
     out = args.out or REPO / ("work/gpu_check_dry" if args.dry_run else "perf/gpu")
 
-    from benchmark.config import ConfigError, resolve_device
+    from benchmark.config import resolve_device
+    from contracts.errors import ConfigError
 
     try:
         device = resolve_device("auto")

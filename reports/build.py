@@ -5,7 +5,7 @@
 
 Prints the path of report.html. collect -> DataFrame -> writers. Only a lungbench sweep
 (owner marker of kind "sweep", as `make sweep` leaves it) is reported on; the report folder
-is built whole in a temp folder that then replaces the previous one (converters.fsutil), so
+is built whole in a temp folder that then replaces the previous one (contracts.fsutil), so
 it never holds a half-written file, and a report folder holding files lungbench did not
 write there is refused, not overwritten. Exit 2 when the build is refused.
 """
@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import pandas as pd
 from tqdm import tqdm
 
-from converters import fsutil
+from contracts import fsutil
 
 from . import atomic, overlays, plots, render_html, stats, tables, volume3d
 from .collect import (NOTE_SEP, PLAN_NAME, REPORT_DIRNAME, SWEEP_KIND, PlanError, SweepRuns, latest_sweep,

@@ -26,10 +26,11 @@ from typing import Any
 
 import pandas as pd
 
-from converters.fsutil import in_use
+from contracts.fsutil import in_use
 
-from benchmark.identity import dataset_fingerprint, identity  # pure: the one rule for "same run"
-from benchmark.result import validate  # pure (no torch): the writer's own check of schema 1
+from contracts.dataset import fingerprint as dataset_fingerprint
+from contracts.identity import identity  # pure: the one rule for "same run"
+from contracts.result import validate  # pure (no torch): the writer's own check of schema 1
 
 from .schema import CLASSES, KNOWN_SCHEMAS, backbone_order, schedule_order
 

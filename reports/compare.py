@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from converters import fsutil
+from contracts import fsutil
 
 from . import atomic, stats
 

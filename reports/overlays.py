@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from .plots import Plot, summarize, to_png
-from converters.catalog import INFECTION, NAME_BY_ID
+from contracts.catalog import INFECTION, NAME_BY_ID
 
 from .schema import CLASS_COLORS, CLASS_LABELS, CLASSES
 from .tables import group_label, iter_groups

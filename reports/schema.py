@@ -6,10 +6,10 @@ Only constants and small pure helpers: no I/O, no heavy imports.
 from __future__ import annotations
 
 # Trunks, heads, the nine backbones (report order) and the classes come from
-# converters.catalog, re-exported here under the names the report code uses.
-from converters.catalog import BACKBONES, CLASS_LABELS, HEADS, TRUNKS
-from converters.catalog import CLASS_COLOURS as CLASS_COLORS
-from converters.catalog import CLASS_NAMES as CLASSES
+# contracts.catalog, re-exported here under the names the report code uses.
+from contracts.catalog import BACKBONES, CLASS_LABELS, HEADS, TRUNKS
+from contracts.catalog import CLASS_COLOURS as CLASS_COLORS
+from contracts.catalog import CLASS_NAMES as CLASSES
 
 #: result.json schema versions this reader understands fully.
 KNOWN_SCHEMAS = (1, 2, 3, 4)

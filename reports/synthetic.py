@@ -17,9 +17,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from benchmark.identity import identity
-from converters.catalog import conf_name
-from converters.fsutil import claim, write_text
+from contracts.identity import identity
+from contracts.catalog import conf_name
+from contracts.fsutil import claim, write_text
 
 from .collect import PLAN_NAME, SWEEP_KIND
 from .schema import BACKBONES, CLASSES

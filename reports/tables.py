@@ -12,14 +12,14 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from benchmark.identity import HARMLESS, REPLICATES
+from contracts.identity import HARMLESS, REPLICATES
 
 from .schema import (AP_METRICS, BACKBONES, CLASS_LABELS, CLASSES, REPLICATE_KEYS,
                      TASKS, VARYING_GROUP_KEYS, backbone_order, schedule_order)
 
 PAPER_PATH = Path(__file__).with_name("paper.json")
 SEGM_AP = "metrics.segm.AP"
-#: The run identity's group hash (benchmark.identity): runs of one group differ only in fold/seed.
+#: The run identity's group hash (contracts.identity): runs of one group differ only in fold/seed.
 GROUP_COL = "identity.group"
 #: Config keys that never tell two groups apart in a label (not what is trained or scored,
 #: or the replicate axes, which every group spans).

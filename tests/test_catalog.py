@@ -1,4 +1,4 @@
-"""converters.catalog: the one definition of the classes and backbone cells, and everything
+"""contracts.catalog: the one definition of the classes and backbone cells, and everything
 that must agree with it (backbone configs, the converter's COCO categories, the packaged
 dataset facts, the benchmark and the reports). Fast: nothing trains, no torch needed."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from converters import catalog
+from contracts import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE_CONF = ROOT / "conf" / "backbone"
@@ -29,7 +29,7 @@ def test_catalog_imports_with_the_standard_library_alone():
     code = ("import sys\n"
             "for m in ('torch', 'numpy', 'detectron2', 'pandas', 'omegaconf'):\n"
             "    sys.modules[m] = None\n"
-            "from converters import catalog\n"
+            "from contracts import catalog\n"
             "print(catalog.CLASS_NAMES, len(catalog.BACKBONES))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -92,7 +92,7 @@ def test_synthetic_results_take_in_zoo_from_the_configs():
 def test_every_package_uses_the_catalog():
     import benchmark.config
     import benchmark.metrics
-    import benchmark.result
+    import contracts.result
     import converters.case
     import converters.instances
     import reports.schema
@@ -103,8 +103,8 @@ def test_every_package_uses_the_catalog():
                                             for c in catalog.CLASSES]
     assert converters.instances.LABELS == catalog.LABEL_VALUES
     assert converters.case.CLASS_NAMES == catalog.NAME_BY_ID
-    assert benchmark.config.CLASSES == benchmark.result.CLASSES == reports.schema.CLASSES == names
-    assert (benchmark.result.TRUNKS, benchmark.result.HEADS) == (catalog.TRUNKS, catalog.HEADS)
+    assert benchmark.config.CLASSES == contracts.result.CLASSES == reports.schema.CLASSES == names
+    assert (contracts.result.TRUNKS, contracts.result.HEADS) == (catalog.TRUNKS, catalog.HEADS)
     assert (reports.schema.TRUNKS, reports.schema.HEADS) == (catalog.TRUNKS, catalog.HEADS)
     assert reports.schema.BACKBONES == catalog.BACKBONES
     assert reports.schema.CLASS_LABELS == catalog.CLASS_LABELS

@@ -198,13 +198,13 @@ def test_missing_weights_offline_name_url_and_cache(tmp_path, monkeypatch):
 
 
 def test_missing_weights_fail_the_run_before_training(tiny_dataset, tmp_path, monkeypatch):
-    from benchmark.result import read_result, validate
+    from contracts.result import read_result, validate
     from benchmark.run import run
 
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
     cfg = compose([f"dataset_dir={tiny_dataset}", "weights=zoo", "weights.download=false"])
     assert run(cfg, tmp_path / "run") == 1
-    r = read_result(tmp_path / "run")
+    r = read_result(tmp_path / "run").data
     assert validate(r) == []
     assert r["status"] == "failed" and r["error"]["type"] == "WeightsUnavailable"
     assert r["error"]["where"] == "check weights" and "dl.fbaipublicfiles.com" in r["error"]["message"]
@@ -213,19 +213,19 @@ def test_missing_weights_fail_the_run_before_training(tiny_dataset, tmp_path, mo
 
 
 def test_bad_dataset_dir_is_a_failed_result(tmp_path):
-    from benchmark.result import read_result
+    from contracts.result import read_result
     from benchmark.run import run
 
     assert run(compose([f"dataset_dir={tmp_path / 'nope'}"]), tmp_path / "run") == 1
-    r = read_result(tmp_path / "run")
+    r = read_result(tmp_path / "run").data
     assert r["error"]["type"] == "DatasetError" and "no such folder" in r["error"]["message"]
     assert r["error"]["where"] == "check dataset"
 
 
 def test_amp_on_cpu_is_refused(tiny_dataset, tmp_path):
-    from benchmark.result import read_result
+    from contracts.result import read_result
     from benchmark.run import run
 
     # device=cpu: the same refusal on a machine with a GPU as on one without
     assert run(compose([f"dataset_dir={tiny_dataset}", "amp=true", "device=cpu"]), tmp_path / "r") == 1
-    assert "amp=true needs CUDA" in read_result(tmp_path / "r")["error"]["message"]
+    assert "amp=true needs CUDA" in read_result(tmp_path / "r").data["error"]["message"]

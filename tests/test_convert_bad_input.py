@@ -17,7 +17,7 @@ import pytest
 from converters import phantom
 from converters.convert import convert
 from converters.errors import ConversionError
-from converters.fsutil import NotOwned
+from contracts.fsutil import NotOwned
 
 REPO = Path(__file__).resolve().parent.parent
 IMG, MASK = phantom.IMAGE_DIR, phantom.COMBINED_DIR

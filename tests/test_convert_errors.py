@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 from converters import phantom
 from converters.config import compose, load_config
 from converters.convert import convert
-from converters.errors import ConfigError, ConversionError
+from contracts.errors import ConfigError
+from converters.errors import ConversionError
 
 REPO = Path(__file__).resolve().parent.parent
 

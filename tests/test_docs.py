@@ -483,7 +483,7 @@ def test_make_help_lists_every_experiment():
 
 
 def test_changelog_states_the_result_schema():
-    from benchmark.result import SCHEMA
+    from contracts.result import SCHEMA
 
     rows = re.findall(r"^\|\s*`result\.json`\s*\|\s*(\d+)\s*\|", (REPO / "CHANGELOG.md").read_text(), re.M)
     assert rows == [str(SCHEMA)], (f"CHANGELOG.md gives result.json schema {rows}, the code writes "

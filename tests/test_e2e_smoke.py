@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark.result import CLASSES, read_result, validate
+from contracts.result import CLASSES, read_result, validate
 from reports.build import build_report
 from tests.test_reports import Page, section_text
 
@@ -56,7 +56,7 @@ def smoke_sweep(tiny_dataset, tmp_path_factory):
     )
     runs = {}
     for path in sweep_dir.rglob("result.json"):
-        r = read_result(path.parent)
+        r = read_result(path.parent).data
         runs[r["backbone"]] = (path.parent, r)
     return proc, sweep_dir, runs
 

@@ -11,6 +11,7 @@ from pycocotools import mask as mask_util
 from benchmark import config as C
 from benchmark import data as D
 from benchmark.run import compose
+from contracts.dataset import read_dataset
 
 # pycocotools' decode on numpy 2 (not ours): one warning per mask
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -19,8 +20,8 @@ LEFT, RIGHT, INFECTION = 0, 1, 2  # detectron2's contiguous ids for categories 1
 
 
 def mapper_and_records(tiny_dataset, *overrides):
-    train = D.register_split(tiny_dataset, "patient_kfold", 0, "train")
-    test = D.register_split(tiny_dataset, "patient_kfold", 0, "test")
+    train = D.register_split(read_dataset(tiny_dataset), "patient_kfold", 0, "train")
+    test = D.register_split(read_dataset(tiny_dataset), "patient_kfold", 0, "test")
     cfg = compose([f"dataset_dir={tiny_dataset}", "solver=smoke", *overrides])
     d2 = C.build_d2_cfg(cfg, train_name=train.name, test_name=test.name, output_dir="/tmp/unused",
                         image_hw=train.image_hw)
@@ -96,7 +97,7 @@ def test_random_swap_flip_is_consistent(tiny_dataset):
 
 
 def test_label_keeping_flip_is_refused(tiny_dataset):
-    train = D.register_split(tiny_dataset, "patient_kfold", 0, "train")
+    train = D.register_split(read_dataset(tiny_dataset), "patient_kfold", 0, "train")
     cfg = compose([f"dataset_dir={tiny_dataset}", "d2_opts=[INPUT.RANDOM_FLIP,horizontal]"])
     d2 = C.build_d2_cfg(cfg, train_name=train.name, test_name=train.name, output_dir="/tmp/unused",
                         image_hw=train.image_hw)
@@ -105,7 +106,7 @@ def test_label_keeping_flip_is_refused(tiny_dataset):
 
 
 def test_registration_is_idempotent(tiny_dataset):
-    a = D.register_split(tiny_dataset, "patient_kfold", 1, "test")
-    b = D.register_split(tiny_dataset, "patient_kfold", 1, "test")
+    a = D.register_split(read_dataset(tiny_dataset), "patient_kfold", 1, "test")
+    b = D.register_split(read_dataset(tiny_dataset), "patient_kfold", 1, "test")
     assert a == b and a.name in DatasetCatalog.list()
     assert a.n_images == len(DatasetCatalog.get(a.name)) and a.image_hw == (64, 64)

@@ -21,11 +21,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from converters import fsutil, launch
+from contracts import fsutil
+from converters import launch
 from converters.clean import CleanRefused, clean
 from converters.convert import convert
 from converters.errors import ConversionError
-from converters.fsutil import OutputBusy, atomic_dir, claim, output_lock, write_text
+from contracts.fsutil import OutputBusy, atomic_dir, claim, output_lock, write_text
 from tests.test_user_data import REPO, make, precious, sandbox, snapshot  # noqa: F401 (fixture)
 
 CFG = {"workers": 1}
@@ -250,7 +251,7 @@ def test_readers_share_a_lock_and_a_writer_waits_for_none_of_them(tmp_path):
 
 # ----------------------------------------------------------------------------- 6: stale runs
 def test_new_ct_pixels_under_the_same_masks_are_another_dataset(tmp_path):
-    from benchmark.identity import dataset_fingerprint
+    from contracts.dataset import fingerprint as dataset_fingerprint
     from converters import phantom
 
     raw = phantom.generate(tmp_path / "raw", preset="tiny", seed=0)
@@ -305,7 +306,7 @@ def test_a_running_run_shows_as_running_not_killed(tmp_path):
 # ----------------------------------------------------------------------------- 7: locks die
 _HOLDER = """
 import sys, time, multiprocessing as mp
-from converters.fsutil import output_lock
+from contracts.fsutil import output_lock
 def nap(_):
     time.sleep(60)
 if __name__ == "__main__":
@@ -348,13 +349,13 @@ def test_two_phantoms_in_one_folder_keep_their_own_raw_volumes(tmp_path):
         cfg.data.generate = {"preset": "tiny", "seed": seed}
         return run(cfg)
 
-    from benchmark.manifest import read_manifest
+    from contracts.dataset import read_dataset
 
     a = build("a", 0)
-    raw_a = Path(read_manifest(a)["raw_root"])
+    raw_a = Path(read_dataset(a).manifest["raw_root"])
     before = snapshot(raw_a)
     b = build("b", 1)
-    raw_b = Path(read_manifest(b)["raw_root"])
+    raw_b = Path(read_dataset(b).manifest["raw_root"])
     assert raw_a != raw_b and snapshot(raw_a) == before
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.config import ConfigError, amp_choice, resolve_switch
+from benchmark.config import amp_choice, resolve_switch
+from contracts.errors import ConfigError
 from benchmark.run import compose
 
 

@@ -16,7 +16,7 @@ from benchmark.volumes import label_image, labels_from_instances, save_atomic, v
 from converters import phantom
 from converters.convert import convert
 from converters.errors import ConversionError
-from converters.fsutil import NotOwned
+from contracts.fsutil import NotOwned
 from converters.volume import canonical, from_canonical, is_prewindowed
 from reports import synthetic
 

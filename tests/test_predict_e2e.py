@@ -16,11 +16,13 @@ import pytest
 
 from benchmark import metrics3d as M
 from benchmark.predict import load_run, known_slices, main
-from benchmark.result import read_result, validate
+from contracts.dataset import read_dataset
+from contracts.predictions import read_predictions
+from contracts.result import read_result, validate
 from benchmark.run import compose, run
 from benchmark.volumes import VOLUME_COLUMNS
 from converters import phantom
-from converters.catalog import CLASS_NAMES
+from contracts.catalog import CLASS_NAMES
 from converters.volume import canonical, is_prewindowed
 from tests.test_predict import _same_in_itk
 
@@ -47,7 +49,7 @@ def _test_cases(tiny_dataset: Path) -> list[str]:
 
 
 def test_result_json_holds_3d_metrics_per_test_case(kept_run, tiny_dataset):
-    r = read_result(kept_run)
+    r = read_result(kept_run).data
     assert r["schema"] == 4 and validate(r) == []
     v = r["metrics"]["volume3d"]
     cases = _test_cases(tiny_dataset)
@@ -87,10 +89,10 @@ def test_make_predict_writes_the_input_grid_and_volumes_csv(kept_run, tiny_raw, 
     for r in rows:  # each lung holds its infection; both lungs are the sum
         assert float(r["lungs_ml"]) == pytest.approx(float(r["left_lung_ml"]) + float(r["right_lung_ml"]), abs=2e-3)
         assert float(r["infection_left_ml"]) <= float(r["left_lung_ml"]) + 1e-9
-    info = json.loads((out / "predictions.json").read_text())
+    info = read_predictions(out)
     assert info["backbone"] == "R50-FPN" and len(info["inputs"]) == len(sources)
     # the run's 3-D numbers are those of the files users get: one prediction code path
-    res = read_result(kept_run)["metrics"]["volume3d"]["per_case"]
+    res = read_result(kept_run).data["metrics"]["volume3d"]["per_case"]
     for case in _test_cases(tiny_dataset):
         gt = nib.load(str(tiny_raw / phantom.COMBINED_DIR / f"{case}.nii.gz"))
         pred = nib.load(str(out / f"{case}.nii.gz"))
@@ -142,7 +144,7 @@ def test_a_new_volume_is_prepared_as_the_training_pngs(kept_run, tiny_raw, tmp_p
     from converters.convert import convert
 
     ds = convert(tiny_raw, tmp_path / "ds", {"workers": 1, "multiwindow": multiwindow})
-    settings = conversion_settings(json.loads((ds / "dataset.json").read_text()))
+    settings = conversion_settings(read_dataset(ds).manifest)
     trained, _ = load_run(kept_run, device="cpu")
     pred = Predictor(trained.model, trained.mapper, _windows(settings), 0.5)
     coco = json.loads((ds / "annotations" / "all.json").read_text())
@@ -171,7 +173,7 @@ def test_without_the_source_volumes_the_run_still_finishes_and_says_why(tiny_raw
         nib.save(nib.Nifti1Image(np.asarray(img.dataobj) + 1, img.affine, img.header), str(victim))
     run_dir = tmp_path / "run"
     assert run(compose([f"dataset_dir={ds}", *SMOKE[:-1], "solver.max_iter=2"]), run_dir) == 0
-    r = read_result(run_dir)
+    r = read_result(run_dir).data
     assert r["status"] == "ok" and r["metrics"]["volume3d"] is None and validate(r) == []
     note = [n for n in r["notes"] if n.startswith("3-D metrics not computed")]
     assert note and ("is not there" if what == "gone" else "changed since") in note[0], r["notes"]
@@ -182,7 +184,7 @@ def test_a_slice_split_is_not_scored_in_3d(tiny_dataset, tmp_path):
     run_dir = tmp_path / "run"
     assert run(compose([f"dataset_dir={tiny_dataset}", *SMOKE[:-1], "split=slice_random", "solver.max_iter=2"]),
                run_dir) == 0
-    r = read_result(run_dir)
+    r = read_result(run_dir).data
     assert r["metrics"]["volume3d"] is None
     assert any("with slices in training" in n for n in r["notes"]), r["notes"]
 
@@ -196,6 +198,6 @@ def test_a_failing_3d_evaluation_is_a_note_not_a_failed_run(tiny_dataset, tmp_pa
     monkeypatch.setattr(benchmark.predict, "evaluate_volumes", boom)
     run_dir = tmp_path / "run"
     assert run(compose([f"dataset_dir={tiny_dataset}", *SMOKE[:-1], "solver.max_iter=2"]), run_dir) == 0
-    r = read_result(run_dir)
+    r = read_result(run_dir).data
     assert r["status"] == "ok" and r["metrics"]["volume3d"] is None and r["metrics"]["segm"]["AP"] is not None
     assert "3-D metrics not computed: MemoryError: no room for the distance transform" in r["notes"]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from benchmark.result import read_result
+from contracts.result import read_result
 from benchmark.run import PREDICTIONS, compose, run
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -31,7 +31,7 @@ def test_same_seed_same_run_other_seed_other_run(tiny_dataset, tmp_path):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         cfg = compose([f"dataset_dir={tiny_dataset}", *SMOKE, f"seed={seed}"])
         assert run(cfg, tmp_path / name) == 0
-        runs[name] = (read_result(tmp_path / name), _predictions(tmp_path / name))
+        runs[name] = (read_result(tmp_path / name).data, _predictions(tmp_path / name))
     (ra, pa), (rb, pb), (rc, pc) = runs["a"], runs["b"], runs["c"]
     assert pa, "with score_thresh 0 every test slice has detections"
     # same seed: the same weights, hence the same detections and the same AP
@@ -112,7 +112,8 @@ def test_inference_batches_never_mix_image_sizes():
 
 
 def test_infer_batch_size_option():
-    from benchmark.config import ConfigError, resolve_infer_batch
+    from benchmark.config import resolve_infer_batch
+    from contracts.errors import ConfigError
 
     assert resolve_infer_batch("auto", "cuda") == 8
     assert resolve_infer_batch("auto", "cpu") == 1

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from converters import fsutil
+from contracts import fsutil
 from reports import build, collect, overlays, synthetic, tables
 from reports.schema import BACKBONES, CLASSES
 from reports.synthetic import make_result, write_plan, write_run
@@ -450,7 +450,7 @@ def test_schema1_problems_and_run_notes_are_shown(tmp_path):
 
 
 def test_synthetic_results_follow_the_writer_schema():
-    from benchmark.result import validate
+    from contracts.result import validate
 
     assert validate(make_result("X101-DC5", schedule="1x", fold=3, seed=2)) == []
     assert validate(make_result("R50-C4", status="failed")) == []

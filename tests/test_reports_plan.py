@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from converters import fsutil
+from contracts import fsutil
 from reports import build, collect, tables
 from reports.collect import STALE_REASON
 from reports.schema import BACKBONES, CLASSES

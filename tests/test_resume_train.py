@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.result import validate
+from contracts.result import validate
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.result import read_result, validate
+from contracts.result import read_result, validate
 from benchmark.run import compose, run
 
 # pycocotools' encode/decode on numpy 2 (not ours): one warning per mask
@@ -39,7 +39,7 @@ def test_diverging_run_records_failed(tiny_dataset, tmp_path):
     cfg = compose([f"dataset_dir={tiny_dataset}", *SMOKE, "weights.norm=FrozenBN",
                    "weights.freeze_at=2", "weights.recipe.base_lr=10.0", "weights.recipe.clip_gradients=null"])
     assert run(cfg, tmp_path) == 1
-    r = read_result(tmp_path)
+    r = read_result(tmp_path).data
     assert validate(r) == []
     assert r["status"] == "failed" and r["error"]["type"] == "FloatingPointError"
     assert r["error"]["where"].startswith("train iter ")

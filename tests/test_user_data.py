@@ -22,7 +22,7 @@ import pytest
 from converters import phantom
 from converters.convert import convert
 from converters.errors import ConversionError
-from converters.fsutil import MARKER, NotOwned, OutputBusy, claim, output_lock, read_marker
+from contracts.fsutil import MARKER, NotOwned, OutputBusy, claim, output_lock, read_marker
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = {"workers": 1}
@@ -311,8 +311,9 @@ def test_symlinked_output_is_written_through(tiny_raw, tmp_path):
 # ----------------------------------------------------------------------------- 10, 11: runs not mixed
 def _finished_run(run_dir: Path, dataset: Path, overrides: list[str]) -> dict:
     """A finished run's result.json as the run writes it (its identity from this dataset)."""
-    from benchmark import result as R
-    from benchmark.identity import dataset_fingerprint, identity
+    from contracts import result as R
+    from contracts.dataset import fingerprint as dataset_fingerprint
+    from contracts.identity import identity
     from benchmark.run import compose, run_config
 
     cfg = compose([f"dataset_dir={dataset}", *overrides])

@@ -29,7 +29,7 @@ import torch
 
 from benchmark import config as C
 from benchmark import weights as W
-from benchmark.result import read_result, validate
+from contracts.result import read_result, validate
 from benchmark.run import compose, run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -303,7 +303,7 @@ def test_r50_zoo_file_into_x101_fails_the_run(tiny_dataset, tmp_path, capsys):
     cfg = compose([f"dataset_dir={tiny_dataset}", "solver=smoke", *SMALL, "backbone=x101_fpn",
                    "weights=zoo", f"weights.path={path}"])
     assert run(cfg, tmp_path / "run") == 1
-    r = read_result(tmp_path / "run")
+    r = read_result(tmp_path / "run").data
     assert validate(r) == [] and r["status"] == "failed"
     assert r["error"]["type"] == "WeightsMismatch" and r["error"]["where"] == "load checkpoint"
     msg = r["error"]["message"]
@@ -327,7 +327,7 @@ def test_not_a_checkpoint_fails_the_cli_run(tiny_dataset, tmp_path):
     p = cli([f"dataset_dir={tiny_dataset}", "solver=smoke", *SMALL, "weights=zoo",
              f"weights.path={path}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path / "cache")
     assert p.returncode == 1, p.stderr[-3000:]
-    r = read_result(tmp_path / "run")
+    r = read_result(tmp_path / "run").data
     assert r["status"] == "failed" and r["error"]["type"] == "WeightsMismatch"
     assert r["error"]["message"].startswith(f"{path}: not a checkpoint")
     assert f"WeightsMismatch: {path}: not a checkpoint" in p.stderr
@@ -344,7 +344,7 @@ def test_offline_missing_file_is_one_clear_error(tiny_dataset, tmp_path):
     p = cli([f"dataset_dir={tiny_dataset}", "solver=paper", *SMALL, "weights=zoo",
              "weights.download=false", f"hydra.run.dir={tmp_path / 'run'}"], cache, timeout=60)
     assert p.returncode == 1, p.stderr[-3000:]
-    r = read_result(tmp_path / "run")
+    r = read_result(tmp_path / "run").data
     assert validate(r) == [] and r["status"] == "failed"
     assert r["error"]["type"] == "WeightsUnavailable" and r["error"]["where"] == "check weights"
     target = str(cache / "detectron2/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/"
@@ -418,7 +418,7 @@ def paper_run(tiny_dataset, tmp_path_factory):
 @pytest.mark.slow
 def test_paper_protocol_from_zoo_file(paper_run):
     assert paper_run["rc"] == 0
-    r = read_result(paper_run["run_dir"])
+    r = read_result(paper_run["run_dir"]).data
     assert validate(r) == [] and r["status"] == "ok" and r["weights"] == "zoo"
     assert r["solver"]["name"] == "paper" and r["resumed_from_iter"] == 0
     # the zoo config's trunk as the paper trained it: frozen BatchNorm, FREEZE_AT 2, its LR
@@ -448,7 +448,7 @@ def test_lungbench_checkpoint_as_weights_path(paper_run, tiny_dataset, tmp_path,
     cfg = compose([f"dataset_dir={tiny_dataset}", "solver=smoke", "weights=zoo",
                    f"weights.path={pth}", *SMALL, "solver.max_iter=1"])
     assert run(cfg, tmp_path / "run") == 0
-    r = read_result(tmp_path / "run")
+    r = read_result(tmp_path / "run").data
     assert validate(r) == [] and r["status"] == "ok" and r["weights"] == str(pth)
     assert r["resumed_from_iter"] == 0  # initial weights, not a resume of the other run
     (state,) = loaded
@@ -469,7 +469,7 @@ def test_imagenet_trunk_from_cache(tiny_dataset, tmp_path, monkeypatch):
     cfg = compose([f"dataset_dir={tiny_dataset}", "solver=smoke", "weights=imagenet",
                    "weights.download=false", *SMALL, "solver.max_iter=1"])
     assert run(cfg, tmp_path / "run") == 0
-    r = read_result(tmp_path / "run")
+    r = read_result(tmp_path / "run").data
     assert validate(r) == [] and r["status"] == "ok" and r["weights"] == "imagenet"
     (state,) = loaded
     assert_imagenet_trunk(state, values, [k for k in state if k.startswith(TRUNK)])
@@ -485,7 +485,7 @@ def test_resumed_run_repeats_the_first_loads_notes(paper_run, tmp_path, monkeypa
     assert paper_run["rc"] == 0
     run_dir = tmp_path / "run"
     shutil.copytree(paper_run["run_dir"], run_dir)
-    first = read_result(run_dir)
+    first = read_result(run_dir).data
     # as if the process had been killed after its last checkpoint
     (run_dir / "result.json").write_text(json.dumps(first | {"status": "failed"}))
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "empty_cache"))
@@ -493,7 +493,7 @@ def test_resumed_run_repeats_the_first_loads_notes(paper_run, tmp_path, monkeypa
     cfg = compose([f"dataset_dir={first['config']['dataset_dir']}", "solver=paper", "weights=zoo",
                    "weights.download=false", *SMALL, "solver.max_iter=2", "keep_checkpoint=true"])
     assert run(cfg, run_dir) == 0
-    r = read_result(run_dir)
+    r = read_result(run_dir).data
     assert r["status"] == "ok" and r["resumed_from_iter"] == 2 and loaded == []
     notes = [n for n in r["notes"] if n.startswith("initial weights")]
     assert notes == [n for n in first["notes"] if n.startswith("initial weights")] and notes

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -32,7 +33,7 @@ import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 MARKER = ".lungbench-owner.json"
 MARKER_SCHEMA = 1
@@ -98,6 +99,34 @@ def write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> Pa
 
 def write_text(path: str | os.PathLike, text: str, fsync: bool = False) -> Path:
     return write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def sanitize(obj: Any) -> Any:
+    """Return a JSON-safe copy of ``obj``: NaN/inf -> None, numpy scalars/arrays -> Python,
+    tuples -> lists, Paths -> str. Dict keys become str."""
+    if isinstance(obj, dict):
+        return {str(k): sanitize(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [sanitize(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    # numpy / torch scalars and arrays without importing them
+    if hasattr(obj, "tolist"):
+        return sanitize(obj.tolist())
+    if hasattr(obj, "item"):
+        return sanitize(obj.item())
+    raise TypeError(f"cannot write as JSON: {type(obj).__name__}: {obj!r}")
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``sanitize(data)`` as JSON to ``path`` via a temp file + rename (never half-written)."""
+    return write_text(path, json.dumps(sanitize(data), indent=1, allow_nan=False) + "\n", fsync=True)
 
 
 # What an output's OSError means to the user, for the errors that are about the place, not

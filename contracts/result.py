@@ -11,16 +11,17 @@ This module is pure (no torch, no detectron2): reports/ and tests may import it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converters.catalog import CLASS_NAMES, HEADS, TRUNKS
+from contracts.catalog import CLASS_NAMES, HEADS, TRUNKS
+from contracts.fsutil import write_json
 
 SCHEMA = 4
-# 2: adds ``identity`` {hash, group, dataset fingerprint} (benchmark.identity)
+# 2: adds ``identity`` {hash, group, dataset fingerprint} (contracts.identity)
 # 3: adds ``conversion`` (how new volumes are prepared: benchmark.predict) and, in an ok
 #    result, ``metrics.volume3d`` (3-D Dice and NSD per test case on whole volumes, null when
 #    the source volumes were not there) with each case's ``dice3d``/``nsd3d`` in ``per_case``
@@ -31,8 +32,6 @@ SCHEMA = 4
 READABLE_SCHEMAS = (1, 2, 3, 4)
 FILENAME = "result.json"
 STATUSES = ("ok", "failed")
-# TRUNKS, HEADS and the class names come from converters.catalog (re-exported here)
-CLASSES = CLASS_NAMES
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 PER_CLASS_KEYS = ("AP", "AP50", "AP75")
 
@@ -44,47 +43,65 @@ REQUIRED = (
 )
 
 
-def sanitize(obj: Any) -> Any:
-    """Return a JSON-safe copy of ``obj``: NaN/inf -> None, numpy scalars/arrays -> Python,
-    tuples -> lists, Paths -> str. Dict keys become str."""
-    if isinstance(obj, dict):
-        return {str(k): sanitize(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [sanitize(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, int):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    # numpy / torch scalars and arrays without importing them
-    if hasattr(obj, "tolist"):
-        return sanitize(obj.tolist())
-    if hasattr(obj, "item"):
-        return sanitize(obj.item())
-    raise TypeError(f"result.json: cannot serialise {type(obj).__name__}: {obj!r}")
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``sanitize(data)`` as JSON to ``path`` via a temp file + rename (never half-written)."""
-    from converters.fsutil import write_text  # pure: the project's one atomic writer
-
-    return write_text(path, json.dumps(sanitize(data), indent=1, allow_nan=False) + "\n", fsync=True)
-
-
 def write_result(run_dir: str | os.PathLike, result: dict) -> Path:
-    """Write ``<run_dir>/result.json`` atomically. Returns its path."""
-    return write_json_atomic(Path(run_dir) / FILENAME, result)
+    """Write ``<run_dir>/result.json`` atomically (NaN -> null). Returns its path."""
+    return write_json(Path(run_dir) / FILENAME, result)
 
 
-def read_result(run_dir: str | os.PathLike) -> dict | None:
-    """The run's result.json as a dict, or None if there is none (or it is unreadable)."""
-    path = Path(run_dir) / FILENAME
+class ResultUnreadable(ValueError):
+    """A result.json that is there but is not a JSON object; the message names the file."""
+
+    def __init__(self, path: Path, why: object):
+        self.path = path
+        super().__init__(f"unreadable {path}: {why}")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One run's result.json as written (``data``), with what ``validate`` found wrong."""
+
+    path: Path
+    data: dict[str, Any] = field(repr=False)
+    problems: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> Any:
+        return self.data.get("status")
+
+    def per_case_rows(self) -> list[tuple[str, str, str, float]]:
+        """Every per-case number as long rows (case, metric, class, value): result.json's
+        ``metrics.per_case.<case>.<metric>.<class>`` for lungbench's classes; null values
+        and non-numbers are left out."""
+        per_case = (self.data.get("metrics") or {}).get("per_case")
+        rows = []
+        for case, metrics in (per_case if isinstance(per_case, dict) else {}).items():
+            for metric, by_class in (metrics if isinstance(metrics, dict) else {}).items():
+                for cls, value in (by_class if isinstance(by_class, dict) else {}).items():
+                    if cls in CLASS_NAMES and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        rows.append((str(case), str(metric), cls, float(value)))
+        return rows
+
+
+def load_result(path: str | os.PathLike) -> Result:
+    """The result.json at ``path``, parsed once and checked (``Result.problems``). Raises
+    ResultUnreadable when it cannot be read as a JSON object (FileNotFoundError when absent)."""
+    path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:
+        raise ResultUnreadable(path, e) from e
+    if not isinstance(data, dict):
+        raise ResultUnreadable(path, f"top level is a {type(data).__name__}, not an object")
+    return Result(path, data, tuple(validate(data)))
+
+
+def read_result(run_dir: str | os.PathLike) -> Result | None:
+    """``<run_dir>/result.json`` (``load_result``), or None when the run has none."""
+    try:
+        return load_result(Path(run_dir) / FILENAME)
+    except FileNotFoundError:
         return None
 
 
@@ -141,7 +158,7 @@ def validate(result: dict) -> list[str]:
             if k not in sec:
                 problems.append(f"metrics.{task}.{k} missing")
         per_class = sec.get("per_class") or {}
-        for cls in CLASSES:
+        for cls in CLASS_NAMES:
             row = per_class.get(cls)
             if not isinstance(row, dict) or not set(PER_CLASS_KEYS) <= set(row):
                 problems.append(f"metrics.{task}.per_class.{cls} missing AP/AP50/AP75")

@@ -8,14 +8,14 @@ finished run whose identity differs from what would run now is stale (the run re
 the sweep reports it, the report never counts it). A group (one row of Table 3) is the
 identity without the replicate axes, split fold and seed; a group cannot mix configs.
 
-Pure (no torch, no detectron2): the run, the sweep planner and the reports all import it.
+Pure (no torch, no detectron2): the run, the sweep planner and the reports all import it; a
+dataset's fingerprint is contracts.dataset's (``Dataset.fingerprint``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 # Config keys that change neither what is trained nor what is scored: a run folder may be
@@ -58,26 +58,6 @@ def _material(config: dict, drop: tuple[str, ...]) -> dict:
 
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def dataset_fingerprint(dataset_dir: str | Path, scheme: str, fold: int) -> dict | None:
-    """What the run's data are: the converted dataset's config hash and the sha256 of the
-    split's train and test annotation files (None when the dataset cannot be read: the run
-    then fails at its dataset check with the reason)."""
-    from benchmark.manifest import read_manifest, split_file
-
-    d = Path(dataset_dir)
-    try:
-        manifest = read_manifest(d)
-        out = {"config_hash": manifest.get("config_hash")}
-        for part in ("train", "test"):
-            f = split_file(d, scheme, int(fold), part, manifest)  # the file the manifest lists
-            out[f"{part}_sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
-        out["sources_sha256"] = _sha({path: rec.get("sha256") for path, rec
-                                      in (manifest.get("sources") or {}).items()})
-    except (OSError, ValueError, TypeError):  # DatasetError is a ValueError
-        return None
-    return out
 
 
 def identity(config: dict, fingerprint: dict | None) -> dict:
