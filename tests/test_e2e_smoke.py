@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from contracts.result import CLASSES, read_result, validate
+from contracts.catalog import CLASS_NAMES as CLASSES
+from contracts.result import read_result, validate
 from reports.build import build_report
 from tests.test_reports import Page, section_text
 
