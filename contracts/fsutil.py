@@ -42,13 +42,15 @@ OLD_TAG = "lungbench-old"
 LOCK_TAG = "lungbench-lock"
 
 
-# What lungbench writes at the top of the folders that grow while it works (claimed, not built
-# whole): make clean deletes such a folder only when everything in it is one of these, a
-# lungbench folder of its own (itself checked), an empty folder or lungbench's lock/temp names.
-OWNS: dict[str, tuple[str, ...]] = {
-    "run": ("result.json", ".hydra", "train.log", "d2"),
-    "sweep": ("sweep.json", "multirun.yaml"),
-}
+def owned_names(kind: str) -> tuple[str, ...] | None:
+    """What lungbench writes at the top of a folder of ``kind`` that grows while it works
+    (claimed, not built whole); None for other kinds. make clean deletes such a folder only when
+    everything in it is one of these, a lungbench folder of its own (itself checked), an empty
+    folder or lungbench's lock/temp names."""
+    from contracts import result, sweep  # both import this module: imported when first needed
+
+    return {"run": (result.FILENAME, ".hydra", "train.log", "d2"),
+            "sweep": (sweep.FILENAME, "multirun.yaml")}.get(kind)
 
 
 class NotOwned(Exception):
@@ -179,8 +181,8 @@ def write_marker(folder: str | os.PathLike, kind: str, config_hash: str | None =
               **extra}
     if files is not None:
         marker["files"] = sorted(files)
-    elif kind in OWNS:
-        marker["owns"] = list(OWNS[kind])
+    elif (owns := owned_names(kind)) is not None:
+        marker["owns"] = list(owns)
     write_text(Path(folder) / MARKER, json.dumps(marker, indent=1) + "\n")
     return marker
 
