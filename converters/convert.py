@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
+import multiprocessing
 import os
 import shutil
 import sys
@@ -32,33 +32,26 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from contracts import dataset as dataset_contract
+from contracts import fsutil
+from contracts.errors import ConfigError
+from contracts.fsutil import (NotOwned, check_owned, output_lock, overlaps, remove_stale_temps,
+                              replace_dir, resolve_output, seal, sha256_file)
+
 from . import phantom
 from .case import run_case, windows_of
 from .config import config_hash, load_config, validate
-from contracts.errors import ConfigError
-
 from .errors import ConversionError
-from contracts import dataset as dataset_contract
-from contracts import fsutil
-from contracts.fsutil import (NotOwned, check_owned, output_lock, overlaps, remove_stale_temps,
-                     replace_dir, resolve_output, seal, sha256_file)
 from .instances import CATEGORIES, CLASSES
 from .layout import Discovery, discover
 from .splits import SLICE_RANDOM_WARNING, build_splits
-from .volume import ORIENTATION, PREWINDOW_HU, check_headers
+from .volume import ORIENTATION, PREWINDOW_HU, check_headers, relative
 
 CONVERTER_VERSION = 1
 log = logging.getLogger("converters")
 
 
 # ---------------------------------------------------------------- up-to-date check
-def _rel(p: Path, root: Path) -> str:
-    try:
-        return str(p.relative_to(root))
-    except ValueError:
-        return str(p)
-
-
 def candidate_files(disc: Discovery) -> list[Path]:
     """Every NIfTI file the result depends on: used cases and bad (skipped) ones."""
     files = {p for c in disc.cases for _, p in c.files()}
@@ -78,7 +71,7 @@ def is_up_to_date(out: Path, chash: str, disc: Discovery, files: list[Path]) -> 
     if manifest.get("config_hash") != chash:
         return False
     recorded = manifest.get("sources") or {}
-    current = {_rel(p, disc.root): p for p in files}
+    current = {relative(p, disc.root): p for p in files}
     if set(recorded) != set(current):
         return False
     for rel, p in current.items():
@@ -108,11 +101,6 @@ def make_temp_dir(out: Path, chash: str) -> Path:
     """A marked temp folder next to ``out`` with images/ and annotations/; refused (NotOwned)
     when ``out`` is not a folder lungbench may rebuild; any I/O failure is a ConversionError."""
     check_owned(out, DATASET_KIND, "DATA_OUT (out=)", replace=True)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConversionError(out.parent, f"cannot create the output folder: "
-                              f"{e.strerror or e}") from None
     remove_stale_temps(out)
     tmp = None
     try:
@@ -127,14 +115,56 @@ def make_temp_dir(out: Path, chash: str) -> Path:
     return tmp
 
 
+# ---------------------------------------------------------------- checking the cases
+def check_fold_count(raw_root: Path, c: dict, n_cases: int, cases: str = "cases") -> None:
+    """patient_kfold needs a test case per fold: refuse a k above the ``n_cases`` cases."""
+    k = c["splits"]["patient_kfold"]["k"]
+    if c["splits"]["patient_kfold"]["enabled"] and k > n_cases:
+        raise ConversionError(raw_root, f"splits.patient_kfold.k={k} exceeds the number of "
+                              f"{cases} ({n_cases}): lower k")
+
+
+def bad_cases_error(errors: list[ConversionError]) -> ConversionError:
+    """One error for all bad cases: the first one's file and problem, the others named."""
+    first = errors[0]
+    more = ""
+    if len(errors) > 1:
+        others = ", ".join(e.case_id or e.path for e in errors[1:])
+        more = f" (+{len(errors) - 1} more bad case(s): {others})"
+    return ConversionError(first.path, f"{first.problem}{more}; fix the input or pass "
+                           "on_bad_case=skip to leave bad cases out", case_id=first.case_id)
+
+
+def check_cases(disc: Discovery, c: dict) -> None:
+    """The header pre-pass: a case whose shape, dimensions or affines are wrong moves to
+    ``disc.bad`` before any voxel is read. With on_bad_case=fail any bad case fails here,
+    before any work is done; so does having no usable case (always) or fewer cases than folds."""
+    for case in list(disc.cases):
+        try:
+            check_headers(case.image, [p for _, p in case.masks()],
+                          float(c["verify"]["affine_atol"]), case.case_id,
+                          int(c["verify"]["max_voxels"]))
+        except ConversionError as e:
+            disc.bad.append(e)
+            disc.cases.remove(case)
+    disc.bad.sort(key=lambda e: e.case_id or "")
+    fail = c["on_bad_case"] == "fail"
+    if disc.bad and fail:
+        raise bad_cases_error(disc.bad)
+    if not disc.cases:
+        raise ConversionError(disc.root, "no usable case found")
+    if fail:
+        check_fold_count(disc.root, c, len(disc.cases))
+
+
 # ---------------------------------------------------------------- running the cases
-def _pool_context():
+def pool_context():
     """fork where the OS has it: workers start in milliseconds and re-import nothing
     (spawn/forkserver re-run the parent's __main__ in every worker: pytest, Hydra...).
     The worker function lives in an importable module, so spawn works too."""
-    if "fork" in mp.get_all_start_methods():
-        return mp.get_context("fork")
-    return mp.get_context("spawn")
+    if "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
 def run_cases(disc: Discovery, c: dict, images_dir: Path, workers: int,
@@ -159,7 +189,7 @@ def run_cases(disc: Discovery, c: dict, images_dir: Path, workers: int,
                 if take(run_case(case, str(disc.root), c, str(images_dir))):
                     break
         else:
-            with ProcessPoolExecutor(min(workers, len(cases)), mp_context=_pool_context()) as ex:
+            with ProcessPoolExecutor(min(workers, len(cases)), mp_context=pool_context()) as ex:
                 futs = [ex.submit(run_case, case, str(disc.root), c, str(images_dir))
                         for case in cases]
                 # the bar's monitor thread starts only now, after the workers were forked
@@ -175,27 +205,30 @@ def run_cases(disc: Discovery, c: dict, images_dir: Path, workers: int,
     return sorted(results, key=lambda r: r["case_id"]), sorted(errors, key=lambda e: e.case_id or "")
 
 
-def _bad_cases_error(errors: list[ConversionError]) -> ConversionError:
-    first = errors[0]
-    more = ""
-    if len(errors) > 1:
-        others = ", ".join(e.case_id or e.path for e in errors[1:])
-        more = f" (+{len(errors) - 1} more bad case(s): {others})"
-    return ConversionError(first.path, f"{first.problem}{more}; fix the input or pass "
-                           "on_bad_case=skip to leave bad cases out", case_id=first.case_id)
+def convert_cases(disc: Discovery, c: dict, images_dir: Path,
+                  workers: int) -> tuple[list[dict], list[ConversionError]]:
+    """``run_cases``, then the bad cases (the pre-pass's and the workers'), sorted: with
+    on_bad_case=fail the conversion fails; with skip each is logged and its PNGs removed."""
+    fail = c["on_bad_case"] == "fail"
+    results, errors = run_cases(disc, c, images_dir, workers, stop_on_error=fail)
+    errors = sorted(disc.bad + errors, key=lambda e: e.case_id or "")
+    if errors and fail:
+        raise bad_cases_error(errors)
+    for e in errors:
+        log.warning("skipped case %s: %s: %s", e.case_id, e.path, e.problem)
+        shutil.rmtree(images_dir / str(e.case_id), ignore_errors=True)
+    if not results:
+        raise ConversionError(disc.root, "no usable case left after skipping bad cases")
+    check_fold_count(disc.root, c, len(results), "cases left after skipping bad cases")
+    return results, errors
 
 
 # ---------------------------------------------------------------- COCO assembly
-def _dump(obj: Any, path: Path, indent: int | None = None) -> None:
+def write_coco(path: Path, info: dict, images: list[dict], anns: list[dict]) -> None:
+    """One COCO file, compact (no spaces)."""
     with open(path, "w") as f:
-        json.dump(obj, f, indent=indent, separators=None if indent else (",", ":"))
-        if indent:
-            f.write("\n")
-
-
-def _coco(info: dict, images: list[dict], anns: list[dict]) -> dict:
-    return {"info": info, "licenses": [], "categories": CATEGORIES, "images": images,
-            "annotations": anns}
+        json.dump({"info": info, "licenses": [], "categories": CATEGORIES, "images": images,
+                   "annotations": anns}, f, separators=(",", ":"))
 
 
 def assemble(results: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -212,9 +245,22 @@ def assemble(results: list[dict]) -> tuple[list[dict], list[dict]]:
     return images, anns
 
 
-def write_split_files(ann_dir: Path, splits: dict, images: list[dict], anns: list[dict],
-                      base_info: dict) -> dict:
-    """``<scheme>_f<k>_{train,test}.json`` subsets of all.json; returns their names."""
+def make_splits(results: list[dict], images: list[dict], c: dict) -> tuple[dict, dict]:
+    """``build_splits`` over the converted cases and slices, saying what it left out."""
+    splits, omitted = build_splits([r["case_id"] for r in results],
+                                   [im["file_name"][:-4] for im in images], c)
+    for scheme, why in omitted.items():
+        log.info("split %s left out: %s", scheme, why)
+    if "slice_random" in splits:
+        log.warning("%s", SLICE_RANDOM_WARNING)
+    return splits, omitted
+
+
+def write_coco_files(ann_dir: Path, splits: dict, images: list[dict], anns: list[dict],
+                     base_info: dict) -> dict:
+    """``all.json`` and its ``<scheme>_f<k>_{train,test}.json`` subsets; returns their names
+    (dataset.json's ``annotation_files``)."""
+    write_coco(ann_dir / "all.json", {**base_info, "split": "all"}, images, anns)
     by_image: dict[int, list[dict]] = {}
     for a in anns:
         by_image.setdefault(a["image_id"], []).append(a)
@@ -234,10 +280,73 @@ def write_split_files(ann_dir: Path, splits: dict, images: list[dict], anns: lis
                 if scheme == "slice_random":
                     info["warning"] = SLICE_RANDOM_WARNING
                 name = f"{scheme}_f{k}_{part}.json"
-                _dump(_coco(info, sel, sel_anns), ann_dir / name)
+                write_coco(ann_dir / name, info, sel, sel_anns)
                 entry[part] = f"annotations/{name}"
             names[scheme].append(entry)
-    return names
+    return {"all": "annotations/all.json", **names}
+
+
+# ---------------------------------------------------------------- dataset.json
+def source_records(results: list[dict], files: list[Path], raw_root: Path) -> dict:
+    """sha256, size and mtime of every source, by path under ``raw_root``: the workers hashed
+    what they read; the rest (bad cases' files) are hashed here."""
+    sources = {}
+    for r in results:
+        for s in r["record"]["sources"]:
+            sources[s["path"]] = {k: s[k] for k in ("sha256", "bytes", "mtime_ns")}
+    for p in files:
+        rel = relative(p, raw_root)
+        if rel not in sources:
+            st = p.stat()
+            sources[rel] = {"sha256": sha256_file(p), "bytes": st.st_size,
+                            "mtime_ns": st.st_mtime_ns}
+    return dict(sorted(sources.items()))
+
+
+def dataset_manifest(c: dict, chash: str, disc: Discovery, results: list[dict],
+                     errors: list[ConversionError], images: list[dict], anns: list[dict],
+                     splits: tuple[dict, dict], files: dict, sources: dict, stats: dict) -> dict:
+    """dataset.json's content (docs/dataset.md): the settings it was built with (``c``, the
+    resolved config), the splits ``(splits, omitted)``, what was converted and skipped."""
+    sizes = {(im["height"], im["width"]) for im in images}
+    return {
+        "schema": dataset_contract.SCHEMA,
+        "name": c["data"].get("name"),
+        "converter_version": CONVERTER_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "raw_root": str(disc.root),
+        "layout": disc.layout,
+        "classes": CLASSES,
+        "window": {
+            "channels": [{"name": n, "hu": list(w)} for n, w in zip(
+                list(c["windows"]) if c["multiwindow"] else ["lung"], windows_of(c))],
+            "image_mode": "RGB" if c["multiwindow"] else "L",
+            "prewindowed_rule": "volumes whose values all lie in 0..255 are taken as "
+                                f"already windowed to {list(PREWINDOW_HU)} HU (Radiopaedia) "
+                                "and kept as they are for that window",
+        },
+        "orientation": ORIENTATION,
+        "slices": dict(c["slices"]),
+        "instances": {"infection": dict(c["infection"]),
+                      "segmentation": "polygon" if c["polygons"] else "rle",
+                      "note": "one instance per lung, one per connected infection "
+                              "component per slice; lung instances exclude infection "
+                              "pixels (label 3 overrides the lung label)"},
+        "splits": splits[0],
+        "splits_omitted": splits[1],
+        "annotation_files": files,
+        "n_cases": len(results),
+        "n_images": len(images),
+        "n_annotations": len(anns),
+        "image_size": list(sizes.pop()) if len(sizes) == 1 else None,
+        "cases": [r["record"] for r in results],
+        "skipped": [e.as_record() for e in errors],
+        "ignored": disc.ignored,
+        "sources": sources,
+        "config": c,
+        "config_hash": chash,
+        "stats": stats,
+    }
 
 
 # ---------------------------------------------------------------- the conversion
@@ -270,8 +379,6 @@ def _convert(raw_root: str | Path, out_dir: str | Path, cfg: DictConfig) -> Path
 
 
 def _convert_locked(raw_root: Path, out: Path, cfg: DictConfig, c: dict, t0: float) -> Path:
-    fail = c["on_bad_case"] == "fail"
-
     disc = discover(raw_root, c["layout"])
     for ig in disc.ignored:
         log.info("ignored %s: %s", ig["file"], ig["reason"])
@@ -280,109 +387,22 @@ def _convert_locked(raw_root: Path, out: Path, cfg: DictConfig, c: dict, t0: flo
     if is_up_to_date(out, chash, disc, all_files):
         log.info("up to date: %s (same config hash %s and source files)", out, chash)
         return out
-    # header pre-pass: shape / dimension / affine problems fail before any work is done
-    for case in list(disc.cases):
-        try:
-            check_headers(case.image, [p for _, p in case.masks()],
-                          float(c["verify"]["affine_atol"]), case.case_id,
-                          int(c["verify"]["max_voxels"]))
-        except ConversionError as e:
-            disc.bad.append(e)
-            disc.cases.remove(case)
-    disc.bad.sort(key=lambda e: e.case_id or "")
-    if disc.bad and fail:
-        raise _bad_cases_error(disc.bad)
-    if not disc.cases:
-        raise ConversionError(raw_root, "no usable case found")
-    k = c["splits"]["patient_kfold"]["k"]
-    if fail and c["splits"]["patient_kfold"]["enabled"] and k > len(disc.cases):
-        raise ConversionError(raw_root, f"splits.patient_kfold.k={k} exceeds the number of "
-                              f"cases ({len(disc.cases)}): lower k")
-
-    check_owned(out, DATASET_KIND, "DATA_OUT (out=)", replace=True)
+    check_cases(disc, c)
     tmp = make_temp_dir(out, chash)
     try:
         workers = int(c["workers"] or os.cpu_count() or 1)
-        results, errors = run_cases(disc, c, tmp / "images", workers, stop_on_error=fail)
-        errors = sorted(disc.bad + errors, key=lambda e: e.case_id or "")
-        if errors and fail:
-            raise _bad_cases_error(errors)
-        for e in errors:
-            log.warning("skipped case %s: %s: %s", e.case_id, e.path, e.problem)
-            shutil.rmtree(tmp / "images" / str(e.case_id), ignore_errors=True)
-        if not results:
-            raise ConversionError(raw_root, "no usable case left after skipping bad cases")
-        case_ids = [r["case_id"] for r in results]
-        if c["splits"]["patient_kfold"]["enabled"] and k > len(case_ids):
-            raise ConversionError(raw_root, f"splits.patient_kfold.k={k} exceeds the number of "
-                                  f"cases left after skipping bad cases ({len(case_ids)}): lower k")
+        results, errors = convert_cases(disc, c, tmp / "images", workers)
         images, anns = assemble(results)
-        splits, omitted = build_splits(case_ids, [im["file_name"][:-4] for im in images], c)
-        for scheme, why in omitted.items():
-            log.info("split %s left out: %s", scheme, why)
-        if "slice_random" in splits:
-            log.warning("%s", SLICE_RANDOM_WARNING)
-
-        ann_dir = tmp / "annotations"
+        splits = make_splits(results, images, c)
         info = {"description": f"lungbench COCO dataset from {raw_root.name}",
                 "converter_version": CONVERTER_VERSION, "config_hash": chash}
-        _dump(_coco({**info, "split": "all"}, images, anns), ann_dir / "all.json")
-        files = {"all": "annotations/all.json",
-                 **write_split_files(ann_dir, splits, images, anns, info)}
-
-        # sha256 of every source: the workers hashed what they read; hash the rest here
-        sources = {}
-        for r in results:
-            for s in r["record"]["sources"]:
-                sources[s["path"]] = {k: s[k] for k in ("sha256", "bytes", "mtime_ns")}
-        for p in all_files:
-            rel = _rel(p, raw_root)
-            if rel not in sources:
-                st = p.stat()
-                sources[rel] = {"sha256": sha256_file(p), "bytes": st.st_size,
-                                "mtime_ns": st.st_mtime_ns}
-        sizes = {(im["height"], im["width"]) for im in images}
+        files = write_coco_files(tmp / "annotations", splits[0], images, anns, info)
+        sources = source_records(results, all_files, raw_root)
         wall = time.perf_counter() - t0
-        manifest = {
-            "schema": dataset_contract.SCHEMA,
-            "name": c["data"].get("name"),
-            "converter_version": CONVERTER_VERSION,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "raw_root": str(raw_root),
-            "layout": disc.layout,
-            "classes": CLASSES,
-            "window": {
-                "channels": [{"name": n, "hu": list(w)} for n, w in zip(
-                    list(c["windows"]) if c["multiwindow"] else ["lung"], windows_of(c))],
-                "image_mode": "RGB" if c["multiwindow"] else "L",
-                "prewindowed_rule": "volumes whose values all lie in 0..255 are taken as "
-                                    f"already windowed to {list(PREWINDOW_HU)} HU (Radiopaedia) "
-                                    "and kept as they are for that window",
-            },
-            "orientation": ORIENTATION,
-            "slices": dict(c["slices"]),
-            "instances": {"infection": dict(c["infection"]),
-                          "segmentation": "polygon" if c["polygons"] else "rle",
-                          "note": "one instance per lung, one per connected infection "
-                                  "component per slice; lung instances exclude infection "
-                                  "pixels (label 3 overrides the lung label)"},
-            "splits": splits,
-            "splits_omitted": omitted,
-            "annotation_files": files,
-            "n_cases": len(results),
-            "n_images": len(images),
-            "n_annotations": len(anns),
-            "image_size": list(sizes.pop()) if len(sizes) == 1 else None,
-            "cases": [r["record"] for r in results],
-            "skipped": [e.as_record() for e in errors],
-            "ignored": disc.ignored,
-            "sources": dict(sorted(sources.items())),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "config_hash": chash,
-            "stats": {"wall_s": round(wall, 3), "workers": workers,
-                      "slices_per_s": round(len(images) / wall, 2) if wall > 0 else None},
-        }
-        dataset_contract.write_manifest(tmp, manifest)  # written last: marks completeness
+        stats = {"wall_s": round(wall, 3), "workers": workers,
+                 "slices_per_s": round(len(images) / wall, 2) if wall > 0 else None}
+        dataset_contract.write_manifest(tmp, dataset_manifest(  # written last: marks completeness
+            c, chash, disc, results, errors, images, anns, splits, files, sources, stats))
         seal(tmp, DATASET_KIND, chash)
         replace_dir(tmp, out, DATASET_KIND, "DATA_OUT (out=)")
     except BaseException:

@@ -32,6 +32,7 @@ ROLE_DIRS = {
 }
 LAYOUT_IMAGE_DIR = {"zenodo": "covid-19-ct-seg_20cases", "kaggle": "ct_scans"}
 MAX_DEPTH = 3
+MASK_ROLES = ("combined", "lung", "infection")
 
 
 def case_id_from_name(name: str) -> str | None:
@@ -94,7 +95,7 @@ def _find_role_dirs(root: Path) -> dict[str, list[Path]]:
 
 
 def discover(root: str | Path, layout: str = "auto") -> Discovery:
-    """Pair image and mask files under ``root``.
+    """Pair image and mask files under ``root``; ``layout``: auto, zenodo or kaggle.
 
     Raises ConversionError for problems with the folder as a whole (missing, no known
     layout, ambiguous layout). Problems of single cases (missing mask, duplicate case
@@ -103,9 +104,18 @@ def discover(root: str | Path, layout: str = "auto") -> Discovery:
     root = Path(root)
     if not root.is_dir():
         raise ConversionError(root, "raw data folder does not exist (or is not a folder)")
-    if layout not in ("auto", "zenodo", "kaggle"):
-        raise ConversionError(root, f"layout must be auto|zenodo|kaggle, not {layout!r}")
-    dirs = _find_role_dirs(root)
+    layout, used_dirs = choose_layout(root, layout, _find_role_dirs(root))
+    disc = Discovery(root=root, layout=layout)
+    by_role = files_by_role(used_dirs, disc.ignored)
+    disc.ignored += files_outside(root, set(used_dirs.values()))
+    pair_cases(disc, by_role, used_dirs)
+    return disc
+
+
+def choose_layout(root: Path, layout: str, dirs: dict[str, list[Path]]) -> tuple[str, dict[str, Path]]:
+    """The layout (``auto``: the one whose image folder is there) and its folder per role;
+    refused when its image folder is missing, with auto when both are there, and when a
+    folder name appears twice."""
     if layout == "auto":
         present = [k for k, d in LAYOUT_IMAGE_DIR.items() if d in dirs]
         if not present:
@@ -120,73 +130,94 @@ def discover(root: str | Path, layout: str = "auto") -> Discovery:
     elif LAYOUT_IMAGE_DIR[layout] not in dirs:
         raise ConversionError(root, f"layout={layout} but no {LAYOUT_IMAGE_DIR[layout]}/ folder "
                               f"found (case-insensitive, up to {MAX_DEPTH} levels deep)")
-    disc = Discovery(root=root, layout=layout)
-    other_image_dir = [d for k, d in LAYOUT_IMAGE_DIR.items() if k != layout][0]
-    for key, paths in dirs.items():
+    for paths in dirs.values():
         if len(paths) > 1:
             raise ConversionError(paths[1], f"a second {paths[0].name}/ folder (the first is "
                                   f"{paths[0]}); keep one copy of the data under {root}")
-    used_dirs = {ROLE_DIRS[k]: v[0] for k, v in dirs.items() if k != other_image_dir}
+    other_image_dir = [d for k, d in LAYOUT_IMAGE_DIR.items() if k != layout][0]
+    return layout, {ROLE_DIRS[k]: v[0] for k, v in dirs.items() if k != other_image_dir}
 
-    # role -> case id -> [files]
+
+def files_by_role(used_dirs: dict[str, Path], ignored: list[dict]) -> dict[str, dict[str, list[Path]]]:
+    """role -> case id -> the NIfTI files of that id in the role's folder; everything else
+    in those folders goes to ``ignored`` with the reason."""
     by_role: dict[str, dict[str, list[Path]]] = {}
     for role, d in used_dirs.items():
         for p in sorted(d.iterdir()):
             if p.is_dir():
-                disc.ignored.append({"file": str(p), "reason": "sub-folder inside a data folder"})
+                ignored.append({"file": str(p), "reason": "sub-folder inside a data folder"})
                 continue
             cid = case_id_from_name(p.name)
             if cid is None:
-                disc.ignored.append({"file": str(p), "reason": "not a NIfTI file (.nii or .nii.gz)"})
+                ignored.append({"file": str(p), "reason": "not a NIfTI file (.nii or .nii.gz)"})
                 continue
             by_role.setdefault(role, {}).setdefault(cid, []).append(p)
+    return by_role
 
-    # files outside the data folders (metadata.csv, archives, stamps, the other layout)
-    data_dirs = set(used_dirs.values())
+
+def files_outside(root: Path, data_dirs: set[Path]) -> list[dict]:
+    """The files outside the data folders (metadata.csv, archives, stamps, the other
+    layout), as ``ignored`` entries; lungbench's own bookkeeping files are left out."""
+    ignored = []
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
         if d in data_dirs or any(parent in data_dirs for parent in d.parents):
             dirnames[:] = []
             continue
         for fn in sorted(filenames):
-            if fn == MARKER or fn.endswith(LOCK_TAG):  # lungbench's own bookkeeping
+            if fn == MARKER or fn.endswith(LOCK_TAG):
                 continue
             reason = "outside the image/mask folders"
             if fn.lower() == "metadata.csv":
                 reason = "Kaggle index file; cases are paired by file name instead"
-            disc.ignored.append({"file": str(d / fn), "reason": reason})
+            ignored.append({"file": str(d / fn), "reason": reason})
+    return ignored
 
+
+def _duplicate(cid: str, files: list[Path]) -> ConversionError:
+    return ConversionError(files[1], f"duplicate case id {cid!r}: also {files[0].name} in the "
+                           "same folder", case_id=cid)
+
+
+def pair_case(cid: str, images: list[Path], masks: dict[str, dict[str, list[Path]]],
+              used_dirs: dict[str, Path]) -> CaseFiles:
+    """The files of case ``cid`` from its ``images`` and the ``masks`` (role -> case id ->
+    files); ConversionError for a duplicate case id or a missing mask."""
+    if len(images) > 1:
+        raise _duplicate(cid, images)
+    cf = CaseFiles(case_id=cid, image=images[0])
+    problem = None
+    for role in MASK_ROLES:
+        cands = masks[role].get(cid, [])
+        if len(cands) > 1:
+            problem = _duplicate(cid, cands)
+        elif cands:
+            setattr(cf, role, cands[0])
+    if problem is not None:
+        raise problem
+    if cf.lung is None and cf.infection is None and cf.combined is None:
+        want = [f"{used_dirs['combined'].name}/"] if "combined" in used_dirs else []
+        where = " or ".join(want + ["Lung_Mask/ + Infection_Mask/"])
+        raise ConversionError(images[0], f"missing mask file: no {cid}.nii[.gz] in {where}",
+                              case_id=cid)
+    if cf.combined is None and (cf.lung is None or cf.infection is None):
+        missing, present = ("infection", "lung") if cf.infection is None else ("lung", "infection")
+        raise ConversionError(images[0], f"missing mask file: {missing} mask for {cid} "
+                              f"not found (the {present} mask exists)", case_id=cid)
+    return cf
+
+
+def pair_cases(disc: Discovery, by_role: dict[str, dict[str, list[Path]]],
+               used_dirs: dict[str, Path]) -> None:
+    """Fill ``disc.cases`` (and ``disc.bad``) from the files by role and case id. A combined
+    mask wins over separate ones (same labels); a mask without an image is ignored."""
     images = by_role.get("image", {})
-    masks = {r: by_role.get(r, {}) for r in ("combined", "lung", "infection")}
+    masks = {r: by_role.get(r, {}) for r in MASK_ROLES}
     for cid in sorted(images):
-        files = images[cid]
-        if len(files) > 1:
-            disc.bad.append(ConversionError(
-                files[1], f"duplicate case id {cid!r}: also {files[0].name} in the same folder",
-                case_id=cid))
-            continue
-        cf = CaseFiles(case_id=cid, image=files[0])
-        problem = None
-        for role in ("combined", "lung", "infection"):
-            cands = masks[role].get(cid, [])
-            if len(cands) > 1:
-                problem = ConversionError(
-                    cands[1], f"duplicate case id {cid!r}: also {cands[0].name} in the same folder",
-                    case_id=cid)
-            elif cands:
-                setattr(cf, role, cands[0])
-        if problem is None and cf.combined is None and (cf.lung is None or cf.infection is None):
-            want = [used_dirs[r].name for r in ("combined",) if r in used_dirs]
-            if cf.lung is None and cf.infection is None:
-                where = " or ".join(f"{n}/" for n in want + ["Lung_Mask/ + Infection_Mask/"])
-                problem = ConversionError(files[0], f"missing mask file: no {cid}.nii[.gz] "
-                                          f"in {where}", case_id=cid)
-            else:
-                missing, present = ("infection", "lung") if cf.infection is None else ("lung", "infection")
-                problem = ConversionError(files[0], f"missing mask file: {missing} mask for {cid} "
-                                          f"not found (the {present} mask exists)", case_id=cid)
-        if problem is not None:
-            disc.bad.append(problem)
+        try:
+            cf = pair_case(cid, images[cid], masks, used_dirs)
+        except ConversionError as e:
+            disc.bad.append(e)
             continue
         if cf.combined is not None:
             for role in ("lung", "infection"):
@@ -196,10 +227,9 @@ def discover(root: str | Path, layout: str = "auto") -> Discovery:
                                          f"{cf.combined.name} used instead (same labels)"})
                     setattr(cf, role, None)
         disc.cases.append(cf)
-    for role, per_case in masks.items():
+    for per_case in masks.values():
         for cid, files in sorted(per_case.items()):
             if cid not in images:
                 for p in files:
                     disc.ignored.append({"file": str(p), "reason": f"mask without an image "
                                          f"(no {cid} in {used_dirs['image'].name}/)"})
-    return disc

@@ -88,12 +88,16 @@ class Volume:
     mtime_ns: int
 
     def source_record(self, root: Path, role: str) -> dict:
-        try:
-            rel = str(self.path.relative_to(root))
-        except ValueError:
-            rel = str(self.path)
-        return {"role": role, "path": rel, "sha256": self.sha256, "bytes": self.nbytes,
-                "mtime_ns": self.mtime_ns}
+        return {"role": role, "path": relative(self.path, root), "sha256": self.sha256,
+                "bytes": self.nbytes, "mtime_ns": self.mtime_ns}
+
+
+def relative(path: Path, root: Path) -> str:
+    """``path`` as dataset.json names a source: under ``root``, else as it is."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def read_volume(path: Path, max_voxels: int = MAX_VOXELS) -> Volume:

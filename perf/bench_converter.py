@@ -31,7 +31,7 @@ from PIL import Image
 
 from contracts.dataset import read_dataset
 from converters import phantom
-from converters.convert import _pool_context, convert
+from converters.convert import convert, pool_context
 from converters.layout import discover
 from converters.volume import canonical, display_slice, read_volume, window_slice
 
@@ -63,7 +63,7 @@ def io_floor(raw: Path, out: Path, kept: dict[str, list[int]], workers: int, lev
              (-1250.0, 250.0), level) for c in disc.cases]
     if workers <= 1:
         return sum(floor_case(*j) for j in jobs)
-    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as ex:
+    with ProcessPoolExecutor(workers, mp_context=pool_context()) as ex:
         return sum(ex.map(floor_case, *zip(*jobs)))
 
 
