@@ -35,18 +35,11 @@ def windows_of(cfg: dict) -> list[tuple[float, float]]:
 
 def kept_slices(lung_z: np.ndarray, n_slices: int, slices_cfg: dict) -> list[int]:
     """Slice indices to keep: ``all``, ``lung`` (any lung/infection label), or ``stride``
-    (every ``stride``-th lung slice, starting with the first)."""
+    (every ``stride``-th lung slice, starting with the first; both checked by config.validate)."""
     keep = slices_cfg["keep"]
     if keep == "all":
         return list(range(n_slices))
-    if keep == "lung":
-        return [int(z) for z in lung_z]
-    if keep == "stride":
-        stride = int(slices_cfg["stride"])
-        if stride < 1:
-            raise ValueError(f"slices.stride must be >= 1, not {stride}")
-        return [int(z) for z in lung_z[::stride]]
-    raise ValueError(f"slices.keep must be all|lung|stride, not {keep!r}")
+    return [int(z) for z in lung_z[::int(slices_cfg["stride"]) if keep == "stride" else 1]]
 
 
 def load_verified(case: CaseFiles, cfg: dict):

@@ -40,6 +40,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -134,12 +135,10 @@ class ResumingDownloader:
         self.progressbar = progressbar
         self.timeout = timeout
 
-    def __call__(self, url: str, output_file: str, pooch, check_only: bool = False):
+    def __call__(self, url: str, output_file: str, pooch):
         import requests  # pooch's own dependency; imported late to keep the CLI start fast
+        from tqdm import tqdm
 
-        if check_only:
-            r = requests.head(url, allow_redirects=True, timeout=self.timeout)
-            return r.status_code == 200
         have = self.part.stat().st_size if self.part.exists() else 0
         headers = {"Range": f"bytes={have}-"} if have else {}
         with requests.get(url, headers=headers, stream=True, timeout=self.timeout) as r:
@@ -152,18 +151,13 @@ class ResumingDownloader:
             start = have if resumed else 0
             total = r.headers.get("Content-Length")
             total = int(total) + start if total is not None else None
-            with open(self.part, mode) as f, _progress(self.progressbar, total, start, self.part.name[:-5]) as bar:
+            with open(self.part, mode) as f, tqdm(
+                    total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+                    desc=self.part.name[:-5], disable=not self.progressbar, leave=False) as bar:
                 for chunk in r.iter_content(CHUNK):
                     f.write(chunk)
                     bar.update(len(chunk))
         os.replace(self.part, output_file)
-
-
-def _progress(enabled: bool, total: int | None, initial: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=desc, disable=not enabled, leave=False)
 
 
 def fetch(archive: Archive, archive_dir: str | os.PathLike, retries: int = 2, progressbar: bool = True) -> Path:
@@ -327,7 +321,7 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike, max_byte
     try:
         root = tmp.resolve()
         written = 0
-        with _ArchiveReader(archive) as src:
+        with _open_members(archive) as src:
             for m in members:
                 parts = m.rel.parts[n_strip:]
                 if not parts:
@@ -358,21 +352,15 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike, max_byte
     return target
 
 
-class _ArchiveReader:
-    """Context manager giving ``open_member(_Member) -> binary file`` for zip or tar."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        if zipfile.is_zipfile(self.path):
-            self._f = zipfile.ZipFile(self.path)
-            return lambda m: self._f.open(m.ref)
-        self._f = tarfile.open(self.path)
-        return lambda m: self._f.extractfile(m.ref)
-
-    def __exit__(self, *exc):
-        self._f.close()
+@contextmanager
+def _open_members(path: Path) -> Iterator:
+    """``open_member(_Member) -> binary file`` for the zip or tar archive ``path``."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            yield lambda m: zf.open(m.ref)
+    else:
+        with tarfile.open(path) as tf:
+            yield lambda m: tf.extractfile(m.ref)
 
 
 # ---------------------------------------------------------------------------- all

@@ -15,7 +15,6 @@ Seeded and deterministic: the same ``(preset, seed, overrides)`` gives the same 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -97,7 +96,8 @@ def case_id(i: int) -> str:
     return f"phantom_{i:03d}"
 
 
-def make_case(spec: PhantomSpec, seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_case(spec: PhantomSpec, seed: int,
+              index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One case in the canonical RAS+ frame.
 
     Returns ``(hu, labels, whole_lungs, affine)``: ``hu`` float32 (X, Y, Z) in HU,
@@ -108,82 +108,16 @@ def make_case(spec: PhantomSpec, seed: int, index: int) -> tuple[np.ndarray, np.
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     X = Y = spec.size
     Z = spec.slices
-    sx = spec.fov_mm / X
-    sz = spec.z_extent_mm / Z
+    sx, sz = spec.fov_mm / X, spec.z_extent_mm / Z  # mm per voxel: in-plane, along z
     # Normalised coordinates: u in [-1, 1] (patient left -> right), v in [-1, 1]
     # (posterior -> anterior), w in [0, 1] (inferior -> superior).
     u = np.linspace(-1, 1, X, dtype=np.float32)[:, None, None]
     v = np.linspace(-1, 1, Y, dtype=np.float32)[None, :, None]
     w = ((np.arange(Z, dtype=np.float32) + 0.5) / Z)[None, None, :]
-    # a little anatomical variation per case
-    jitter = lambda s: float(rng.uniform(1 - s, 1 + s))  # noqa: E731
-    body_a, body_b = 0.92 * jitter(0.04), 0.68 * jitter(0.06)
-
-    hu = np.full((X, Y, Z), -1000.0, dtype=np.float32)
-    body_r2 = (u / body_a) ** 2 + (v / body_b) ** 2
-    body = np.broadcast_to(body_r2 <= 1.0, hu.shape)
-    hu[body] = -90.0  # subcutaneous fat
-    muscle = np.broadcast_to(body_r2 <= 0.88**2, hu.shape)
-    hu[muscle] = 45.0
-    # ribs: bright arcs in a ring, only in some slices (they run obliquely)
-    angle = np.arctan2(v, u)
-    ring = (body_r2 > 0.80**2) & (body_r2 <= 0.86**2) & (np.sin(angle * 14) > 0.55)
-    rib_slices = np.sin(w * Z * 1.3) > 0.2
-    hu[np.broadcast_to(ring & rib_slices, hu.shape)] = 450.0
-    # spine (posterior, midline) and heart (anterior, slightly to the patient's left)
-    spine = ((u / 0.13) ** 2 + ((v + 0.50) / 0.15) ** 2) <= 1.0
-    hu[np.broadcast_to(spine, hu.shape)] = 650.0
-    heart = (((u + 0.12) / 0.30) ** 2 + ((v - 0.22) / 0.26) ** 2 <= 1.0) & (w > 0.22) & (w < 0.62)
-
-    labels = np.zeros((X, Y, Z), dtype=np.uint8)
-    lungs = np.zeros((X, Y, Z), dtype=bool)
-    rn2_all = np.zeros((X, Y, Z), dtype=np.float32)  # normalised in-plane lung radius^2
-    # left lung: u < 0 (patient's left); the right lung is a bit larger, its dome higher
-    for label, uc, a, base in ((1, -0.42, 0.29, 0.14), (2, 0.42, 0.31, 0.20)):
-        uc, a = uc * jitter(0.03), a * jitter(0.05)
-        vc, b = 0.03, 0.45 * jitter(0.05)
-        apex = 0.94
-        rn2 = ((u - uc) / a) ** 2 + ((v - vc) / b) ** 2
-        t = np.clip((w - base) / (apex - base), 0, 1)
-        taper = np.sqrt(np.clip(1 - t**6, 0, 1))  # narrows to the apex
-        dome = base + 0.16 * (1 - np.clip(rn2, 0, 1))  # diaphragm dome: periphery goes lowest
-        lung = (rn2 <= taper**2) & (w >= dome) & (w <= apex) & ~heart
-        labels[lung] = label
-        lungs |= lung
-        rn2_all = np.where(lung, np.broadcast_to(rn2, hu.shape), rn2_all)
-    hu[np.broadcast_to(heart, hu.shape)] = 40.0
-
-    # lung parenchyma: air with smooth texture, plus a vessel network (tubes where two
-    # smooth random fields are both near zero)
-    tex = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 1.2)
-    tex *= 25.0 / max(float(tex.std()), 1e-6)
-    f1 = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 2.0)
-    f2 = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 2.0)
-    e1, e2 = 0.12 * f1.std(), 0.12 * f2.std()
-    vessels = (np.abs(f1) < e1) & (np.abs(f2) < e2)
-    hu[lungs] = -850.0 + tex[lungs]
-    hu[lungs & vessels] = 30.0 + tex[lungs & vessels]
-
-    # infection: ground-glass blobs; centres drawn from lung voxels, weighted towards
-    # lower (w small), posterior (v small) and peripheral (rn2 large) lung
-    lx, ly, lz = np.nonzero(lungs)
-    n_blobs = int(rng.integers(spec.blobs[0], spec.blobs[1] + 1))
-    infection = np.zeros(hu.shape, dtype=bool)
-    if len(lx) and n_blobs:
-        wt = (np.exp(-2.5 * w[0, 0, lz]) * np.exp(-1.2 * (v[0, ly, 0] + 1))
-              * (0.15 + rn2_all[lx, ly, lz]))
-        wt = wt / wt.sum()
-        rough = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 1.5)
-        rough /= max(float(rough.std()), 1e-6)
-        xmm = (np.arange(X, dtype=np.float32) * sx)[:, None, None]
-        ymm = (np.arange(Y, dtype=np.float32) * sx)[None, :, None]
-        zmm = (np.arange(Z, dtype=np.float32) * sz)[None, None, :]
-        for c in rng.choice(len(lx), size=n_blobs, p=wt):
-            r = rng.uniform(*spec.blob_mm, size=3)  # semi-axes in mm
-            d2 = (((xmm - lx[c] * sx) / r[0]) ** 2 + ((ymm - ly[c] * sx) / r[1]) ** 2
-                  + ((zmm - lz[c] * sz) / r[2]) ** 2)
-            infection |= (d2 + 0.25 * rough) <= 1.0
-        infection &= lungs
+    hu, heart = _body(u, v, w, rng)
+    labels, lungs, rn2 = _lungs(u, v, w, heart, rng)
+    tex, vessels = _parenchyma(hu, lungs, rng)
+    infection = _infection(spec, lungs, rn2, v, w, rng)
     whole_lungs = labels.copy()  # 1/2 only: what Lung_Mask holds
     ggo = infection & ~vessels  # vessels stay visible through ground glass
     hu[ggo] = -500.0 + 1.2 * tex[ggo]
@@ -197,6 +131,99 @@ def make_case(spec: PhantomSpec, seed: int, index: int) -> tuple[np.ndarray, np.
     return hu, labels, whole_lungs, affine
 
 
+def _jitter(rng: np.random.Generator, s: float) -> float:
+    """A factor in [1 - s, 1 + s]: a little anatomical variation per case."""
+    return float(rng.uniform(1 - s, 1 + s))
+
+
+def _body(u: np.ndarray, v: np.ndarray, w: np.ndarray,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """HU of the body outside the lungs (fat, muscle, ribs, spine, heart) and the heart's
+    (X, Y, Z) mask, over the normalised coordinates (see ``make_case``)."""
+    shape = (u.shape[0], v.shape[1], w.shape[2])
+    body_a, body_b = 0.92 * _jitter(rng, 0.04), 0.68 * _jitter(rng, 0.06)
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    body_r2 = (u / body_a) ** 2 + (v / body_b) ** 2
+    hu[np.broadcast_to(body_r2 <= 1.0, shape)] = -90.0  # subcutaneous fat
+    hu[np.broadcast_to(body_r2 <= 0.88**2, shape)] = 45.0  # muscle
+    # ribs: bright arcs in a ring, only in some slices (they run obliquely)
+    angle = np.arctan2(v, u)
+    ring = (body_r2 > 0.80**2) & (body_r2 <= 0.86**2) & (np.sin(angle * 14) > 0.55)
+    rib_slices = np.sin(w * shape[2] * 1.3) > 0.2
+    hu[np.broadcast_to(ring & rib_slices, shape)] = 450.0
+    # spine (posterior, midline) and heart (anterior, slightly to the patient's left)
+    spine = ((u / 0.13) ** 2 + ((v + 0.50) / 0.15) ** 2) <= 1.0
+    hu[np.broadcast_to(spine, shape)] = 650.0
+    heart = (((u + 0.12) / 0.30) ** 2 + ((v - 0.22) / 0.26) ** 2 <= 1.0) & (w > 0.22) & (w < 0.62)
+    hu[np.broadcast_to(heart, shape)] = 40.0
+    return hu, heart
+
+
+def _lungs(u: np.ndarray, v: np.ndarray, w: np.ndarray, heart: np.ndarray,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two lungs around the heart: (labels uint8 1 left / 2 right, lung mask, each lung
+    voxel's normalised in-plane radius squared, 0 outside)."""
+    shape = (u.shape[0], v.shape[1], w.shape[2])
+    labels = np.zeros(shape, dtype=np.uint8)
+    lungs = np.zeros(shape, dtype=bool)
+    rn2_all = np.zeros(shape, dtype=np.float32)
+    # left lung: u < 0 (patient's left); the right lung is a bit larger, its dome higher
+    for label, uc, a, base in ((1, -0.42, 0.29, 0.14), (2, 0.42, 0.31, 0.20)):
+        uc, a = uc * _jitter(rng, 0.03), a * _jitter(rng, 0.05)
+        vc, b = 0.03, 0.45 * _jitter(rng, 0.05)
+        apex = 0.94
+        rn2 = ((u - uc) / a) ** 2 + ((v - vc) / b) ** 2
+        t = np.clip((w - base) / (apex - base), 0, 1)
+        taper = np.sqrt(np.clip(1 - t**6, 0, 1))  # narrows to the apex
+        dome = base + 0.16 * (1 - np.clip(rn2, 0, 1))  # diaphragm dome: periphery goes lowest
+        lung = (rn2 <= taper**2) & (w >= dome) & (w <= apex) & ~heart
+        labels[lung] = label
+        lungs |= lung
+        rn2_all = np.where(lung, np.broadcast_to(rn2, shape), rn2_all)
+    return labels, lungs, rn2_all
+
+
+def _parenchyma(hu: np.ndarray, lungs: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Fill the lungs of ``hu``: air with smooth texture, plus a vessel network (tubes where
+    two smooth random fields are both near zero). Returns (texture in HU, vessel mask)."""
+    tex = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 1.2)
+    tex *= 25.0 / max(float(tex.std()), 1e-6)
+    f1 = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 2.0)
+    f2 = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 2.0)
+    e1, e2 = 0.12 * f1.std(), 0.12 * f2.std()
+    vessels = (np.abs(f1) < e1) & (np.abs(f2) < e2)
+    hu[lungs] = -850.0 + tex[lungs]
+    hu[lungs & vessels] = 30.0 + tex[lungs & vessels]
+    return tex, vessels
+
+
+def _infection(spec: PhantomSpec, lungs: np.ndarray, rn2: np.ndarray, v: np.ndarray,
+               w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The infection mask: ground-glass blobs; centres drawn from lung voxels, weighted
+    towards lower (w small), posterior (v small) and peripheral (``rn2`` large) lung."""
+    sx, sz = spec.fov_mm / spec.size, spec.z_extent_mm / spec.slices
+    lx, ly, lz = np.nonzero(lungs)
+    n_blobs = int(rng.integers(spec.blobs[0], spec.blobs[1] + 1))
+    infection = np.zeros(lungs.shape, dtype=bool)
+    if len(lx) and n_blobs:
+        wt = (np.exp(-2.5 * w[0, 0, lz]) * np.exp(-1.2 * (v[0, ly, 0] + 1))
+              * (0.15 + rn2[lx, ly, lz]))
+        wt = wt / wt.sum()
+        rough = ndimage.gaussian_filter(rng.standard_normal(lungs.shape).astype(np.float32), 1.5)
+        rough /= max(float(rough.std()), 1e-6)
+        xmm = (np.arange(lungs.shape[0], dtype=np.float32) * sx)[:, None, None]
+        ymm = (np.arange(lungs.shape[1], dtype=np.float32) * sx)[None, :, None]
+        zmm = (np.arange(lungs.shape[2], dtype=np.float32) * sz)[None, None, :]
+        for c in rng.choice(len(lx), size=n_blobs, p=wt):
+            r = rng.uniform(*spec.blob_mm, size=3)  # semi-axes in mm
+            d2 = (((xmm - lx[c] * sx) / r[0]) ** 2 + ((ymm - ly[c] * sx) / r[1]) ** 2
+                  + ((zmm - lz[c] * sz) / r[2]) ** 2)
+            infection |= (d2 + 0.25 * rough) <= 1.0
+        infection &= lungs
+    return infection
+
+
 def reorient(arr: np.ndarray, affine: np.ndarray, axcodes: str) -> tuple[np.ndarray, np.ndarray]:
     """Re-store a RAS+ array in the axis order/directions of ``axcodes`` (same world)."""
     t = ornt_transform(axcodes2ornt(("R", "A", "S")), axcodes2ornt(tuple(axcodes)))
@@ -205,6 +232,7 @@ def reorient(arr: np.ndarray, affine: np.ndarray, axcodes: str) -> tuple[np.ndar
 
 
 def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(exist_ok=True)
     img = nib.Nifti1Image(arr, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
@@ -252,25 +280,7 @@ def generate(out_dir: str | Path, preset: str = "tiny", seed: int = 0, **overrid
         pass
     with output_lock(out_dir, "the phantom's raw folder"), \
             atomic_dir(out_dir, "phantom", "the phantom's raw folder") as tmp:
-        dirs = [IMAGE_DIR]
-        dirs += [COMBINED_DIR] if spec.mask_layout in ("combined", "both") else []
-        dirs += [LUNG_DIR, INFECTION_DIR] if spec.mask_layout in ("separate", "both") else []
-        for d in dirs:
-            (tmp / d).mkdir()
         for i in range(spec.n_cases):
             write_case(tmp, spec, seed, i)
         (tmp / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
     return out_dir
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("out_dir")
-    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    print(generate(a.out_dir, a.preset, a.seed))
-
-
-if __name__ == "__main__":
-    main()

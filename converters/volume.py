@@ -108,13 +108,7 @@ def read_volume(path: Path, max_voxels: int = MAX_VOXELS) -> Volume:
     failure (truncated gzip, bad header, short data) becomes a ConversionError naming the file.
     """
     path = Path(path)
-    try:
-        lazy = nib.load(str(path))  # the header only
-    except FileNotFoundError:
-        raise ConversionError(path, "cannot read file: No such file or directory") from None
-    except Exception as e:  # nibabel raises several types for a bad header
-        raise ConversionError(path, f"not a readable NIfTI file ({e})") from None
-    check_claims(path, lazy.shape, lazy.get_data_dtype(), lazy.affine, max_voxels=max_voxels)
+    read_header(path, max_voxels=max_voxels)
     try:
         st = path.stat()
         raw = path.read_bytes()
@@ -176,22 +170,29 @@ def check_geometry(image_path: Path, image_shape: tuple, image_affine: np.ndarra
             case_id=case_id)
 
 
+def read_header(path: Path, case_id: str | None = None,
+                max_voxels: int = MAX_VOXELS) -> tuple[tuple, np.ndarray]:
+    """(3-D shape, float64 affine) of a NIfTI file from its header alone (no voxel read), its
+    claims checked (``check_claims``); ConversionError naming the file if unreadable or refused."""
+    try:
+        img = nib.load(str(path))
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except FileNotFoundError:
+        raise ConversionError(path, "cannot read file: No such file or directory",
+                              case_id=case_id) from None
+    except Exception as e:  # nibabel raises several types for a bad header
+        raise ConversionError(path, f"not a readable NIfTI file ({e})", case_id=case_id) from None
+    return check_claims(path, img.shape, img.get_data_dtype(), affine, case_id, max_voxels), affine
+
+
 def check_headers(image_path: Path, mask_paths: list[Path], affine_atol: float,
                   case_id: str, max_voxels: int = MAX_VOXELS) -> None:
     """Cheap pre-pass on the NIfTI headers only (no voxel data read): readable, what they claim
     (``check_claims``), same shape and affine. Lets a structural problem fail before any work."""
-    def header(p: Path):
-        try:
-            img = nib.load(str(p))
-            aff = np.asarray(img.affine, dtype=np.float64)
-        except Exception as e:  # nibabel raises several types for a bad header
-            raise ConversionError(p, f"not a readable NIfTI file ({e})", case_id=case_id) from None
-        return check_claims(p, img.shape, img.get_data_dtype(), aff, case_id, max_voxels), aff
-
-    ishape, iaff = header(image_path)
-    for mp in mask_paths:
-        mshape, maff = header(mp)
-        check_geometry(image_path, ishape, iaff, mp, mshape, maff, affine_atol, case_id)
+    ishape, iaff = read_header(image_path, case_id, max_voxels)
+    for mask_path in mask_paths:
+        mshape, maff = read_header(mask_path, case_id, max_voxels)
+        check_geometry(image_path, ishape, iaff, mask_path, mshape, maff, affine_atol, case_id)
 
 
 def check_finite(vol: Volume, data: np.ndarray, case_id: str) -> None:
