@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from reports.build import build_report
-from reports.synthetic import write_sweep
+from tests.synthetic import write_sweep
 
 N_RUNS = 100
 REPO = Path(__file__).resolve().parents[1]

@@ -592,7 +592,7 @@ def make_dataset(work: Path, size: int, cases: int, slices: int) -> Path:
 def write_report(doc: dict, out: Path, t0: float, ok: dict, zoo: dict) -> str:
     """Fill the derived sections of ``doc`` from its levels so far and write gpu_check.json and
     gpu_check.md into ``out`` (each a temp file, then rename). Returns the Markdown."""
-    from reports.atomic import write_text
+    from contracts.fsutil import write_text
 
     plan = doc["plan"]
     ims = (ok.get("solver") or {}).get("ims_per_batch") or 2

@@ -22,7 +22,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reports.atomic import write_text
+from contracts.fsutil import write_text
 
 BENCHES = ["converter", "train", "eval", "volume3d", "report"]
 

@@ -3,7 +3,8 @@
     python -m reports.build <sweep_dir>
     python -m reports.build --latest <sweeps_root>   # the sweep with the newest result.json
 
-Prints the path of report.html. collect -> DataFrame -> writers. Only a lungbench sweep
+Prints the path of report.html. collect -> runs table -> groups (once) -> paired tests
+(once) -> tables, plots, report.html. Only a lungbench sweep
 (owner marker of kind "sweep", as `make sweep` leaves it) is reported on; the report folder
 is built whole in a temp folder that then replaces the previous one (contracts.fsutil), so
 it never holds a half-written file, and a report folder holding files lungbench did not
@@ -17,17 +18,19 @@ import sys
 import traceback
 from collections import Counter
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pandas as pd
 from tqdm import tqdm
 
-from contracts import fsutil
+from contracts import fsutil, sweep
+from contracts.fsutil import write_bytes, write_text
 
-from . import atomic, overlays, plots, render_html, stats, tables, volume3d
-from .collect import (NOTE_SEP, PLAN_NAME, REPORT_DIRNAME, SWEEP_KIND, PlanError, SweepRuns, latest_sweep,
-                      read_sweep)
+from . import overlays, plots, render_html, stats, tables, volume3d
+from .collect import NOTE_SEP, REPORT_DIRNAME, SweepRuns, latest_sweep, read_sweep
+from .groups import Groups
 
 REPORT_KIND = "report"
 IGNORED_NAME = "ignored.csv"
@@ -47,7 +50,7 @@ def schema_notes(df: pd.DataFrame, planned: int | None = None) -> list[str]:
     number of runs in the sweep's plan, None without one)."""
     if df.empty:
         if planned is not None:
-            return [f"no result.json for any of the {planned} run(s) in {PLAN_NAME}: every one is MISSING"]
+            return [f"no result.json for any of the {planned} run(s) in {sweep.FILENAME}: every one is MISSING"]
         return ["no result.json found under this sweep dir (and no sweep.json saying what was planned)"]
     c = Counter(n for v in df["schema_note"] if isinstance(v, str) for n in v.split(NOTE_SEP))
     return [f"{n} ({k} run{'s' if k > 1 else ''})" for n, k in sorted(c.items())]
@@ -59,7 +62,7 @@ def plan_notes(runs: SweepRuns, most: int = 5) -> list[str]:
         return []
     paths = [p for p, _ in runs.ignored]
     more = f" (+{len(paths) - most} more)" if len(paths) > most else ""
-    return [f"ignored {len(paths)} result.json outside this sweep's plan ({PLAN_NAME}): "
+    return [f"ignored {len(paths)} result.json outside this sweep's plan ({sweep.FILENAME}): "
             f"{', '.join(paths[:most])}{more}; listed in {IGNORED_NAME}"]
 
 
@@ -69,7 +72,7 @@ def require_sweep(sweep_dir: Path) -> None:
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep dir {sweep_dir} does not exist or is not a directory")
     marker = fsutil.read_marker(sweep_dir)
-    if marker is None or marker.get("kind") != SWEEP_KIND:
+    if marker is None or marker.get("kind") != sweep.KIND:
         what = "no owner marker" if marker is None else f"a lungbench {marker.get('kind')!r} folder"
         raise fsutil.NotOwned(sweep_dir, f"not a lungbench sweep ({what})",
                               "pass the folder a `make sweep` wrote (SWEEP_DIR)")
@@ -81,20 +84,42 @@ def _no_test(comparison: stats.Comparison) -> str | None:
     return v["verdict"] if v["verdict"].startswith("no test possible") else None
 
 
-def make_plots(df: pd.DataFrame, sweep_dir: Path, progress: bool = True,
-               comparison: stats.Comparison | None = None, v3d: pd.DataFrame | None = None) -> list[plots.Plot]:
-    """Every figure; one that raises becomes a note instead of sinking the report. ``comparison``
-    and ``v3d`` (reports.volume3d.table): computed from ``df`` when not given."""
-    comparison = stats.compare(df) if comparison is None else comparison
+@dataclass(frozen=True)
+class Analysis:
+    """What every view of one sweep is made from, computed once: its runs (collect), their
+    groups and the paired case-by-case tests of those groups."""
+    runs: SweepRuns
+    groups: Groups
+    comparison: stats.Comparison
+
+    @classmethod
+    def of(cls, runs: SweepRuns) -> Analysis:
+        groups = Groups.of(runs.df)
+        return cls(runs, groups, stats.compare(groups, runs.per_case))
+
+    @property
+    def df(self) -> pd.DataFrame:
+        return self.runs.df
+
+
+def analyse(sweep_dir: Path) -> Analysis:
+    """The runs of a sweep dir (collect.read_sweep), grouped and tested."""
+    return Analysis.of(read_sweep(sweep_dir))
+
+
+def make_plots(analysis: Analysis, sweep_dir: Path, v3d: pd.DataFrame, progress: bool = True) -> list[plots.Plot]:
+    """Every figure; one that raises becomes a note instead of sinking the report. ``v3d``:
+    reports.volume3d.table of the analysis."""
+    groups, comparison = analysis.groups, analysis.comparison
     steps: list[tuple[str, Callable[[], list[plots.Plot]]]] = [
-        ("per-class AP", lambda: [plots.per_class_bars(df)]),
+        ("per-class AP", lambda: [plots.per_class_bars(groups)]),
         ("rank stability", lambda: [plots.rank_stability(comparison.per_case, _no_test(comparison))]),
-        ("trunk x head", lambda: [plots.trunk_head_heatmap(df)]),
-        ("AP vs cost", lambda: [plots.ap_vs_cost(df)]),
-        ("AP vs compute", lambda: [plots.ap_vs_compute(df)]),
-        ("3-D metrics", lambda: [plots.volume3d_bars(volume3d.table(comparison) if v3d is None else v3d)]),
-        ("loss curves", lambda: [plots.loss_curves(df, sweep_dir)]),
-        ("overlays", lambda: overlays.overlays(df, sweep_dir)),
+        ("trunk x head", lambda: [plots.trunk_head_heatmap(groups)]),
+        ("AP vs cost", lambda: [plots.ap_vs_cost(groups)]),
+        ("AP vs compute", lambda: [plots.ap_vs_compute(analysis.df)]),
+        ("3-D metrics", lambda: [plots.volume3d_bars(v3d)]),
+        ("loss curves", lambda: [plots.loss_curves(groups, sweep_dir)]),
+        ("overlays", lambda: overlays.overlays(groups, sweep_dir)),
     ]
     out = []
     for name, fn in tqdm(steps, desc="report plots", disable=not progress, leave=False):
@@ -127,52 +152,45 @@ def build_report(sweep_dir: Path, progress: bool = True, winners_out: list | Non
 
     Raises, before writing anything: FileNotFoundError (no such folder), fsutil.NotOwned (not
     a lungbench sweep, or a report folder holding files lungbench did not write there),
-    fsutil.OutputBusy (another build of this report is running), collect.PlanError
+    fsutil.OutputBusy (another build of this report is running), contracts.sweep.PlanError
     (unreadable sweep.json)."""
     sweep_dir = Path(sweep_dir).resolve()
     require_sweep(sweep_dir)
     out = sweep_dir / REPORT_DIRNAME
     with reading_sweep(sweep_dir), fsutil.output_lock(out, "the report folder"), \
             fsutil.atomic_dir(out, REPORT_KIND, "the report folder") as tmp:
-        runs = read_sweep(sweep_dir)  # reads only
-        df = runs.df
+        analysis = analyse(sweep_dir)  # reads only
+        runs, groups, comparison = analysis.runs, analysis.groups, analysis.comparison
         planned_missing = runs.missing if runs.plan is not None else None
-        notes = schema_notes(df, None if runs.plan is None else len(runs.plan)) + plan_notes(runs)
-        comparison = stats.compare(df)
-        t3 = tables.table3(df, planned_missing, comparison)
+        planned = None if runs.plan is None else len(runs.plan)
+        notes = schema_notes(runs.df, planned) + plan_notes(runs)
+        t3 = tables.table3(groups, comparison, planned_missing)
         v3d = volume3d.table(comparison)
-        figs = make_plots(df, sweep_dir, progress, comparison, v3d)
-        atomic.write_text(tmp / "runs.csv", df.to_csv(index=False))
-        atomic.write_text(tmp / "per_class_ap.csv", tables.per_class_ap(df).to_csv(index=False))
-        atomic.write_text(tmp / "table3.csv", t3.to_csv(index=False))
-        atomic.write_text(tmp / "table3.md", tables.table3_markdown(t3, notes, stats.method_lines(comparison)))
-        atomic.write_text(tmp / PAIRWISE_NAME, comparison.pairwise.to_csv(index=False))
-        atomic.write_text(tmp / PER_CASE_NAME, comparison.per_case.to_csv(index=False))
-        atomic.write_text(tmp / VERDICTS_NAME, comparison.verdict_table().to_csv(index=False))
-        leak = stats.leak(df)
-        atomic.write_text(tmp / LEAK_NAME, leak.to_csv(index=False))
-        atomic.write_text(tmp / VOLUME3D_NAME, v3d.to_csv(index=False))
+        leak = stats.leak(groups, comparison.per_case)
         fp = tables.false_positives(comparison.per_case)
-        atomic.write_text(tmp / FALSE_POSITIVES_NAME, fp.to_csv(index=False))
-        atomic.write_text(tmp / IGNORED_NAME, pd.DataFrame(runs.ignored, columns=["path", "reason"])
-                          .to_csv(index=False))
+        figs = make_plots(analysis, sweep_dir, v3d, progress)
+        written = {"runs.csv": runs.df, "per_class_ap.csv": tables.per_class_ap(groups), "table3.csv": t3,
+                   "table3.md": tables.table3_markdown(t3, notes, stats.method_lines(comparison)),
+                   PAIRWISE_NAME: comparison.pairwise, PER_CASE_NAME: comparison.per_case,
+                   VERDICTS_NAME: comparison.verdict_table(), LEAK_NAME: leak, VOLUME3D_NAME: v3d,
+                   FALSE_POSITIVES_NAME: fp, IGNORED_NAME: pd.DataFrame(runs.ignored, columns=["path", "reason"])}
+        for name, content in written.items():
+            write_text(tmp / name, content if isinstance(content, str) else content.to_csv(index=False))
         for f in figs:
             if f.png is not None:
-                atomic.write_bytes(tmp / f.name, f.png)
-        files = (["runs.csv", "per_class_ap.csv", "table3.csv", "table3.md", PAIRWISE_NAME, PER_CASE_NAME,
-                  VERDICTS_NAME, LEAK_NAME, VOLUME3D_NAME, FALSE_POSITIVES_NAME, IGNORED_NAME]
-                 + [f.name for f in figs if f.png is not None])
-        winners = tables.winners(df, comparison)
+                write_bytes(tmp / f.name, f.png)
+        files = list(written) + [f.name for f in figs if f.png is not None]
+        winners = tables.winners(groups, comparison)
         if winners_out is not None:  # the CLI prints them: no second read and test of the runs
             winners_out.extend(winners)
-        html = render_html.render(sweep_dir=str(sweep_dir), df=df, t3=t3, winners=winners,
-                                  failed=tables.failed_runs(df), missing=tables.missing_runs(df, planned_missing),
-                                  plots=figs, notes=notes, files=files,
-                                  planned=None if runs.plan is None else len(runs.plan), leak=leak,
+        html = render_html.render(sweep_dir=str(sweep_dir), groups=groups, t3=t3, winners=winners,
+                                  failed=tables.failed_runs(runs.df),
+                                  missing=tables.missing_runs(groups, planned_missing),
+                                  plots=figs, notes=notes, files=files, planned=planned, leak=leak,
                                   volume3d=v3d, volume3d_verdicts=volume3d.verdict_lines(comparison),
                                   method=stats.method_lines(comparison),
-                                  volume3d_settings=volume3d.setting_lines(df), false_positives=fp)
-        atomic.write_text(tmp / "report.html", html)
+                                  volume3d_settings=volume3d.setting_lines(runs.df), false_positives=fp)
+        write_text(tmp / "report.html", html)
     return out / "report.html"
 
 
@@ -185,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     if (args.sweep_dir is None) == (args.latest is None):
         ap.error("give either a sweep dir or --latest <sweeps_root>")
     try:
-        sweep = latest_sweep(args.latest) if args.latest else args.sweep_dir
+        sweep_dir = latest_sweep(args.latest) if args.latest else args.sweep_dir
         winners: list = []
-        html = build_report(sweep, winners_out=winners)
+        html = build_report(sweep_dir, winners_out=winners)
         print(tables.winners_text(winners))
         print(html)
-    except (FileNotFoundError, fsutil.NotOwned, fsutil.OutputBusy, PlanError) as e:
+    except (FileNotFoundError, fsutil.NotOwned, fsutil.OutputBusy, sweep.PlanError) as e:
         print(f"reports.build: {e}", file=sys.stderr)
         return 2
     return 0

@@ -6,14 +6,17 @@ result's identity is not the plan's: another config or dataset), one without is 
 and every other result.json under the sweep dir is ignored and listed. Without a plan:
 every result.json below the sweep dir.
 
-The DataFrame is the source of truth for every view: nested fields are flattened to
-dotted column names (``metrics.segm.per_class.infection.AP``), lists become JSON text,
-null stays missing. Runs describe themselves; folder names are never parsed (the run dir
-is only recorded, relative to the sweep dir, so a reader can find the run).
+Every result.json is read once (contracts.result). The DataFrame is the source of truth for
+every view: nested fields are flattened to dotted column names
+(``metrics.segm.per_class.infection.AP``), lists become JSON text, null stays missing. Runs
+describe themselves; folder names are never parsed (the run dir is only recorded, relative to
+the sweep dir, so a reader can find the run). A result of a schema this version does not read
+(contracts.result.READABLE_SCHEMAS) is a failed row saying so.
 
 Added columns (not in result.json): ``run_dir``, ``result_json`` (relative to the sweep
-dir), ``schema_note`` (what best-effort reading had to assume), ``error_reason`` (one line),
+dir), ``schema_note`` (how the result does not match its schema), ``error_reason`` (one line),
 and for results without a run identity (schema 1) ``identity.group`` computed from their config.
+Beside the table, ``SweepRuns.per_case``: every run's per-case numbers as long rows.
 """
 
 from __future__ import annotations
@@ -26,21 +29,16 @@ from typing import Any
 
 import pandas as pd
 
-from contracts.fsutil import in_use
-
+from contracts import result, sweep
 from contracts.dataset import fingerprint as dataset_fingerprint
-from contracts.identity import identity  # pure: the one rule for "same run"
-from contracts.result import validate  # pure (no torch): the writer's own check of schema 1
+from contracts.fsutil import in_use
+from contracts.identity import identity
 
-from .schema import CLASSES, KNOWN_SCHEMAS, backbone_order, schedule_order
+from .groups import backbone_order, schedule_order
 
-RESULT_NAME = "result.json"
 #: Separator of the notes inside one ``schema_note`` cell.
 NOTE_SEP = " | "
 REPORT_DIRNAME = "report"
-#: The sweep's plan (benchmark.sweep.SWEEP_FILE) and the owner-marker kind of a sweep dir.
-PLAN_NAME = "sweep.json"
-SWEEP_KIND = "sweep"
 #: error_reason of a planned run whose result.json is another run's.
 STALE_REASON = ("StaleResult: result.json is not this sweep's run (another config or dataset); "
                 "not counted")
@@ -49,6 +47,11 @@ CHANGED_DATA_REASON = ("StaleResult: its dataset changed after this run (rebuilt
                        "volumes changed): not counted; run the sweep again")
 #: error_reason of a run still training when the report was built (its folder's lock is held).
 RUNNING_REASON = "Running: still training when this report was built"
+#: error_reason of a result.json of a schema this version does not read.
+UNKNOWN_SCHEMA_REASON = ("UnknownSchema: result.json schema {schema!r}; this version reads schemas "
+                         + ", ".join(map(str, result.READABLE_SCHEMAS)))
+#: The columns of ``SweepRuns.per_case`` (contracts.result.Result.per_case_rows, by run dir).
+PER_CASE_COLUMNS = ("run_dir", "case", "metric", "class", "value")
 
 #: Columns shown first in runs.csv; every other field follows in first-seen order.
 LEAD_COLUMNS = (
@@ -60,14 +63,13 @@ LEAD_COLUMNS = (
 )
 
 
-class PlanError(ValueError):
-    """The sweep's sweep.json exists but cannot be read as a plan."""
-
-
 @dataclass
 class SweepRuns:
-    """What a report is built from: the runs table and, with a plan, what it left out."""
+    """What a report is built from: the runs table, their per-case numbers and, with a plan,
+    what it left out."""
     df: pd.DataFrame
+    #: every run's per-case numbers, long (PER_CASE_COLUMNS), ``run_dir`` as in ``df``
+    per_case: pd.DataFrame
     #: sweep.json's runs (dicts: label, run_dir, identity, group, ...), None without a plan
     plan: list[dict[str, Any]] | None = None
     #: planned runs without a result.json: {"label", "run_dir", "group"}
@@ -88,8 +90,8 @@ def find_result_files(sweep_dir: Path) -> list[Path]:
             dirs[:] = []
             continue
         dirs.sort()
-        if RESULT_NAME in files:
-            out.append(Path(root) / RESULT_NAME)
+        if result.FILENAME in files:
+            out.append(Path(root) / result.FILENAME)
     return sorted(out)
 
 
@@ -112,7 +114,7 @@ def latest_sweep(sweeps_root: Path) -> Path:
     if best is None:
         if find_result_files(sweeps_root):
             return sweeps_root
-        raise FileNotFoundError(f"no sweep dir with a {RESULT_NAME} under {sweeps_root}")
+        raise FileNotFoundError(f"no sweep dir with a {result.FILENAME} under {sweeps_root}")
     return Path(best[1])
 
 
@@ -145,101 +147,52 @@ def error_reason(status: Any, error: Any) -> str | None:
     return f"status {status!r} (no error recorded)"
 
 
-def normalize(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Best-effort reading of any schema version; returns (result, notes on what was assumed).
-
-    Schema 1 passes through unchanged apart from derived fields that are missing. For an
-    older or unknown schema: backbone/trunk/head are derived from each other, detectron2's
-    native per-class keys (``AP-left_lung``) are mapped to ``per_class``, and a missing
-    status is inferred from the presence of metrics.
-    """
+def normalize(raw: dict[str, Any], problems: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+    """A result of a readable schema as the report reads it, and notes on it: how it does not
+    match its schema (``problems``: contracts.result.validate's), and what had to be filled in
+    (a schema-1 result's group, from its config; 'unknown' for a result naming no backbone)."""
     r = dict(raw)
     notes: list[str] = []
-    schema = r.get("schema")
-    if schema is None:
-        notes.append("no 'schema' field (older than schema 1): read best effort")
-    elif schema not in KNOWN_SCHEMAS:
-        notes.append(f"schema {schema!r} is not one this report knows {list(KNOWN_SCHEMAS)}: read best effort")
-    else:
-        problems = validate(r)
-        if problems:
-            more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
-            notes.append(f"does not match schema {schema}: {'; '.join(problems[:2])}{more}")
-
-    trunk, head, backbone = r.get("trunk"), r.get("head"), r.get("backbone")
-    if not backbone and trunk and head:
-        r["backbone"] = f"{trunk}-{head}"
-        notes.append("backbone derived from trunk and head")
-    elif backbone and (not trunk or not head) and "-" in str(backbone):
-        # The backbone *name* is data in result.json (never the folder name).
-        t, h = str(backbone).split("-", 1)
-        r["trunk"], r["head"] = trunk or t, head or h
-        notes.append("trunk/head derived from the backbone name")
+    if problems:
+        more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
+        notes.append(f"does not match schema {r['schema']}: {'; '.join(problems[:2])}{more}")
     if not r.get("backbone"):
         r["backbone"] = "unknown"
-        notes.append("no backbone, trunk or head: listed as 'unknown'")
-
-    metrics = r.get("metrics")
-    if isinstance(metrics, dict):
-        metrics = dict(metrics)
-        for task in ("segm", "bbox"):
-            t = metrics.get(task)
-            if isinstance(t, dict) and "per_class" not in t:
-                pc = {c: {"AP": t[f"AP-{c}"]} for c in CLASSES if f"AP-{c}" in t}
-                if pc:
-                    t = {k: v for k, v in t.items() if not k.startswith("AP-")}
-                    t["per_class"] = pc
-                    metrics[task] = t
-                    notes.append(f"{task} per-class AP read from detectron2's 'AP-<class>' keys (no AP50/AP75)")
-        r["metrics"] = metrics
-
+        notes.append("no backbone: listed as 'unknown'")
     if not isinstance(r.get("identity"), dict) and isinstance(r.get("config"), dict):
         # no run identity recorded: the group from the config alone (the data are unknown)
         r["identity"] = {"hash": None, "group": identity(r["config"], None)["group"], "dataset": None}
-        notes.append("no run identity (schema 1 or older): its group computed from its config")
-
-    if "status" not in r:
-        has = isinstance(metrics, dict) and isinstance(metrics.get("segm"), dict) and metrics["segm"].get("AP") is not None
-        r["status"] = "ok" if has else "failed"
-        notes.append(f"no 'status' field: taken as {r['status']!r} from the metrics")
+        notes.append("no run identity (schema 1): its group computed from its config")
     return r, notes
 
 
-def load_run(path: Path, sweep_dir: Path) -> dict[str, Any]:
-    """One flat row from one result.json. An unreadable file becomes a failed row saying why."""
+def load_run(path: Path, sweep_dir: Path) -> tuple[dict[str, Any], list[tuple[str, str, str, float]]]:
+    """One flat row from one result.json, and its per-case numbers (case, metric, class,
+    value). An unreadable file, or one of a schema this version does not read, becomes a
+    failed row saying why."""
     path, sweep_dir = Path(path), Path(sweep_dir)
     rel_dir = path.parent.relative_to(sweep_dir).as_posix() if path.is_relative_to(sweep_dir) else str(path.parent)
-    meta = {"run_dir": rel_dir or ".", "result_json": (Path(rel_dir) / RESULT_NAME).as_posix()}
+    meta = {"run_dir": rel_dir or ".", "result_json": (Path(rel_dir) / result.FILENAME).as_posix()}
     try:
-        raw = json.loads(path.read_text())
-        if not isinstance(raw, dict):
-            raise ValueError(f"top level is a {type(raw).__name__}, not an object")
-    except (OSError, ValueError) as e:
-        return {"backbone": "unknown", "status": "failed", "schema": None,
-                "error_reason": f"unreadable {path}: {e}", "schema_note": "file could not be read", **meta}
-    r, notes = normalize(raw)
+        res = result.load_result(path)
+    except (result.ResultUnreadable, OSError) as e:
+        why = e if isinstance(e, result.ResultUnreadable) else result.ResultUnreadable(path, e)
+        return {"backbone": "unknown", "status": "failed", "schema": None, "error_reason": str(why),
+                "schema_note": "file could not be read", **meta}, []
+    schema = res.data.get("schema")
+    if schema not in result.READABLE_SCHEMAS:
+        backbone = res.data.get("backbone")
+        return {"backbone": backbone if isinstance(backbone, str) and backbone else "unknown",
+                "status": "failed", "schema": schema, "error_reason": UNKNOWN_SCHEMA_REASON.format(schema=schema),
+                "schema_note": "not read: unknown schema", **meta}, []
+    r, notes = normalize(res.data, res.problems)
     row = flatten(r)
     row.update(meta)
     row["error_reason"] = error_reason(r.get("status"), r.get("error"))
     if row.get("error.type") == "Unfinished" and in_use(path.parent):  # its process holds it
         row["status"], row["error_reason"] = "running", RUNNING_REASON
     row["schema_note"] = NOTE_SEP.join(notes) or None
-    return row
-
-
-def read_plan(sweep_dir: Path) -> list[dict[str, Any]] | None:
-    """The runs of ``<sweep_dir>/sweep.json`` (run_dir relative to the sweep dir), or None
-    when there is no plan. Raises PlanError when the file is there but is not a plan."""
-    path = Path(sweep_dir) / PLAN_NAME
-    if not path.exists():
-        return None
-    try:
-        runs = json.loads(path.read_text()).get("runs")
-    except (OSError, ValueError, AttributeError) as e:
-        raise PlanError(f"{path}: cannot read the sweep's plan: {e}") from e
-    if not isinstance(runs, list) or not all(isinstance(r, dict) and r.get("run_dir") for r in runs):
-        raise PlanError(f"{path}: 'runs' is not a list of planned runs with a run_dir")
-    return [{**r, "label": str(r.get("label") or r["run_dir"])} for r in runs]
+    return row, res.per_case_rows()
 
 
 def _rel(path: Path, sweep_dir: Path) -> str:
@@ -250,29 +203,29 @@ def read_sweep(sweep_dir: Path) -> SweepRuns:
     """The runs of a sweep dir (see the module docstring): its plan's when it has one."""
     sweep_dir = Path(sweep_dir)
     files = find_result_files(sweep_dir)
-    plan = read_plan(sweep_dir)
+    plan = sweep.read_plan(sweep_dir)
     if plan is None:
-        return SweepRuns(collect(sweep_dir, files))
-    rows, missing, planned = [], [], set()
+        return _runs([load_run(f, sweep_dir) for f in files])
+    loaded, missing, planned = [], [], set()
     fingerprints: dict[tuple, dict | None] = {}
     for run in plan:
-        path = sweep_dir / run["run_dir"] / RESULT_NAME
+        path = sweep_dir / run["run_dir"] / result.FILENAME
         planned.add(os.path.realpath(path))
         if not path.exists():
             missing.append({"label": run["label"], "run_dir": _rel(sweep_dir / run["run_dir"], sweep_dir),
                             "group": run.get("group"), "backbone": run.get("backbone"),
                             "in_zoo": run.get("in_zoo")})
             continue
-        row = load_run(path, sweep_dir)
+        row, per_case = load_run(path, sweep_dir)
         got = row.get("identity.hash")
         if run.get("identity") and isinstance(got, str) and got and got != run["identity"]:
             row["status"], row["error_reason"] = "failed", STALE_REASON
         elif row.get("status") == "ok" and data_changed(row, fingerprints):
             row["status"], row["error_reason"] = "failed", CHANGED_DATA_REASON
-        rows.append(row)
-    ignored = [(_rel(f, sweep_dir), f"not a run of this sweep's plan ({PLAN_NAME})")
+        loaded.append((row, per_case))
+    ignored = [(_rel(f, sweep_dir), f"not a run of this sweep's plan ({sweep.FILENAME})")
                for f in files if os.path.realpath(f) not in planned]
-    return SweepRuns(_frame(rows), plan, missing, ignored)
+    return _runs(loaded, plan, missing, ignored)
 
 
 def data_changed(row: dict[str, Any], cache: dict[tuple, dict | None]) -> bool:
@@ -289,13 +242,12 @@ def data_changed(row: dict[str, Any], cache: dict[tuple, dict | None]) -> bool:
     return now is None or any(now.get(k) != v for k, v in recorded.items()) or set(now) != set(recorded)
 
 
-def collect(sweep_dir: Path, files: list[Path] | None = None) -> pd.DataFrame:
-    """The tidy table, sorted by backbone, schedule, fold, seed: one row per run of the sweep's
-    plan that has a result.json (see read_sweep), or, with ``files``, one row per file given."""
-    sweep_dir = Path(sweep_dir)
-    if files is None:
-        return read_sweep(sweep_dir).df
-    return _frame([load_run(f, sweep_dir) for f in files])
+def _runs(loaded: list[tuple[dict[str, Any], list[tuple]]], plan: list[dict[str, Any]] | None = None,
+          missing: list[dict[str, Any]] | None = None, ignored: list[tuple[str, str]] | None = None) -> SweepRuns:
+    """SweepRuns of the runs load_run read, their table sorted by backbone, schedule, fold, seed."""
+    per_case = [(row["run_dir"], *r) for row, rows in loaded for r in rows]
+    return SweepRuns(_frame([row for row, _ in loaded]), pd.DataFrame(per_case, columns=list(PER_CASE_COLUMNS)),
+                     plan, missing or [], ignored or [])
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

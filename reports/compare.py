@@ -23,8 +23,9 @@ from pathlib import Path
 import pandas as pd
 
 from contracts import fsutil
+from contracts.fsutil import write_text
 
-from . import atomic, stats
+from . import stats
 
 KEYS = ("group", "case", "class")
 COMPARE_KIND = "compare"
@@ -135,8 +136,8 @@ def compare_csv(path: str | Path, metric: str | None = None, out: str | Path | N
             raise fsutil.NotOwned(out, f"overlaps the folder of the input ({src})",
                                   "lungbench never writes where it reads: choose another --out")
         with fsutil.output_lock(out, "--out"), fsutil.atomic_dir(out, COMPARE_KIND, "--out") as tmp:
-            atomic.write_text(tmp / PAIRWISE_NAME, comparison.pairwise.to_csv(index=False))
-            atomic.write_text(tmp / VERDICTS_NAME, comparison.verdict_table().to_csv(index=False))
+            write_text(tmp / PAIRWISE_NAME, comparison.pairwise.to_csv(index=False))
+            write_text(tmp / VERDICTS_NAME, comparison.verdict_table().to_csv(index=False))
     return comparison
 
 

@@ -1,5 +1,5 @@
-"""PNG plots of the runs table (matplotlib's object API with the Agg canvas: no pyplot state,
-no display needed). Every function returns a :class:`Plot`; when the data for a plot is
+"""PNG plots of the report's groups and runs (matplotlib's object API with the Agg canvas: no
+pyplot state, no display needed). Every function returns a :class:`Plot`; when the data for a plot is
 absent it returns one with ``png=None`` and a note saying why, and the report shows the note."""
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .schema import CLASS_COLORS, CLASS_LABELS, CLASSES, HEADS, TRUNKS
-from .tables import (SEGM_AP, class_col, group_label, iter_groups, load_paper, ok_rows, paper_table3, stats,
-                     training_tflop)
+from contracts.catalog import CLASS_COLOURS, CLASS_LABELS, CLASS_NAMES, HEADS, TRUNKS
+
+from . import stats
+from .groups import Groups, group_label, ok_rows
+from .tables import SEGM_AP, class_col, load_paper, mean_std, paper_table3, training_tflop
 
 DPI = 110
 TRUNK_COLORS = {"R50": "#4c72b0", "R101": "#dd8452", "X101": "#55a868"}
@@ -70,38 +72,38 @@ def summarize(items: list[tuple[str, str]], limit: int = 6) -> str:
     return "; ".join(out)
 
 
-def per_class_bars(df: pd.DataFrame) -> Plot:
+def per_class_bars(groups: Groups) -> Plot:
     """Grouped bars: segm (top) and bbox (bottom) AP per class for each backbone group,
     error bars = std over folds/seeds, the paper's numbers as markers."""
     p = Plot("per_class_ap.png", "Per-class AP by backbone",
              "COCO AP per class (mean over folds/seeds, error bar = std). Diamonds: the paper's Table 2 "
              "(R50-FPN); black x: the paper's Table 3 value (assumed to be infection AP).")
-    groups = [(k, g) for k, g in iter_groups(df) if (g["status"] == "ok").any()]
-    if not groups:
+    shown = [(k, g) for k, g in groups if (g["status"] == "ok").any()]
+    if not shown:
         p.note = "no successful run: nothing to plot"
         return p
-    labels = [group_label(k) for k, _ in groups]
-    x = np.arange(len(groups))
-    width = 0.8 / len(CLASSES)
-    fig = Figure(figsize=(max(8.0, 1.15 * len(groups) + 2), 8.6))
+    labels = [group_label(k) for k, _ in shown]
+    x = np.arange(len(shown))
+    width = 0.8 / len(CLASS_NAMES)
+    fig = Figure(figsize=(max(8.0, 1.15 * len(shown) + 2), 8.6))
     axes = fig.subplots(2, 1, sharex=True, gridspec_kw=margins(fig, 2, 1, top=0.75, bottom=1.3, hspace=0.45))
     paper = load_paper()
     for ax, task in zip(axes, ("segm", "bbox")):
-        for j, c in enumerate(CLASSES):
-            st = [stats(g, class_col(c, task)) for _, g in groups]
+        for j, c in enumerate(CLASS_NAMES):
+            st = [mean_std(g, class_col(c, task)) for _, g in shown]
             means = np.array([s[0] for s in st])
             stds = np.array([0.0 if math.isnan(s[1]) else s[1] for s in st])
             xs = x + (j - 1) * width
-            ax.bar(xs, np.nan_to_num(means), width, yerr=stds, color=CLASS_COLORS[c], label=CLASS_LABELS[c],
+            ax.bar(xs, np.nan_to_num(means), width, yerr=stds, color=CLASS_COLOURS[c], label=CLASS_LABELS[c],
                    capsize=2, error_kw={"elinewidth": 0.8}, alpha=0.9)
-            if len(groups) <= 12:  # beyond that the labels collide; the CSV has the numbers
+            if len(shown) <= 12:  # beyond that the labels collide; the CSV has the numbers
                 for xi, m, sd in zip(xs, means, stds):
                     if not math.isnan(m):
                         ax.text(xi, m + sd + 0.8, f"{m:.0f}", ha="center", va="bottom", fontsize=7)
             if task == "segm":
-                for gi, (k, _) in enumerate(groups):
+                for gi, (k, _) in enumerate(shown):
                     if k["backbone"] == "R50-FPN":
-                        ax.plot(xs[gi], paper["table2_r50_fpn"][c], "D", color=CLASS_COLORS[c],
+                        ax.plot(xs[gi], paper["table2_r50_fpn"][c], "D", color=CLASS_COLOURS[c],
                                 markeredgecolor="black", markersize=7, zorder=5)
                     if c == "infection":
                         v, _ = paper_table3(str(k["backbone"]), k["schedule"])
@@ -112,7 +114,7 @@ def per_class_bars(df: pd.DataFrame) -> Plot:
         ax.set_title("mask (segm) AP" if task == "segm" else "box (bbox) AP", fontsize=11, loc="left")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-    handles = [Patch(color=CLASS_COLORS[c], label=CLASS_LABELS[c]) for c in CLASSES] + [
+    handles = [Patch(color=CLASS_COLOURS[c], label=CLASS_LABELS[c]) for c in CLASS_NAMES] + [
         Line2D([], [], marker="D", ls="", color="grey", markeredgecolor="black", label="paper Table 2 (R50-FPN)"),
         Line2D([], [], marker="x", ls="", color="black", mew=2, label="paper Table 3")]
     axes[0].legend(handles=handles, ncol=5, fontsize=8.5, loc="lower center", bbox_to_anchor=(0.5, 1.07), frameon=False)
@@ -121,11 +123,12 @@ def per_class_bars(df: pd.DataFrame) -> Plot:
     return p
 
 
-def trunk_head_heatmap(df: pd.DataFrame) -> Plot:
+def trunk_head_heatmap(groups: Groups) -> Plot:
     """3x3 trunk x head grid of mean segm AP and infection segm AP, one pair per schedule."""
     p = Plot("heatmap_trunk_head.png", "Trunk x head",
              "Mean over folds/seeds of the segm AP (left: mean of the three classes; right: infection). "
              "Grey: failed (every run failed), missing (no run) or no AP (runs without metrics).")
+    df = groups.df
     ok = df[df["status"] == "ok"] if not df.empty else df
     if ok.empty:
         p.note = "no successful run: nothing to plot"
@@ -137,7 +140,7 @@ def trunk_head_heatmap(df: pd.DataFrame) -> Plot:
         fig, len(scheds), 2, left=0.6, right=1.3, top=0.35, bottom=0.35, wspace=0.7, hspace=0.5)))
     vals = {}
     cells: dict[tuple, list[str]] = {}  # groups behind each drawn cell
-    for key, g in iter_groups(ok):
+    for key, g in groups.with_ok_runs():
         cells.setdefault((key["schedule"], _first_str(g, "trunk"), _first_str(g, "head")), []).append(group_label(key))
     mixed = sorted(", ".join(v) for v in cells.values() if len(v) > 1)
     if mixed:
@@ -149,7 +152,7 @@ def trunk_head_heatmap(df: pd.DataFrame) -> Plot:
             for ti, t in enumerate(TRUNKS):
                 for hi, h in enumerate(HEADS):
                     cell = sub[(sub["trunk"] == t) & (sub["head"] == h)]
-                    vals[si, mi, ti, hi] = (stats(cell, col), int((cell["status"] == "ok").sum()), len(cell))
+                    vals[si, mi, ti, hi] = (mean_std(cell, col), int((cell["status"] == "ok").sum()), len(cell))
     finite = [v[0][0] for v in vals.values() if v[0][2]]
     vmin, vmax = (min(finite), max(finite)) if finite else (0, 100)
     if vmax - vmin < 1:
@@ -190,7 +193,7 @@ def _first_str(rows: pd.DataFrame, col: str) -> str | None:
     return v[0] if v else None
 
 
-def ap_vs_cost(df: pd.DataFrame) -> Plot:
+def ap_vs_cost(groups: Groups) -> Plot:
     """Mean segm AP against train s/iter, inference s/image and parameters (one point per group)."""
     p = Plot("ap_vs_cost.png", "AP against cost",
              "Mean segm AP (three classes) against training time per iteration, inference time per image "
@@ -198,10 +201,10 @@ def ap_vs_cost(df: pd.DataFrame) -> Plot:
     xs = [("timing.train_s_per_iter", "train s / iter"), ("timing.infer_s_per_image", "inference s / image"),
           ("model.params_m", "parameters (M)")]
     pts = []
-    for k, g in iter_groups(df):
-        ap = stats(g, SEGM_AP)
+    for k, g in groups:
+        ap = mean_std(g, SEGM_AP)
         if ap[2]:
-            pts.append((k, ap, [stats(g, c) for c, _ in xs], g))
+            pts.append((k, ap, [mean_std(g, c) for c, _ in xs], g))
     if not pts:
         p.note = "no successful run with metrics: nothing to plot"
         return p
@@ -307,15 +310,15 @@ def _smooth(y: np.ndarray) -> np.ndarray:
     return pd.Series(y).rolling(max(3, len(y) // 30), min_periods=1, center=True).median().to_numpy()
 
 
-def loss_curves(df: pd.DataFrame, sweep_dir: Path) -> Plot:
+def loss_curves(groups: Groups, sweep_dir: Path) -> Plot:
     """Training losses against iteration, one colour per backbone group. A group with one or two
     runs shows each run; with more (folds/seeds) its median over runs and the min-max band."""
     p = Plot("loss_curves.png", "Training loss",
              "detectron2's training log (metrics.json): total loss and its parts against iteration. One colour "
              "per backbone; with several folds/seeds: the median over runs and a band from min to max. "
              "Dashed: a failed run's log.")
-    groups, missing = [], []
-    for k, g in iter_groups(df):
+    shown, missing = [], []
+    for k, g in groups:
         logs = []
         for _, r in g.iterrows():
             rel = r.get("artifacts.metrics_log")
@@ -333,29 +336,29 @@ def loss_curves(df: pd.DataFrame, sweep_dir: Path) -> Plot:
                 continue
             logs.append((r["status"] != "ok", log))
         if logs:
-            groups.append((group_label(k), logs))
+            shown.append((group_label(k), logs))
     if missing:
         p.note = f"{len(missing)} run(s) without a training log: " + summarize(missing)
-    if not groups:
+    if not shown:
         p.note = p.note or "no training logs"
         return p
-    most = max(len(log["iteration"]) for _, logs in groups for _, log in logs)
+    most = max(len(log["iteration"]) for _, logs in shown for _, log in logs)
     if most < 3:
         short = (f"every training log has at most {most} point(s) (detectron2 writes one every "
                  "20 iterations): too short a run for a curve")
         p.note = f"{short}; {p.note}" if p.note else short
-    found = {key for _, logs in groups for _, log in logs for key in log if key != "iteration"}
+    found = {key for _, logs in shown for _, log in logs for key in log if key != "iteration"}
     keys = ["total_loss"] + sorted(found - {"total_loss"})
     keys = keys[:6]
     ncol = 3
     nrow = math.ceil(len(keys) / ncol)
-    legend_rows = math.ceil(len(groups) / 5)
+    legend_rows = math.ceil(len(shown) / 5)
     top = 0.35 + 0.25 * legend_rows
     fig = Figure(figsize=(13.5, 3.2 * nrow + top))
     axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False, gridspec_kw=margins(
         fig, nrow, ncol, top=top, bottom=0.55, left=0.65, wspace=0.65, hspace=0.75))).ravel()
     for ax, key in zip(axes, keys):
-        for gi, (label, logs) in enumerate(groups):
+        for gi, (label, logs) in enumerate(shown):
             color = f"C{gi % 10}"
             ok = [log for failed, log in logs if not failed and key in log]
             for failed, log in logs:
@@ -377,7 +380,7 @@ def loss_curves(df: pd.DataFrame, sweep_dir: Path) -> Plot:
     for ax in axes[len(keys):]:
         ax.set_visible(False)
     handles = [Line2D([], [], color=f"C{gi % 10}", lw=2, label=f"{label} (n={len(logs)})" if len(logs) > 1 else label)
-               for gi, (label, logs) in enumerate(groups)]
+               for gi, (label, logs) in enumerate(shown)]
     fig.legend(handles=handles, loc="upper center", ncol=min(5, len(handles)), frameon=False, fontsize=9,
                bbox_to_anchor=(0.5, 1.0))
     p.png = to_png(fig)
@@ -388,18 +391,16 @@ def rank_stability(per_case: pd.DataFrame, no_test: str | None = None) -> Plot:
     """Bars: how often each group ranks first on the mean segm AP (mean over the classes)
     when the test cases are resampled with replacement (reports.stats.rank_first_frequency).
     ``no_test``: the reason no paired test is possible; the plot is skipped with it."""
-    from . import stats as st  # stats builds on tables, as this module does
-
     p = Plot("rank_stability.png", "Rank stability over cases",
-             f"Share of {st.RANK_RESAMPLES} bootstrap resamples of the test cases (with replacement, fixed seed) "
+             f"Share of {stats.RANK_RESAMPLES} bootstrap resamples of the test cases (with replacement, fixed seed) "
              "in which each group has the highest mean segm AP (mean of the three classes), on the cases "
              "every group tested; ties split the count.")
     if no_test:
         p.note = no_test
         return p
-    share, n_cases = st.rank_first_frequency(per_case)
-    if share.empty or n_cases < st.MIN_CASES:
-        p.note = st.NO_TEST if share.size else st.NO_DATA
+    share, n_cases = stats.rank_first_frequency(per_case)
+    if share.empty or n_cases < stats.MIN_CASES:
+        p.note = stats.NO_TEST if share.size else stats.NO_DATA
         return p
     fig = Figure(figsize=(max(5.0, 0.7 * len(share) + 2.5), 4.2))
     ax = fig.subplots(1, 1, gridspec_kw=margins(fig, 1, 1, left=0.8, bottom=1.6, top=0.45))
@@ -437,31 +438,31 @@ def volume3d_bars(t: pd.DataFrame) -> Plot:
     panels = [(suffix, name) for suffix, name in (("_labelled", "lungs as labelled"), ("", "whole lungs"))
               if (ours["metric"] == f"dice3d{suffix}").any()]
     x = np.arange(len(groups))
-    width = 0.8 / len(CLASSES)
+    width = 0.8 / len(CLASS_NAMES)
     fig = Figure(figsize=(max(8.0, 1.15 * len(groups) + 2) * len(panels) * 0.75 + 1, 8.6))
     axes = np.asarray(fig.subplots(2, len(panels), sharex=True, squeeze=False,
                                    gridspec_kw=margins(fig, 2, len(panels), top=0.75, bottom=1.3, hspace=0.45)))
     for col, (suffix, name) in enumerate(panels):
         for row, (metric, title) in enumerate(((f"dice3d{suffix}", "Dice 3-D (%)"), (f"nsd3d{suffix}", "NSD (%)"))):
             ax = axes[row, col]
-            for j, c in enumerate(CLASSES):
+            for j, c in enumerate(CLASS_NAMES):
                 rows = ours[(ours["metric"] == metric) & (ours["class"] == c)].set_index("group").reindex(groups)
                 m = rows["mean_pct"].to_numpy(float)
                 lo = np.nan_to_num(m - rows["ci_low_pct"].to_numpy(float))
                 hi = np.nan_to_num(rows["ci_high_pct"].to_numpy(float) - m)
-                ax.bar(x + (j - 1) * width, np.nan_to_num(m), width, yerr=[lo, hi], color=CLASS_COLORS[c],
+                ax.bar(x + (j - 1) * width, np.nan_to_num(m), width, yerr=[lo, hi], color=CLASS_COLOURS[c],
                        capsize=2, error_kw={"elinewidth": 0.8}, alpha=0.9)
                 for ref, ls in zip(refs, ("-", ":")):
                     r = t[(t["group"] == ref) & (t["metric"] == metric) & (t["class"] == c)]
                     if len(r):
-                        ax.axhline(float(r["mean_pct"].iloc[0]), color=CLASS_COLORS[c], ls=ls, lw=1.2, alpha=0.8)
+                        ax.axhline(float(r["mean_pct"].iloc[0]), color=CLASS_COLOURS[c], ls=ls, lw=1.2, alpha=0.8)
             ax.set_ylim(0, 105)
             ax.set_ylabel(title)
             ax.set_title(name, fontsize=10, loc="left")
             ax.grid(axis="y", alpha=0.3)
             ax.set_axisbelow(True)
         axes[1, col].set_xticks(x, groups, rotation=30, ha="right")
-    handles = [Patch(color=CLASS_COLORS[c], label=CLASS_LABELS[c]) for c in CLASSES] + [
+    handles = [Patch(color=CLASS_COLOURS[c], label=CLASS_LABELS[c]) for c in CLASS_NAMES] + [
         Line2D([], [], color="grey", ls=ls, label=ref) for ref, ls in zip(refs, ("-", ":"))]
     fig.legend(handles=handles, ncol=3, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     p.png = to_png(fig)

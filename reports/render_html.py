@@ -5,19 +5,21 @@ the plots, then the details (per-class table, settings, environment, every run).
 from __future__ import annotations
 
 import base64
+import datetime
 import json
-import datetime as dt
 from html import escape
 from typing import Any, Iterable
 
 import pandas as pd
 
+from contracts.catalog import CLASS_COLOURS, CLASS_LABELS, CLASS_NAMES
+
 from . import tables
+from .groups import Groups, group_label, ok_rows
 from .plots import Plot
 from .stats import MIN_CASES, SELECTION, TIED_ZERO
-from .schema import CLASS_COLORS, CLASS_LABELS, CLASSES
-from .tables import (SEGM_AP, class_col, fmt, fmt_pm, group_label, iter_groups, load_paper, stats,
-                     table3_display)
+from .tables import SEGM_AP, class_col, fmt, fmt_pm, load_paper, mean_std, table3_display
+from .volume3d import VIEWS, wide
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Roboto,'DejaVu Sans',Arial,sans-serif;margin:0;color:#1d232a;background:#f4f6f8}
@@ -57,7 +59,7 @@ details{margin:8px 0} summary{cursor:pointer;font-weight:600}
 code{background:#eef2f6;padding:1px 4px;border-radius:3px;font-size:12.5px}
 """
 
-_CLASS_CSS = {**{CLASS_LABELS[c]: CLASS_COLORS[c] for c in CLASSES}, "mean of 3 classes": "#6c757d"}
+_CLASS_CSS = {**{CLASS_LABELS[c]: CLASS_COLOURS[c] for c in CLASS_NAMES}, "mean of 3 classes": "#6c757d"}
 
 
 def _table(df: pd.DataFrame, *, table_id: str | None = None, num_cols: Iterable[str] = (),
@@ -125,17 +127,17 @@ def _kv_table(df: pd.DataFrame, items: list[tuple[str, str]]) -> str:
     return _table(pd.DataFrame(rows))
 
 
-def _per_class_wide(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+def _per_class_wide(groups: Groups) -> tuple[pd.DataFrame, dict[str, int]]:
     """One row per backbone group: segm AP, bbox AP and Dice per class (mean ± std over runs)."""
     rows, raw = [], []
-    cols = ([(f"segm AP {CLASS_LABELS[c]}", class_col(c)) for c in CLASSES]
-            + [(f"bbox AP {CLASS_LABELS[c]}", class_col(c, "bbox")) for c in CLASSES]
-            + [(f"Dice {CLASS_LABELS[c]}", f"metrics.dice.mean.{c}") for c in CLASSES]
+    cols = ([(f"segm AP {CLASS_LABELS[c]}", class_col(c)) for c in CLASS_NAMES]
+            + [(f"bbox AP {CLASS_LABELS[c]}", class_col(c, "bbox")) for c in CLASS_NAMES]
+            + [(f"Dice {CLASS_LABELS[c]}", f"metrics.dice.mean.{c}") for c in CLASS_NAMES]
             + [("burden abs err (pp)", "metrics.infection_burden_abs_error.mean")])
-    for k, g in iter_groups(df):
+    for k, g in groups:
         row, rv = {"backbone": group_label(k)}, {}
         for name, col in cols:
-            m, s, n = stats(g, col)
+            m, s, n = mean_std(g, col)
             digits = 3 if name.startswith("Dice") else 1
             row[name] = "-" if not n else (f"{m:.{digits}f}" + (f" ±{s:.{digits}f}" if n > 1 else ""))
             rv[name] = m
@@ -188,7 +190,7 @@ def _runs_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return out, ["failed" if s != "ok" else "" for s in df["status"]] if not df.empty else []
 
 
-def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[dict[str, Any]],
+def render(*, sweep_dir: str, groups: Groups, t3: pd.DataFrame, winners: list[dict[str, Any]],
            failed: pd.DataFrame, missing: list[dict[str, Any]], plots: list[Plot], notes: list[str],
            files: list[str], planned: int | None = None, leak: pd.DataFrame | None = None,
            volume3d: pd.DataFrame | None = None, volume3d_verdicts: list[str] | None = None,
@@ -197,6 +199,34 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
     """The whole page as one string (``planned``: the number of runs in the sweep's plan,
     None without one: then the runs found are what is expected)."""
     paper = load_paper()
+    df = groups.df
+    parts = _head(sweep_dir, df, notes, len(missing), planned)
+    parts += _winner_cards(winners, method)
+    parts += _leak_section(leak)
+    parts += _table3_section(t3, paper)
+    parts.append(_false_positive_section(false_positives))
+    parts.append(_volume3d_section(volume3d, volume3d_verdicts or [], volume3d_settings))
+    parts += _failures_section(failed, missing)
+    parts += _plots_section(plots)
+    parts += _per_class_section(groups, paper)
+    parts.append("<h2>Run settings and environment</h2><div class='cards'>"
+                 f"<div style='flex:1 1 420px'><h3>Settings</h3>{_kv_table(df, SETTINGS)}</div>"
+                 f"<div style='flex:1 1 420px'><h3>Environment</h3>{_kv_table(df, ENV)}</div></div>")
+    run_notes = _run_notes(df)
+    if run_notes:
+        parts.append("<h3>Notes the runs recorded</h3><ul>"
+                     + "".join(f"<li>{escape(t)} ({k} run{'s' if k > 1 else ''})</li>" for t, k in run_notes) + "</ul>")
+    runs, rc = _runs_table(df)
+    parts.append(f"<h2>Every run ({len(df)})</h2>")
+    parts.append(_table(runs, table_id="runs", row_class=rc,
+                        num_cols=[c for c in runs.columns if c not in ("backbone", "schedule", "status", "run dir", "schema note")]))
+    parts.append("<h2>Files</h2><ul>" + "".join(f"<li><code>{escape(f)}</code></li>" for f in files) + "</ul>")
+    parts.append("</main></body></html>")
+    return "\n".join(parts)
+
+
+def _head(sweep_dir: str, df: pd.DataFrame, notes: list[str], n_missing: int, planned: int | None) -> list[str]:
+    """The page's head, its counts of runs and the banners: smoke run, notes, problems."""
     n, n_ok = len(df), int((df["status"] == "ok").sum()) if not df.empty else 0
     expected = (f"of {planned} planned run(s)" if planned is not None
                 else "no sweep.json: the runs are the result.json files found")
@@ -206,15 +236,15 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
              f"<title>lungbench report: {escape(str(sweep_dir))}</title><style>{CSS}</style></head><body><main>"]
     parts.append("<h1>lungbench: Mask R-CNN backbones on CT lung + COVID-19 infection</h1>")
     parts.append(f"<div class='sub'>Sweep <code>{escape(str(sweep_dir))}</code> · built "
-                 f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</div>")
+                 f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</div>")
     parts.append("<div class='summary'>"
                  f"<span class='pill' id='n-runs'>{n} run(s)</span><span class='pill ok' id='n-ok'>{n_ok} ok</span>"
                  f"<span class='pill fail' id='n-failed'>{n - n_ok} FAILED</span>"
-                 f"<span class='pill miss' id='n-missing'>{len(missing)} MISSING ({expected})</span></div>")
+                 f"<span class='pill miss' id='n-missing'>{n_missing} MISSING ({expected})</span></div>")
     if smoke:
         # runs at one budget in compute are comparable with each other at that budget (the tests
         # say how sure); runs at unequal budgets compare trainings, not backbones
-        tf = tables.training_tflop(tables.ok_rows(df))
+        tf = tables.training_tflop(ok_rows(df))
         equal = bool(tf.notna().all() and not tf.empty and tables.compute_remark(df) is None)
         other = (f"they compare with each other only as trainings of {tf.mean():.3g} training TFLOPs each"
                  if equal else "nor to each other (unequal training budgets)")
@@ -223,11 +253,15 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
                      f"comparable to the paper; {escape(other)}.</div>")
     if notes:
         parts.append("<div class='banner notes'><b>Notes</b><ul>" + "".join(f"<li>{escape(x)}</li>" for x in notes) + "</ul></div>")
-    if n - n_ok or missing:
-        parts.append(f"<div class='banner bad' id='problems'><b>{n - n_ok} FAILED, {len(missing)} MISSING</b>: see "
+    if n - n_ok or n_missing:
+        parts.append(f"<div class='banner bad' id='problems'><b>{n - n_ok} FAILED, {n_missing} MISSING</b>: see "
                      "<a href='#failures'>failed and missing runs</a>.</div>")
+    return parts
 
-    parts.append("<h2>Best per class (paired test over cases)</h2><div class='cards'>")
+
+def _winner_cards(winners: list[dict[str, Any]], method: list[str] | None) -> list[str]:
+    """One card per class (and the mean): the leading group and what the paired tests say."""
+    parts = ["<h2>Best per class (paired test over cases)</h2><div class='cards'>"]
     for w in winners:
         color = _CLASS_CSS.get(w["what"], "#888")
         if w["winner"] is None:
@@ -254,23 +288,32 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
                  "covers</summary><ul>" + "".join(f"<li>{escape(m)}</li>" for m in method or [])
                  + f"<li>pairwise.csv states the selection on every row (<code>selection</code>: "
                    f"{escape(SELECTION)}); verdicts.csv holds one verdict per metric and class.</li></ul></details>")
+    return parts
 
-    if leak is not None and not leak.empty:
-        parts.append("<h2 id='leak'>The leak: slices of one patient in train and test</h2>")
-        parts.append("<p>The same backbone trained and tested on the same folds, split by patient "
-                     "(<code>patient_kfold</code>) and by slice (<code>slice_random</code>, the paper's likely, "
-                     "unstated protocol): a slice split puts neighbouring, nearly identical slices of one "
-                     "patient in train and test. Gap = slice_random − patient_kfold, per case (segm AP), "
-                     "with a 95% bootstrap interval and a one-sided paired Wilcoxon p-value of a positive "
-                     f"gap (no interval under {MIN_CASES} cases). A positive gap is score that a patient-level test does not "
-                     "confirm; it measures the leak on these data, not on any other dataset.</p>")
-        shown = leak.assign(**{"class": leak["class"].map(lambda c: CLASS_LABELS.get(c, "mean of classes")),
-                               "gap [95% CI]": [f"{fmt(g)} [{fmt(lo)}, {fmt(hi)}]" for g, lo, hi in
-                                                zip(leak["gap"], leak["ci_low"], leak["ci_high"])]})
-        shown = shown[["backbone", "class", "n_cases", "patient_kfold", "slice_random", "gap [95% CI]", "p"]]
-        parts.append(_table(shown.map(lambda v: fmt(v) if isinstance(v, float) else v), table_id="leak-table",
-                            num_cols=["n_cases", "patient_kfold", "slice_random", "gap [95% CI]", "p"]))
 
+def _leak_section(leak: pd.DataFrame | None) -> list[str]:
+    """The measured leak of a slice split (reports.stats.leak); nothing without one."""
+    if leak is None or leak.empty:
+        return []
+    parts = ["<h2 id='leak'>The leak: slices of one patient in train and test</h2>"]
+    parts.append("<p>The same backbone trained and tested on the same folds, split by patient "
+                 "(<code>patient_kfold</code>) and by slice (<code>slice_random</code>, the paper's likely, "
+                 "unstated protocol): a slice split puts neighbouring, nearly identical slices of one "
+                 "patient in train and test. Gap = slice_random − patient_kfold, per case (segm AP), "
+                 "with a 95% bootstrap interval and a one-sided paired Wilcoxon p-value of a positive "
+                 f"gap (no interval under {MIN_CASES} cases). A positive gap is score that a patient-level test does not "
+                 "confirm; it measures the leak on these data, not on any other dataset.</p>")
+    shown = leak.assign(**{"class": leak["class"].map(lambda c: CLASS_LABELS.get(c, "mean of classes")),
+                           "gap [95% CI]": [f"{fmt(g)} [{fmt(lo)}, {fmt(hi)}]" for g, lo, hi in
+                                            zip(leak["gap"], leak["ci_low"], leak["ci_high"])]})
+    shown = shown[["backbone", "class", "n_cases", "patient_kfold", "slice_random", "gap [95% CI]", "p"]]
+    parts.append(_table(shown.map(lambda v: fmt(v) if isinstance(v, float) else v), table_id="leak-table",
+                        num_cols=["n_cases", "patient_kfold", "slice_random", "gap [95% CI]", "p"]))
+    return parts
+
+
+def _table3_section(t3: pd.DataFrame, paper: dict[str, Any]) -> list[str]:
+    """Table 3 beside the paper, the best of ours in bold green, and how they are compared."""
     disp = table3_display(t3)
     row_class = ["paper" if po else "missing" if r == 0 else ("failed" if ok == 0 else "")
                  for po, r, ok in zip(t3["paper_only"], t3["n_runs"], t3["n_ok"])]
@@ -279,18 +322,17 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
         v = pd.to_numeric(t3[raw], errors="coerce")
         if v.notna().any() and v.max() > 0:  # no "best" among zeros
             best[col] = int(v.idxmax())
-    parts.append("<h2>Table 3: ours beside the paper</h2>")
-    parts.append(_table(disp, table_id="table3", row_class=row_class, best=best,
-                        num_cols=[c for c in disp.columns if c.startswith(("Ours", "Paper", "Δ"))]))
-    parts.append("<details open><summary>How ours is compared with the paper</summary><ul>"
-                 + "".join(f"<li>{escape(a)}</li>" for a in paper["assumptions"])
-                 + f"<li>Paper: {escape(paper['source'])}. Metric: {escape(paper['metric'])}.</li>"
-                 + "<li>Ours: mean ± sample std over folds/seeds with n successful runs; bold green = best.</li></ul></details>")
+    return ["<h2>Table 3: ours beside the paper</h2>",
+            _table(disp, table_id="table3", row_class=row_class, best=best,
+                   num_cols=[c for c in disp.columns if c.startswith(("Ours", "Paper", "Δ"))]),
+            "<details open><summary>How ours is compared with the paper</summary><ul>"
+            + "".join(f"<li>{escape(a)}</li>" for a in paper["assumptions"])
+            + f"<li>Paper: {escape(paper['source'])}. Metric: {escape(paper['metric'])}.</li>"
+            + "<li>Ours: mean ± sample std over folds/seeds with n successful runs; bold green = best.</li></ul></details>"]
 
-    parts.append(_false_positive_section(false_positives))
-    parts.append(_volume3d_section(volume3d, volume3d_verdicts or [], volume3d_settings))
 
-    parts.append("<h2 id='failures'>Failed and missing runs</h2>")
+def _failures_section(failed: pd.DataFrame, missing: list[dict[str, Any]]) -> list[str]:
+    parts = ["<h2 id='failures'>Failed and missing runs</h2>"]
     if failed.empty and not missing:
         parts.append("<p>None: every expected run has a result and every run succeeded.</p>")
     if not failed.empty:
@@ -300,8 +342,11 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
     if missing:
         parts.append(f"<h3>MISSING ({len(missing)})</h3>")
         parts.append(_table(pd.DataFrame(missing).rename(columns={"what": "missing"}), table_id="missing"))
+    return parts
 
-    parts.append("<h2>Plots</h2>")
+
+def _plots_section(plots: list[Plot]) -> list[str]:
+    parts = ["<h2>Plots</h2>"]
     for p in plots:
         parts.append(f"<figure><h3>{escape(p.title)}</h3>")
         if p.png is not None:
@@ -309,45 +354,31 @@ def render(*, sweep_dir: str, df: pd.DataFrame, t3: pd.DataFrame, winners: list[
         if p.note:
             parts.append(f"<div class='skip'>{'Skipped: ' if p.png is None else 'Note: '}{escape(p.note)}</div>")
         parts.append("</figure>")
+    return parts
 
-    wide, best_pc = _per_class_wide(df)
-    parts.append("<h2>Per-class results (Table 2 mirror)</h2>")
-    if wide.empty:
+
+def _per_class_section(groups: Groups, paper: dict[str, Any]) -> list[str]:
+    """The Table 2 mirror: per group, segm and bbox AP, Dice per class and the burden error."""
+    per_class, best_pc = _per_class_wide(groups)
+    parts = ["<h2>Per-class results (Table 2 mirror)</h2>"]
+    if per_class.empty:
         parts.append("<p>No runs.</p>")
-    else:
-        short = {c: c.removeprefix("segm AP ").removeprefix("bbox AP ").removeprefix("Dice ") for c in wide.columns}
-        short["burden abs err (pp)"] = "abs error (pp)"
-        groups = [("", 1), ("mask (segm) AP", 3), ("box (bbox) AP", 3), ("Dice (mean per case)", 3), ("infection burden", 1)]
-        parts.append(_table(wide, table_id="per-class", best=best_pc, header_groups=groups, labels=short,
-                            num_cols=[c for c in wide.columns if c != "backbone"]))
-        t2 = paper["table2_r50_fpn"]
-        parts.append("<div class='sub'>Paper, Table 2 (R50-FPN, mask AP): "
-                     + ", ".join(f"{CLASS_LABELS[c]} {t2[c]}" for c in CLASSES)
-                     + ". AP75/AP50 and every fold are in <code>per_class_ap.csv</code>.</div>")
-
-    parts.append("<h2>Run settings and environment</h2><div class='cards'>"
-                 f"<div style='flex:1 1 420px'><h3>Settings</h3>{_kv_table(df, SETTINGS)}</div>"
-                 f"<div style='flex:1 1 420px'><h3>Environment</h3>{_kv_table(df, ENV)}</div></div>")
-
-    run_notes = _run_notes(df)
-    if run_notes:
-        parts.append("<h3>Notes the runs recorded</h3><ul>"
-                     + "".join(f"<li>{escape(t)} ({k} run{'s' if k > 1 else ''})</li>" for t, k in run_notes) + "</ul>")
-
-    runs, rc = _runs_table(df)
-    parts.append(f"<h2>Every run ({len(df)})</h2>")
-    parts.append(_table(runs, table_id="runs", row_class=rc,
-                        num_cols=[c for c in runs.columns if c not in ("backbone", "schedule", "status", "run dir", "schema note")]))
-    parts.append("<h2>Files</h2><ul>" + "".join(f"<li><code>{escape(f)}</code></li>" for f in files) + "</ul>")
-    parts.append("</main></body></html>")
-    return "\n".join(parts)
+        return parts
+    short = {c: c.removeprefix("segm AP ").removeprefix("bbox AP ").removeprefix("Dice ") for c in per_class.columns}
+    short["burden abs err (pp)"] = "abs error (pp)"
+    header = [("", 1), ("mask (segm) AP", 3), ("box (bbox) AP", 3), ("Dice (mean per case)", 3), ("infection burden", 1)]
+    parts.append(_table(per_class, table_id="per-class", best=best_pc, header_groups=header, labels=short,
+                        num_cols=[c for c in per_class.columns if c != "backbone"]))
+    t2 = paper["table2_r50_fpn"]
+    parts.append("<div class='sub'>Paper, Table 2 (R50-FPN, mask AP): "
+                 + ", ".join(f"{CLASS_LABELS[c]} {t2[c]}" for c in CLASS_NAMES)
+                 + ". AP75/AP50 and every fold are in <code>per_class_ap.csv</code>.</div>")
+    return parts
 
 
 def _volume3d_section(t: pd.DataFrame | None, verdicts: list[str], settings: list[str] | None = None) -> str:
     """Dice and NSD per patient on whole volumes, on both lung definitions, the published
     numbers beside the lungs as labelled only (reports.volume3d)."""
-    from .volume3d import VIEWS, wide
-
     head = "<h2 id='volume3d'>3-D on whole volumes: Dice and surface Dice per patient</h2>"
     if t is None or t.empty:
         return (head + "<p id='volume3d-none'>No run holds 3-D metrics: runs of result.json schema &lt; 3, "

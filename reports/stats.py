@@ -21,8 +21,9 @@ whole family of groups of one metric and class. "ahead of all" needs all three: 
 p_holm < ALPHA, every interval above 0 and a selection-adjusted p < ALPHA. Nothing is
 corrected across metrics and classes (each is its own family); ``method_lines`` says so.
 
-Pure functions of the runs table (``metrics.per_case.<case>.<metric>.<class>`` columns, as
-collect flattens ``metrics.per_case``) or of a per-case table (``compare_per_case``).
+Pure functions of the report's groups (reports.groups) and the runs' per-case numbers as long
+rows (collect.SweepRuns.per_case, from result.json's ``metrics.per_case``), or of a per-case
+table (``compare_per_case``).
 
 A case tested by several runs of one group (seeds: replicates of the same cases) is
 averaged over them first, so every case counts once.
@@ -38,10 +39,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .schema import CLASS_LABELS, CLASSES
-from .tables import is_scratch, iter_groups, ok_rows
+from contracts.catalog import CLASS_LABELS, CLASS_NAMES
 
-PER_CASE_PREFIX = "metrics.per_case."
+from .groups import Groups, is_scratch, ok_rows
+
 #: Per-case metrics that are tested (higher is better); result.json's
 #: metrics.per_case.<case>.<key>.<class> keys, and their per_case.csv columns.
 METRICS = {"segm_AP": "segm_AP", "dice": "dice", "dice3d": "dice3d", "nsd3d": "nsd3d",
@@ -88,41 +89,29 @@ def target_label(target: str) -> str:
     return "mean of 3 classes" if target == MEAN else CLASS_LABELS.get(target, target)
 
 
-def _parse(col: str) -> tuple[str, str, str] | None:
-    """'metrics.per_case.<case>.<metric>.<class>' -> (case, metric, class); case ids may hold dots."""
-    if not col.startswith(PER_CASE_PREFIX):
-        return None
-    rest = col[len(PER_CASE_PREFIX):]
-    for m in (*METRICS, *SHOWN):
-        for c in CLASSES:
-            suffix = f".{m}.{c}"
-            if rest.endswith(suffix) and len(rest) > len(suffix):
-                return rest[: -len(suffix)], m, c
-    return None
-
-
-def per_case_table(df: pd.DataFrame) -> pd.DataFrame:
+def per_case_table(groups: Groups, per_case: pd.DataFrame) -> pd.DataFrame:
     """Long table, one row per (group, case, class): every per-case number (PER_CASE_COLUMNS)
-    averaged over the group's ok runs that tested the case (NaN where no run defines it)."""
-    cols = {c: p for c in df.columns if (p := _parse(c)) is not None}
+    averaged over the group's ok runs that tested the case (NaN where no run defines it).
+    ``per_case``: the runs' per-case numbers, one row per (run_dir, case, metric, class, value)."""
     keys = (*METRICS, *SHOWN)
+    by_run = dict(tuple(per_case[per_case["metric"].isin(keys)].groupby("run_dir", sort=False)))
     rows = []
-    for key, g in iter_groups(df):
-        ok = ok_rows(g)
+    for key, g in groups:
         cell: dict[tuple[str, str], dict[str, list[float]]] = {}
-        for col, (case, metric, c) in cols.items():
-            v = pd.to_numeric(ok[col], errors="coerce").dropna()
-            if v.size:
-                cell.setdefault((case, c), {}).setdefault(metric, []).extend(float(x) for x in v)
+        for run in ok_rows(g)["run_dir"]:  # in the runs table's order, as the mean adds them
+            if run in by_run:
+                for case, metric, c, v in by_run[run][["case", "metric", "class", "value"]].itertuples(
+                        index=False, name=None):
+                    cell.setdefault((case, c), {}).setdefault(metric, []).append(float(v))
         for (case, c), vals in cell.items():
             rows.append({"group": key["label"], "case": case, "class": c,
                          **{m: float(np.mean(vals[m])) if vals.get(m) else math.nan for m in keys}})
     out = pd.DataFrame(rows, columns=PER_CASE_COLUMNS)
     if out.empty:
         return out
-    order = {c: i for i, c in enumerate(CLASSES)}
-    groups = {k["label"]: i for i, (k, _) in enumerate(iter_groups(df))}
-    out = out.assign(_g=out["group"].map(groups), _c=out["class"].map(order))
+    order = {c: i for i, c in enumerate(CLASS_NAMES)}
+    position = {k["label"]: i for i, (k, _) in enumerate(groups)}
+    out = out.assign(_g=out["group"].map(position), _c=out["class"].map(order))
     return out.sort_values(["_g", "case", "_c"]).drop(columns=["_g", "_c"]).reset_index(drop=True)
 
 
@@ -299,7 +288,7 @@ class Comparison:
 def targets_of(per_case: pd.DataFrame) -> list[str]:
     """The classes of a per-case table (the catalog's first, in its order) and the mean over them."""
     found = list(dict.fromkeys(str(c) for c in per_case["class"])) if not per_case.empty else []
-    classes = [c for c in CLASSES if c in found] + [c for c in found if c not in CLASSES]
+    classes = [c for c in CLASS_NAMES if c in found] + [c for c in found if c not in CLASS_NAMES]
     return classes + ([MEAN] if len(classes) > 1 else [])
 
 
@@ -375,10 +364,10 @@ def compare_per_case(pc: pd.DataFrame, metrics: Iterable[str] | None = None) -> 
     return Comparison(pd.DataFrame(rows, columns=PAIRWISE_COLUMNS), pc, verdicts)
 
 
-def compare(df: pd.DataFrame) -> Comparison:
+def compare(groups: Groups, per_case: pd.DataFrame) -> Comparison:
     """Every group against the best group (highest mean over cases), per metric and target, of
-    a runs table (its per-case results: ``per_case_table``)."""
-    return compare_per_case(per_case_table(df))
+    the report's groups (their runs' per-case numbers ``per_case``: ``per_case_table``)."""
+    return compare_per_case(per_case_table(groups, per_case))
 
 
 def method_lines(comparison: Comparison | None = None) -> list[str]:
@@ -428,16 +417,16 @@ LEAK_COLUMNS = ["backbone", "class", "n_cases", "patient_kfold", "slice_random",
 LEAK_SPLITS = ("patient_kfold", "slice_random")
 
 
-def leak(df: pd.DataFrame, metric: str = PRIMARY) -> pd.DataFrame:
+def leak(groups: Groups, pc: pd.DataFrame, metric: str = PRIMARY) -> pd.DataFrame:
     """The leak of a slice-level split, measured: for every backbone (and schedule) with runs on
     both ``patient_kfold`` and ``slice_random``, the per-case ``metric`` under each and their
     paired gap (slice_random - patient_kfold) with a 95% bootstrap CI and a one-sided Wilcoxon
     p-value of a positive gap (the leak's direction),
     per class and for the mean over the classes. A case's value under slice_random is the mean
-    over the folds that tested its slices. Empty without such pairs."""
-    pc = per_case_table(df)
+    over the folds that tested its slices. ``pc``: the groups' per-case table (per_case_table).
+    Empty without such pairs."""
     split_of: dict[str, tuple[Any, str]] = {}
-    for key, g in iter_groups(df):
+    for key, g in groups:
         splits = {s for s in g.get("dataset.split", pd.Series(dtype=object)) if isinstance(s, str)}
         if len(splits) == 1 and (s := splits.pop()) in LEAK_SPLITS:
             split_of[key["label"]] = ((key["backbone"], key.get("schedule"), is_scratch(key)), s)
@@ -448,7 +437,7 @@ def leak(df: pd.DataFrame, metric: str = PRIMARY) -> pd.DataFrame:
     for (backbone, schedule, scratch), p in pairs.items():
         if set(p) != set(LEAK_SPLITS) or pc.empty:
             continue
-        for target in (*CLASSES, MEAN):
+        for target in (*CLASS_NAMES, MEAN):
             mat = case_matrix(pc, metric, target)
             if not {p["patient_kfold"], p["slice_random"]} <= set(mat.columns):
                 continue

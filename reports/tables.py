@@ -1,6 +1,6 @@
 """Views of the runs table: Table 3 beside the paper, the per-class (Table 2) mirror,
-winners, failed and missing runs. Pure functions of DataFrames; no I/O except reading
-``paper.json`` (packaged next to this file)."""
+winners, failed and missing runs. Pure functions of the report's groups (reports.groups) and
+DataFrames; no I/O except reading ``paper.json`` (packaged next to this file)."""
 
 from __future__ import annotations
 
@@ -8,26 +8,19 @@ import json
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 
-from contracts.identity import HARMLESS, REPLICATES
+from contracts.catalog import BACKBONES, CLASS_LABELS, CLASS_NAMES
 
-from .schema import (AP_METRICS, BACKBONES, CLASS_LABELS, CLASSES, REPLICATE_KEYS,
-                     TASKS, VARYING_GROUP_KEYS, backbone_order, schedule_order)
+from .groups import (GROUP_COL, REPLICATE_KEYS, VARYING_GROUP_KEYS, Groups, backbone_order, group_label,
+                     is_scratch, norm, ok_rows, schedule_order)
 
 PAPER_PATH = Path(__file__).with_name("paper.json")
 SEGM_AP = "metrics.segm.AP"
-#: The run identity's group hash (contracts.identity): runs of one group differ only in fold/seed.
-GROUP_COL = "identity.group"
-#: Config keys that never tell two groups apart in a label (not what is trained or scored,
-#: or the replicate axes, which every group spans).
-_LABEL_SKIP = HARMLESS + REPLICATES + ("dataset_dir",)
-#: At most this many differing config keys are spelled out in a label.
-_LABEL_KEYS = 3
-#: result.json's ``weights`` of a run trained from random init
-SCRATCH = "scratch"
+TASKS = ("segm", "bbox")
+AP_METRICS = ("AP", "AP50", "AP75")
 
 
 def class_col(c: str, task: str = "segm", metric: str = "AP") -> str:
@@ -72,134 +65,7 @@ def paper_table2(backbone: str, task: str, c: str, metric: str) -> float | None:
     return None
 
 
-def _norm(v: Any) -> Any:
-    """Grouping value: NaN and None both become None."""
-    try:
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-    except TypeError:
-        return v
-
-
-def group_keys(df: pd.DataFrame) -> list[str]:
-    """backbone, schedule, every non-replicate axis that varies within this sweep, and the
-    run identity's group hash (runs of another config or dataset are another group)."""
-    keys = ["backbone", "schedule"]
-    for k in VARYING_GROUP_KEYS:
-        # null does not count as a value: a run that failed early may lack e.g. dataset.name
-        if k in df.columns and len({_norm(v) for v in df[k]} - {None}) > 1:
-            keys.append(k)
-    if GROUP_COL in df.columns:
-        keys.append(GROUP_COL)
-    return keys
-
-
-def iter_groups(df: pd.DataFrame, keys: list[str] | None = None) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
-    """(key values, rows) per backbone group, in report order (the nine first, 1x before 3x).
-
-    Each key also holds ``label``: the group's name for readers, distinct within ``df``
-    (see group_label)."""
-    keys = group_keys(df) if keys is None else keys
-    if df.empty:
-        return
-    tuples = [tuple(_norm(v) for v in row) for row in df[keys].itertuples(index=False, name=None)]
-    index: dict[tuple, list[int]] = {}
-    for i, t in enumerate(tuples):
-        index.setdefault(t, []).append(i)
-    groups = [(dict(zip(keys, t)), df.iloc[rows]) for t, rows in index.items()]
-    for key, rows in groups:
-        # a group trained from scratch has no schedule: its label names the weights instead
-        if "weights" not in key and "weights" in rows.columns and {
-                w for w in rows["weights"] if isinstance(w, str)} == {SCRATCH}:
-            key["weights"] = SCRATCH
-    for (key, _), label in zip(groups, _distinct_labels(groups)):
-        key["label"] = label
-
-    def order(item: tuple[dict[str, Any], pd.DataFrame]) -> tuple:
-        key = item[0]
-        rest = [str(v) for k, v in key.items() if k not in ("backbone", "schedule", GROUP_COL, "label")]
-        return (backbone_order(key["backbone"]), schedule_order(key["schedule"]), *rest, key["label"])
-
-    yield from sorted(groups, key=order)
-
-
-def is_scratch(key: dict[str, Any]) -> bool:
-    """Whether a group key (iter_groups) is of runs trained from scratch (no zoo schedule)."""
-    return key.get("weights") == SCRATCH
-
-
-def _label_parts(key: dict[str, Any]) -> tuple[str, list[str]]:
-    """('R50-FPN 3x', ['AMP', 'imagenet']): the backbone+schedule and the varying axes' values;
-    ('R50-FPN scratch', [...]) for runs trained from scratch: a schedule names a zoo checkpoint's
-    training, which such a run does not have."""
-    scratch = is_scratch(key)
-    head = str(key["backbone"]) + (f" {SCRATCH}" if scratch else f" {key['schedule']}" if key.get("schedule") else "")
-    extra = [("AMP" if v else "fp32") if k == "solver.amp" else str(v) for k, v in key.items()
-             if k not in ("backbone", "schedule", GROUP_COL, "label") and v is not None
-             and not (k == "weights" and scratch)]
-    return head, extra
-
-
-def _label(head: str, extra: list[str]) -> str:
-    return head + (f" ({', '.join(extra)})" if extra else "")
-
-
-def _value(v: Any) -> str:
-    v = _norm(v)
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return "null" if v is None else str(v)
-
-
-def _group_value(rows: pd.DataFrame, col: str) -> str:
-    vals = sorted({_value(v) for v in rows[col]} - {"null"}) if col in rows.columns else []
-    return "|".join(vals) or "null"
-
-
-def _config_diff(frames: list[pd.DataFrame]) -> list[list[str]]:
-    """Per group, ``key=value`` of the config keys whose values differ between the groups
-    (flattened ``config.*`` columns; then the dataset, which the group hash also covers)."""
-    cols = sorted({c for g in frames for c in g.columns if c.startswith("config.")
-                   and not any(c[7:] == k or c[7:].startswith(k + ".") for k in _LABEL_SKIP)})
-    cols.append("identity.dataset.config_hash")
-    values = {c: [_group_value(g, c) for g in frames] for c in cols}
-    differ = [c for c in cols if len(set(values[c])) > 1]
-    shown = differ[:_LABEL_KEYS]
-    more = [f"+{len(differ) - len(shown)} more"] if len(differ) > len(shown) else []
-    name = {c: "dataset" if c == "identity.dataset.config_hash" else c.removeprefix("config.") for c in shown}
-    def val(c: str, i: int) -> str:
-        return values[c][i][:8] if name[c] == "dataset" and values[c][i] != "null" else values[c][i]
-    return [[f"{name[c]}={val(c, i)}" for c in shown] + more for i in range(len(frames))]
-
-
-def _distinct_labels(groups: list[tuple[dict[str, Any], pd.DataFrame]]) -> list[str]:
-    """Today's labels ('R50-FPN 3x (imagenet)', 'R50-FPN scratch'); groups that would share one get the config
-    keys that differ between them appended ('R50-FPN 3x (solver.base_lr=0.01)'), and, should
-    that not tell them apart, their group hash."""
-    parts = [_label_parts(k) for k, _ in groups]
-    labels = [_label(h, e) for h, e in parts]
-    for base in {x for x in labels if labels.count(x) > 1}:
-        idx = [i for i, x in enumerate(labels) if x == base]
-        for i, diff in zip(idx, _config_diff([groups[i][1] for i in idx])):
-            labels[i] = _label(parts[i][0], parts[i][1] + diff)
-    for dup in {x for x in labels if labels.count(x) > 1}:
-        for i in [i for i, x in enumerate(labels) if x == dup]:
-            h = groups[i][0].get(GROUP_COL)
-            labels[i] = _label(parts[i][0], parts[i][1] + [f"group {str(h)[:8] if h else 'unknown'}"])
-    return labels
-
-
-def group_label(key: dict[str, Any]) -> str:
-    """'R50-FPN 3x' plus the values of any other varying axis, e.g. 'R50-FPN 3x (AMP)', and
-    'R50-FPN scratch' for runs trained from scratch;
-    for a key from iter_groups, the label it chose (distinct within its table)."""
-    return key.get("label") or _label(*_label_parts(key))
-
-
-def ok_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows[rows["status"] == "ok"]
-
-
-def stats(rows: pd.DataFrame, col: str) -> tuple[float, float, int]:
+def mean_std(rows: pd.DataFrame, col: str) -> tuple[float, float, int]:
     """(mean, sample std, n) of a numeric column over the ok runs; NaN where undefined."""
     if col not in rows.columns:
         return math.nan, math.nan, 0
@@ -213,7 +79,7 @@ def stats(rows: pd.DataFrame, col: str) -> tuple[float, float, int]:
 def _first(rows: pd.DataFrame, col: str) -> Any:
     if col not in rows.columns:
         return None
-    v = [x for x in rows[col] if _norm(x) is not None]
+    v = [x for x in rows[col] if norm(x) is not None]
     return v[0] if v else None
 
 
@@ -229,7 +95,7 @@ def _status_note(rows: pd.DataFrame) -> list[str]:
 def _learnt_nothing_note(rows: pd.DataFrame) -> list[str]:
     """Said in words where a group's finished runs found nothing: segm AP50 0 for every class."""
     ok = ok_rows(rows)
-    cols = [class_col(c, metric="AP50") for c in CLASSES]
+    cols = [class_col(c, metric="AP50") for c in CLASS_NAMES]
     if ok.empty or not all(c in ok.columns for c in cols):
         return []
     ap50 = ok[cols].apply(pd.to_numeric, errors="coerce")
@@ -240,7 +106,7 @@ def _learnt_nothing_note(rows: pd.DataFrame) -> list[str]:
 
 def _in_zoo(value: Any) -> bool | None:
     """A group's ``in_zoo`` (as its result.json files record it): True, False or None (unknown)."""
-    v = _norm(value)
+    v = norm(value)
     return None if v is None else bool(v)
 
 
@@ -281,16 +147,7 @@ def _runless_row(backbone: Any, schedule: Any, trunk: Any, head: Any, **fields: 
             **fields}
 
 
-def _comparison(df: pd.DataFrame, comparison: Any) -> Any:
-    """The paired case-by-case tests of ``df`` (reports.stats.compare) unless given."""
-    if comparison is None:
-        from .stats import compare  # stats builds on this module
-        comparison = compare(df)
-    return comparison
-
-
-def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None,
-           comparison: Any = None) -> pd.DataFrame:
+def table3(groups: Groups, comparison: Any, planned_missing: list[dict[str, Any]] | None = None) -> pd.DataFrame:
     """One row per backbone group (backbone, schedule, any varying axis, run identity group).
 
     Ours: segm infection AP (compared with the paper, see paper.json 'assumptions') and the
@@ -300,14 +157,13 @@ def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None
     A paper row (paper.json) for a backbone nobody planned stays, as the paper's:
     ``paper_only`` True, its number and nothing of ours (not a MISSING run of ours).
     ``infection_verdict`` and ``mean_verdict`` say what the paired case-by-case tests
-    (reports.stats, ``comparison``: its compare(df), computed when not given) found.
+    (``comparison``: reports.stats.compare of these groups) found.
     """
-    keys = group_keys(df)
-    comparison = _comparison(df, comparison)
+    df, keys = groups.df, groups.keys
     rows = []
-    for key, g in iter_groups(df, keys):
-        inf = stats(g, class_col("infection"))
-        mean_ap = stats(g, SEGM_AP)
+    for key, g in groups:
+        inf = mean_std(g, class_col("infection"))
+        mean_ap = mean_std(g, SEGM_AP)
         paper, pnote = paper_table3(str(key["backbone"]), key["schedule"])
         in_zoo = _in_zoo(_first(g, "in_zoo"))  # what the runs' result.json files say
         notes = _zoo_note(in_zoo) + _status_note(g) + _learnt_nothing_note(g)
@@ -334,7 +190,7 @@ def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None
         })
     # Expected runs are the plan's (without one, the result.json files found): a planned group
     # without any result.json is a MISSING row; a backbone nobody planned is not ours to miss
-    present = {_norm(v) for v in df[GROUP_COL]} - {None} if GROUP_COL in df.columns else set()
+    present = {norm(v) for v in df[GROUP_COL]} - {None} if GROUP_COL in df.columns else set()
     absent: dict[Any, list[dict[str, Any]]] = {}
     for i, m in enumerate(planned_missing or []):
         if m.get("group") not in present:  # a group with no result.json at all
@@ -351,30 +207,29 @@ def table3(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None
             "paper_AP", "delta_AP", "paper_source", "note", "infection_verdict", "mean_verdict"]
     out = pd.DataFrame(rows, columns=cols)
     order = sorted(range(len(out)), key=lambda i: (backbone_order(out.at[i, "backbone"]),
-                                                   schedule_order(_norm(out.at[i, "schedule"]))))
+                                                   schedule_order(norm(out.at[i, "schedule"]))))
     return out.iloc[order].reset_index(drop=True)
 
 
-def per_class_ap(df: pd.DataFrame) -> pd.DataFrame:
+def per_class_ap(groups: Groups) -> pd.DataFrame:
     """Table 2 mirror for every backbone group, long format.
 
     Columns: backbone, trunk, head, schedule, [varying axes], identity.group, group (its
     label), task (segm|bbox), class,
     metric (AP|AP50|AP75), mean, std, n (ok runs with a value), paper (Table 2), delta.
     """
-    keys = group_keys(df)
     rows = []
-    for key, g in iter_groups(df, keys):
+    for key, g in groups:
         for task in TASKS:
-            for c in CLASSES:
+            for c in CLASS_NAMES:
                 for m in AP_METRICS:
-                    mean, std, n = stats(g, class_col(c, task, m))
+                    mean, std, n = mean_std(g, class_col(c, task, m))
                     paper = paper_table2(str(key["backbone"]), task, c, m)
                     rows.append({**key, "trunk": _first(g, "trunk"), "head": _first(g, "head"),
                                  "group": key["label"], "task": task, "class": c, "metric": m,
                                  "mean": mean, "std": std, "n": n,
                                  "paper": paper, "delta": mean - paper if paper is not None and n else math.nan})
-    cols = ["backbone", "trunk", "head", "schedule", *keys[2:], "group", "task", "class", "metric",
+    cols = ["backbone", "trunk", "head", "schedule", *groups.keys[2:], "group", "task", "class", "metric",
             "mean", "std", "n", "paper", "delta"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -438,23 +293,21 @@ def compute_remark(df: pd.DataFrame) -> str | None:
     return None
 
 
-def winners(df: pd.DataFrame, comparison: Any = None) -> list[dict[str, Any]]:
+def winners(groups: Groups, comparison: Any) -> list[dict[str, Any]]:
     """Best backbone group per class (segm AP) and for the mean segm AP, with what the paired
-    case-by-case tests say of it (reports.stats; ``comparison``: its compare(df)).
+    case-by-case tests say of it (``comparison``: reports.stats.compare of these groups).
 
     ``winner`` is the leading group: the best by the mean over cases when the runs hold
     per-case results, else by the mean over replicates. ``verdict`` is the test's words
     ('ahead of all (...)', 'not shown different from ...', 'no test possible (...)') and
     ``significant`` whether the leader is ahead of every other group."""
-    comparison = _comparison(df, comparison)
-    targets = [(CLASS_LABELS[c], class_col(c), c) for c in CLASSES] + [("mean of 3 classes", SEGM_AP, "mean")]
-    remark = compute_remark(df)
+    targets = [(CLASS_LABELS[c], class_col(c), c) for c in CLASS_NAMES] + [("mean of 3 classes", SEGM_AP, "mean")]
+    remark = compute_remark(groups.df)
     out = []
-    groups = list(iter_groups(df))
     for what, col, target in targets:
         scored = []
         for key, g in groups:
-            mean, std, n = stats(g, col)
+            mean, std, n = mean_std(g, col)
             if n:
                 scored.append((mean, std, n, group_label(key)))
         scored.sort(key=lambda s: -s[0])  # stable: ties keep report order
@@ -495,7 +348,7 @@ def failed_runs(df: pd.DataFrame) -> pd.DataFrame:
     return bad[[c for c in cols if c in bad.columns]].reset_index(drop=True)
 
 
-def missing_runs(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def missing_runs(groups: Groups, planned_missing: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Expected runs without a result.json.
 
     With a plan (``planned_missing``: collect.SweepRuns.missing, [] when none is missing):
@@ -506,13 +359,14 @@ def missing_runs(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None 
         return [{"backbone": str(m["label"]), "what": f"no result.json in {m['run_dir']} (planned run)"}
                 for m in planned_missing]
     out: list[dict[str, Any]] = []
+    df = groups.df
     if df.empty:
         return out
     rep = [k for k in REPLICATE_KEYS if k in df.columns]
-    combos = {tuple(_norm(v) for v in r) for r in df[rep].itertuples(index=False, name=None)}
+    combos = {tuple(norm(v) for v in r) for r in df[rep].itertuples(index=False, name=None)}
     if len(combos) > 1:
-        for key, g in iter_groups(df):
-            have = {tuple(_norm(v) for v in r) for r in g[rep].itertuples(index=False, name=None)}
+        for key, g in groups:
+            have = {tuple(norm(v) for v in r) for r in g[rep].itertuples(index=False, name=None)}
             for c in sorted(combos - have, key=str):
                 what = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in zip(rep, c))
                 out.append({"backbone": group_label(key), "what": f"no result.json for {what}"})
@@ -521,7 +375,7 @@ def missing_runs(df: pd.DataFrame, planned_missing: list[dict[str, Any]] | None 
 
 def fmt(v: Any, digits: int = 2) -> str:
     """A number for humans: '-' for missing."""
-    v = _norm(v)
+    v = norm(v)
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -531,15 +385,15 @@ def fmt(v: Any, digits: int = 2) -> str:
 
 def fmt_pm(mean: float, std: float, n: int) -> str:
     """'41.20' for one run, '41.20 ± 1.30 (n=5)' for several, '-' for none."""
-    if not n or _norm(mean) is None:
+    if not n or norm(mean) is None:
         return "-"
-    if n == 1 or _norm(std) is None:
+    if n == 1 or norm(std) is None:
         return f"{mean:.2f}"
     return f"{mean:.2f} ± {std:.2f} (n={n})"
 
 
 def fmt_delta(v: Any) -> str:
-    v = _norm(v)
+    v = norm(v)
     return "-" if v is None else f"{v:+.2f}"
 
 
@@ -547,9 +401,9 @@ def table3_display(t3: pd.DataFrame) -> pd.DataFrame:
     """Table 3 as strings for Markdown/HTML: one column per idea, '-' where there is nothing."""
     extra = [c for c in t3.columns if c in VARYING_GROUP_KEYS]
     # groups told apart by their config only: their labels say how
-    base = [_label(*_label_parts({k: _norm(r[k]) for k in ["backbone", "schedule", *extra]}))
+    base = [group_label({k: norm(r[k]) for k in ["backbone", "schedule", *extra]})
             for _, r in t3.iterrows()]
-    named = "group" in t3.columns and any(_norm(g) is not None and g != b for g, b in zip(t3["group"], base))
+    named = "group" in t3.columns and any(norm(g) is not None and g != b for g, b in zip(t3["group"], base))
     out = pd.DataFrame({
         "Backbone": t3["backbone"],
         "Schedule": [fmt(s) for s in t3["schedule"]],

@@ -26,10 +26,10 @@ from typing import Any
 
 import pandas as pd
 
+from contracts.catalog import CLASS_LABELS, CLASS_NAMES
 from converters.official import FACTS
 
 from . import stats
-from .schema import CLASS_LABELS, CLASSES
 
 COLUMNS = ["group", "metric", "class", "n_cases", "mean_pct", "ci_low_pct", "ci_high_pct", "verdict", "source"]
 #: every 3-D metric of the section, in the order shown
@@ -69,7 +69,7 @@ def reference_rows() -> list[dict[str, Any]]:
             continue
         label = ref.get("label", key)
         for metric, values in (("dice3d_labelled", ref), ("nsd3d_labelled", ref.get("nsd", {}))):
-            for c in CLASSES:
+            for c in CLASS_NAMES:
                 if isinstance(values.get(c), (int, float)):
                     rows.append({"group": label, "metric": metric, "class": c,
                                  "n_cases": ref.get("n_evaluations", ref.get("n_test_cases")),
@@ -88,7 +88,7 @@ def table(comparison: stats.Comparison) -> pd.DataFrame:
             if metric not in pc.columns or pc[metric].notna().sum() == 0:
                 continue
             for group in dict.fromkeys(pc["group"]):
-                for c in CLASSES:
+                for c in CLASS_NAMES:
                     vals = pc[(pc["group"] == group) & (pc["class"] == c)][metric].to_numpy(dtype=float)
                     mean, lo, hi, n = stats.mean_ci(vals)
                     if not n:
@@ -123,7 +123,7 @@ def wide(t: pd.DataFrame, view: str | None = None) -> pd.DataFrame:
         # ours: test cases; the published: their evaluations (5 folds x their test cases)
         row: dict[str, Any] = {"backbone": group, "n (cases; published: evaluations)": _first_int(g["n_cases"])}
         for metric in metrics:
-            for c in CLASSES:
+            for c in CLASS_NAMES:
                 r = g[(g["metric"] == metric) & (g["class"] == c)]
                 row[f"{METRIC_LABELS[metric]} {CLASS_LABELS[c]}"] = (
                     _cell(*r[["mean_pct", "ci_low_pct", "ci_high_pct"]].iloc[0]) if len(r) else "-")
@@ -142,7 +142,7 @@ def verdict_lines(comparison: stats.Comparison) -> list[str]:
              "dice3d": "Dice 3-D (whole lungs)", "nsd3d": "NSD (whole lungs)"}
     lines = []
     for metric in stats.METRICS_3D:
-        for target in (*CLASSES, stats.MEAN):
+        for target in (*CLASS_NAMES, stats.MEAN):
             if metric.endswith("_labelled") and target == "infection":
                 continue  # the infection is one definition: its verdict is the whole-lung metric's
             v = comparison.verdict(target, metric)

@@ -67,8 +67,8 @@ def test_a_run_records_its_budget_and_trains_what_it_buys(tmp_path, tiny_dataset
 
 
 def _sweep_df(tmp_path, iters: dict[str, int], flops: dict[str, float] | None):
-    from reports import synthetic
-    from reports.collect import collect
+    from reports.build import analyse
+    from tests import synthetic
 
     sweep = tmp_path / "sweep"
     paths = synthetic.write_sweep(sweep, backbones=list(iters), folds=(0, 1, 2), artifacts=False)
@@ -78,7 +78,7 @@ def _sweep_df(tmp_path, iters: dict[str, int], flops: dict[str, float] | None):
         if flops is not None:
             doc["solver"]["train_flops_per_iter"] = flops[doc["backbone"]]
         p.write_text(json.dumps(doc))
-    return collect(sweep)
+    return analyse(sweep)
 
 
 @pytest.mark.parametrize("iters,flops,unequal", [
@@ -90,10 +90,10 @@ def _sweep_df(tmp_path, iters: dict[str, int], flops: dict[str, float] | None):
 def test_verdicts_say_when_the_runs_were_trained_at_unequal_budgets(tmp_path, iters, flops, unequal):
     from reports import plots, tables
 
-    df = _sweep_df(tmp_path, iters, flops)
-    ws = tables.winners(df)
+    analysis = _sweep_df(tmp_path, iters, flops)
+    ws = tables.winners(analysis.groups, analysis.comparison)
     assert ws and all(("unequal budgets" in w["verdict"]) == unequal for w in ws), [w["verdict"] for w in ws]
-    fig = plots.ap_vs_compute(df)
+    fig = plots.ap_vs_compute(analysis.df)
     assert (fig.png is not None) == (flops is not None), fig.note
 
 
@@ -101,8 +101,8 @@ def test_a_backbone_that_learnt_nothing_is_said_in_words(tmp_path):
     from reports import tables
 
     sweep = tmp_path / "sweep"
-    from reports import synthetic
-    from reports.collect import collect
+    from reports.build import analyse
+    from tests import synthetic
 
     for p in synthetic.write_sweep(sweep, backbones=["R50-FPN", "X101-C4"], folds=(0, 1), artifacts=False):
         doc = json.loads(p.read_text())
@@ -110,6 +110,7 @@ def test_a_backbone_that_learnt_nothing_is_said_in_words(tmp_path):
             for c in doc["metrics"]["segm"]["per_class"].values():
                 c.update(AP=0.0, AP50=0.0, AP75=0.0)
         p.write_text(json.dumps(doc))
-    t3 = tables.table3(collect(sweep)).set_index("backbone")  # Table 3 rows carry the note
+    analysis = analyse(sweep)
+    t3 = tables.table3(analysis.groups, analysis.comparison).set_index("backbone")  # Table 3 rows carry the note
     assert "learnt nothing" in str(t3.loc["X101-C4", "note"])
     assert "learnt nothing" not in str(t3.loc["R50-FPN", "note"])

@@ -77,11 +77,11 @@ def test_backbone_configs_are_the_catalogs_nine_cells():
 
 def test_synthetic_results_take_in_zoo_from_the_configs():
     """The synthetic results take in_zoo from conf/backbone; the reports keep no list of their own."""
-    import reports.schema
-    from reports.synthetic import in_zoo, make_result
+    import reports.tables
+    from tests.synthetic import in_zoo, make_result
 
     confs = backbone_configs()
-    assert not hasattr(reports.schema, "NOT_IN_ZOO")
+    assert not hasattr(reports.tables, "NOT_IN_ZOO")
     for b in catalog.BACKBONES:
         assert in_zoo(b) is confs[catalog.conf_name(b)]["in_zoo"]
         assert make_result(b)["in_zoo"] is confs[catalog.conf_name(b)]["in_zoo"]
@@ -95,7 +95,8 @@ def test_every_package_uses_the_catalog():
     import contracts.result
     import converters.case
     import converters.instances
-    import reports.schema
+    import reports.groups
+    import reports.plots
 
     names = catalog.CLASS_NAMES
     assert converters.instances.CATEGORIES == catalog.coco_categories()
@@ -103,12 +104,12 @@ def test_every_package_uses_the_catalog():
                                             for c in catalog.CLASSES]
     assert converters.instances.LABELS == catalog.LABEL_VALUES
     assert converters.case.CLASS_NAMES == catalog.NAME_BY_ID
-    assert benchmark.config.CLASSES == contracts.result.CLASSES == reports.schema.CLASSES == names
+    assert benchmark.config.CLASSES == contracts.result.CLASSES == reports.plots.CLASS_NAMES == names
     assert (contracts.result.TRUNKS, contracts.result.HEADS) == (catalog.TRUNKS, catalog.HEADS)
-    assert (reports.schema.TRUNKS, reports.schema.HEADS) == (catalog.TRUNKS, catalog.HEADS)
-    assert reports.schema.BACKBONES == catalog.BACKBONES
-    assert reports.schema.CLASS_LABELS == catalog.CLASS_LABELS
-    assert reports.schema.CLASS_COLORS == catalog.CLASS_COLOURS
+    assert (reports.plots.TRUNKS, reports.plots.HEADS) == (catalog.TRUNKS, catalog.HEADS)
+    assert reports.groups.BACKBONES == catalog.BACKBONES
+    assert reports.plots.CLASS_LABELS == catalog.CLASS_LABELS
+    assert reports.plots.CLASS_COLOURS == catalog.CLASS_COLOURS
     assert benchmark.metrics.LUNG_CLASSES == catalog.LUNG_CLASSES
     assert benchmark.metrics.INFECTION_CLASS == catalog.INFECTION_CLASS
 
@@ -147,17 +148,18 @@ def test_converted_dataset_uses_the_catalog(tiny_dataset):
 
 # ----------------------------------------------------------------------------- in_zoo in reports
 def _table3(tmp_path: Path, results: list[dict]):
-    from reports import collect, tables
-    from reports.synthetic import write_run
+    from reports import build, tables
+    from tests.synthetic import write_run
 
     for i, r in enumerate(results):
         write_run(tmp_path / f"run_{i:03d}", r, artifacts=False)
-    return tables.table3(collect.collect(tmp_path)).set_index("backbone")
+    analysis = build.analyse(tmp_path)
+    return tables.table3(analysis.groups, analysis.comparison).set_index("backbone")
 
 
 def test_reports_take_in_zoo_from_result_json(tmp_path):
     """"not in zoo" follows each run's in_zoo field, not a list of backbone names."""
-    from reports.synthetic import make_result
+    from tests.synthetic import make_result
 
     derived = make_result("R50-FPN")
     derived["in_zoo"] = False  # e.g. a cell rebuilt from another config

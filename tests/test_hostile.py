@@ -285,8 +285,8 @@ def test_the_report_shows_a_run_whose_dataset_changed_as_stale(tmp_path, tiny_ra
 
 
 def test_a_running_run_shows_as_running_not_killed(tmp_path):
-    from reports import synthetic
     from reports.collect import RUNNING_REASON, read_sweep
+    from tests import synthetic
 
     sweep = tmp_path / "sweep"
     synthetic.write_sweep(sweep, backbones=["R50-FPN", "R50-C4"])

@@ -18,7 +18,7 @@ from converters.convert import convert
 from converters.errors import ConversionError
 from contracts.fsutil import NotOwned
 from converters.volume import canonical, from_canonical, is_prewindowed
-from reports import synthetic
+from tests import synthetic
 
 
 # ------------------------------------------------------------------ round trip

@@ -9,23 +9,25 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from reports import build, collect, plots, stats, synthetic, tables
-from reports.schema import CLASSES
+from contracts.catalog import CLASS_NAMES
+from reports import build, plots, stats, tables
+from tests import synthetic
 
 CASES = [f"patient_{i:02d}" for i in range(8)]
 
 
-def _write(sweep_dir, groups: dict[str, dict[int, dict[str, float]]], cases=CASES) -> pd.DataFrame:
-    """groups: backbone -> seed -> case -> AP (every class the same AP); returns the runs table."""
+def _write(sweep_dir, groups: dict[str, dict[int, dict[str, float]]], cases=CASES) -> build.Analysis:
+    """groups: backbone -> seed -> case -> AP (every class the same AP); returns the runs, grouped
+    and tested."""
     synthetic.mark_sweep(sweep_dir)
     i = 0
     for backbone, seeds in groups.items():
         for seed, per_case in seeds.items():
             r = synthetic.make_result(backbone, seed=seed, cases=cases)
-            synthetic.set_per_case(r, {c: {k: per_case[c] for k in CLASSES} for c in cases})
+            synthetic.set_per_case(r, {c: {k: per_case[c] for k in CLASS_NAMES} for c in cases})
             synthetic.write_run(sweep_dir / f"run_{i:03d}", r, artifacts=False)
             i += 1
-    return collect.collect(sweep_dir)
+    return build.analyse(sweep_dir)
 
 
 def _values(offset: float, seed: int, cases=CASES, sd: float = 3.0) -> dict[str, float]:
@@ -34,11 +36,11 @@ def _values(offset: float, seed: int, cases=CASES, sd: float = 3.0) -> dict[str,
 
 
 def test_better_on_every_case_by_a_wide_margin_is_ahead(tmp_path):
-    df = _write(tmp_path, {"R50-FPN": {0: _values(20, 1), 1: _values(20, 2)},
+    sweep = _write(tmp_path, {"R50-FPN": {0: _values(20, 1), 1: _values(20, 2)},
                            "R101-FPN": {0: _values(0, 3), 1: _values(0, 4)},
                            "X101-FPN": {0: _values(0, 5), 1: _values(0, 6)}})
-    cmp = stats.compare(df)
-    for target in (*CLASSES, stats.MEAN):
+    cmp = sweep.comparison
+    for target in (*CLASS_NAMES, stats.MEAN):
         v = cmp.verdict(target)
         assert v["best"] == "R50-FPN 3x" and v["kind"] == stats.KIND_AHEAD and v["winner"] == "R50-FPN 3x"
         assert v["verdict"].startswith(stats.AHEAD) and v["n_cases"] == len(CASES)
@@ -50,15 +52,15 @@ def test_better_on_every_case_by_a_wide_margin_is_ahead(tmp_path):
     assert (pw["selection"] == stats.SELECTION).all() and (pw["p_select"] < 0.05).all()
     assert pw["holm_family"].str.contains("against each of the 2 other group").all()
     assert pw["select_family"].str.contains("all 3 groups").all()
-    w = {x["what"]: x for x in tables.winners(df, cmp)}
+    w = {x["what"]: x for x in tables.winners(sweep.groups, cmp)}
     assert w["infection"]["winner"] == "R50-FPN 3x" and w["infection"]["verdict"].startswith(stats.AHEAD)
     assert w["infection"]["significant"]
 
 
 def test_seeds_are_averaged_per_case_first(tmp_path):
     a0, a1 = _values(5, 1), _values(5, 2)
-    df = _write(tmp_path, {"R50-FPN": {0: a0, 1: a1}, "R101-FPN": {0: _values(0, 3), 1: _values(0, 4)}})
-    pc = stats.compare(df).per_case
+    sweep = _write(tmp_path, {"R50-FPN": {0: a0, 1: a1}, "R101-FPN": {0: _values(0, 3), 1: _values(0, 4)}})
+    pc = sweep.comparison.per_case
     got = pc[(pc["group"] == "R50-FPN 3x") & (pc["class"] == "infection")].set_index("case")["segm_AP"]
     assert len(got) == len(CASES)
     for c in CASES:
@@ -67,28 +69,28 @@ def test_seeds_are_averaged_per_case_first(tmp_path):
 
 def test_identical_per_case_values_are_tied(tmp_path):
     same = _values(0, 7)
-    df = _write(tmp_path, {"R50-FPN": {0: same, 1: same}, "R101-FPN": {0: same, 1: same}})
-    cmp = stats.compare(df)
+    sweep = _write(tmp_path, {"R50-FPN": {0: same, 1: same}, "R101-FPN": {0: same, 1: same}})
+    cmp = sweep.comparison
     v = cmp.verdict(stats.MEAN)
     assert v["kind"] == stats.KIND_NO_TEST and v["winner"] is None  # no non-zero pair: nothing to test
     assert v["verdict"].startswith("no test possible (n non-zero pairs = 0 vs R101-FPN 3x")
     r = cmp.pairwise[(cmp.pairwise["metric"] == "segm_AP") & (cmp.pairwise["class"] == stats.MEAN)].iloc[0]
     assert r["p"] == 1.0 and r["p_holm"] == 1.0 and not r["significant"]
     assert (r["mean_diff"], r["ci_low"], r["ci_high"]) == (0.0, 0.0, 0.0)
-    w = {x["what"]: x for x in tables.winners(df, cmp)}
+    w = {x["what"]: x for x in tables.winners(sweep.groups, cmp)}
     assert not w["mean of 3 classes"]["significant"]
 
 
 def test_a_tie_at_zero_has_no_winner(tmp_path):
     zero = {c: 0.0 for c in CASES}
-    df = _write(tmp_path, {"R50-FPN": {0: zero, 1: zero}, "R101-FPN": {0: zero, 1: zero}})
-    v = stats.compare(df).verdict("infection")
+    sweep = _write(tmp_path, {"R50-FPN": {0: zero, 1: zero}, "R101-FPN": {0: zero, 1: zero}})
+    v = sweep.comparison.verdict("infection")
     assert v["verdict"] == stats.TIED_ZERO and v["winner"] is None
     # the report names nobody: no card, no terminal line, no Table 3 highlight for a 0.00 "best"
     html = build.build_report(tmp_path).read_text()
     card = html.split("Best per class")[1].split("<h2")[0]
     assert "R50-FPN" not in card and "R101-FPN" not in card and "segm AP 0.00 for every group" in card
-    text = tables.winners_text(tables.winners(df))
+    text = tables.winners_text(tables.winners(sweep.groups, sweep.comparison))
     assert "R50-FPN" not in text and "R101-FPN" not in text and text.count("tied at 0.00") == 4
     assert "best" not in html.split('id="table3"')[1].split("</table>")[0]
 
@@ -96,9 +98,9 @@ def test_a_tie_at_zero_has_no_winner(tmp_path):
 def test_fewer_than_5_cases_is_no_test(tmp_path):
     # 4 cases: no interval, and 4 non-zero pairs cannot give a one-sided p under 1/16 anyway
     few = CASES[:4]
-    df = _write(tmp_path, {"R50-FPN": {0: _values(30, 1, few), 1: _values(30, 2, few)},
+    sweep = _write(tmp_path, {"R50-FPN": {0: _values(30, 1, few), 1: _values(30, 2, few)},
                            "R101-FPN": {0: _values(0, 3, few), 1: _values(0, 4, few)}}, cases=few)
-    cmp = stats.compare(df)
+    cmp = sweep.comparison
     v = cmp.verdict(stats.MEAN)
     assert v["kind"] == stats.KIND_NO_TEST and v["verdict"].startswith(stats.NO_TEST) and v["winner"] is None
     assert not cmp.pairwise["significant"].any() and cmp.pairwise["ci_low"].isna().all()
@@ -108,16 +110,16 @@ def test_fewer_than_5_cases_is_no_test(tmp_path):
 
 def test_one_run_per_group_over_enough_cases_is_tested(tmp_path):
     # one fold per backbone with >= 5 test cases: the cases pair up, so the test runs
-    df = _write(tmp_path, {"R50-FPN": {0: _values(30, 1)}, "R101-FPN": {0: _values(0, 3)}})
-    v = stats.compare(df).verdict(stats.MEAN)
+    sweep = _write(tmp_path, {"R50-FPN": {0: _values(30, 1)}, "R101-FPN": {0: _values(0, 3)}})
+    v = sweep.comparison.verdict(stats.MEAN)
     assert v["kind"] == stats.KIND_AHEAD and v["winner"] == "R50-FPN 3x"
 
 
 def test_intervals_and_p_values_are_scipys(tmp_path):
     a = {0: _values(3, 11), 1: _values(3, 12)}
     b = {0: _values(0, 13), 1: _values(0, 14)}
-    df = _write(tmp_path, {"R50-FPN": a, "R101-FPN": b})
-    cmp = stats.compare(df)
+    sweep = _write(tmp_path, {"R50-FPN": a, "R101-FPN": b})
+    cmp = sweep.comparison
     xa = np.array([(a[0][c] + a[1][c]) / 2 for c in sorted(CASES)])
     xb = np.array([(b[0][c] + b[1][c]) / 2 for c in sorted(CASES)])
     if xa.mean() < xb.mean():
@@ -143,9 +145,9 @@ def test_holm_by_hand():
 
 
 def test_rank_stability_counts_first_places(tmp_path):
-    df = _write(tmp_path, {"R50-FPN": {0: _values(20, 1), 1: _values(20, 2)},
+    sweep = _write(tmp_path, {"R50-FPN": {0: _values(20, 1), 1: _values(20, 2)},
                            "R101-FPN": {0: _values(0, 3), 1: _values(0, 4)}})
-    cmp = stats.compare(df)
+    cmp = sweep.comparison
     share, n = stats.rank_first_frequency(cmp.per_case)
     assert n == len(CASES) and share["R50-FPN 3x"] == 1.0 and share["R101-FPN 3x"] == 0.0
     p = plots.rank_stability(cmp.per_case, build._no_test(cmp))
@@ -158,9 +160,9 @@ def test_report_writes_pairwise_and_per_case_and_shows_verdicts(tmp_path):
     html = build.build_report(tmp_path, progress=False).read_text()
     out = tmp_path / "report"
     pw = pd.read_csv(out / "pairwise.csv")
-    assert list(pw.columns) == stats.PAIRWISE_COLUMNS and len(pw) == 2 * (len(CLASSES) + 1)
+    assert list(pw.columns) == stats.PAIRWISE_COLUMNS and len(pw) == 2 * (len(CLASS_NAMES) + 1)
     pc = pd.read_csv(out / "per_case.csv")
-    assert list(pc.columns) == stats.PER_CASE_COLUMNS and len(pc) == 2 * len(CASES) * len(CLASSES)
+    assert list(pc.columns) == stats.PER_CASE_COLUMNS and len(pc) == 2 * len(CASES) * len(CLASS_NAMES)
     assert (out / "rank_stability.png").is_file()
     assert escape(stats.AHEAD) in html and "pairwise.csv" in html and escape(stats.SELECTION) in html
     vd = pd.read_csv(out / "verdicts.csv")
@@ -173,8 +175,8 @@ def test_report_writes_pairwise_and_per_case_and_shows_verdicts(tmp_path):
 
 def test_runs_without_per_case_results_say_so(tmp_path):
     synthetic.write_sweep(tmp_path, backbones=["R50-FPN", "R101-FPN"], artifacts=False)
-    df = collect.collect(tmp_path)
-    w = {x["what"]: x for x in tables.winners(df)}
+    sweep = build.analyse(tmp_path)
+    w = {x["what"]: x for x in tables.winners(sweep.groups, sweep.comparison)}
     assert w["infection"]["verdict"] == stats.NO_DATA and not w["infection"]["significant"]
 
 
@@ -192,11 +194,11 @@ def test_leak_section_measures_the_slice_split_gap(tmp_path):
             r.pop("identity", None)
             # each fold tests every case's slices once under slice_random; half the cases otherwise
             mine = CASES if scheme == "slice_random" else CASES[fold::2]
-            synthetic.set_per_case(r, {c: {k: values[c] for k in CLASSES} for c in mine})
+            synthetic.set_per_case(r, {c: {k: values[c] for k in CLASS_NAMES} for c in mine})
             synthetic.write_run(tmp_path / f"run_{i:03d}", r, artifacts=False)
             i += 1
-    df = collect.collect(tmp_path)
-    leak = stats.leak(df)
+    sweep = build.analyse(tmp_path)
+    leak = stats.leak(sweep.groups, sweep.comparison.per_case)
     mean = leak[leak["class"] == stats.MEAN].iloc[0]
     gaps = np.array([sliced[c] - patient[c] for c in CASES])
     assert mean["n_cases"] == len(CASES) and mean["gap"] == pytest.approx(gaps.mean())
@@ -205,12 +207,12 @@ def test_leak_section_measures_the_slice_split_gap(tmp_path):
     assert mean["ci_low"] > 0  # every case gains: the interval excludes 0
     html = (build.build_report(tmp_path)).read_text()
     assert "id='leak'" in html and 'id="leak-table"' in html
-    assert (tmp_path / "report" / "leak.csv").read_text().count("\n") == 1 + len(CLASSES) + 1
+    assert (tmp_path / "report" / "leak.csv").read_text().count("\n") == 1 + len(CLASS_NAMES) + 1
 
 
 def test_no_leak_section_without_both_splits(tmp_path):
-    df = _write(tmp_path, {"R50-FPN": {0: _values(0, 1)}, "R101-FPN": {0: _values(0, 2)}})
-    assert stats.leak(df).empty
+    sweep = _write(tmp_path, {"R50-FPN": {0: _values(0, 1)}, "R101-FPN": {0: _values(0, 2)}})
+    assert stats.leak(sweep.groups, sweep.comparison.per_case).empty
     assert "id='leak'" not in build.build_report(tmp_path).read_text()
 
 
@@ -302,14 +304,14 @@ def test_false_positives_on_cases_without_the_class_are_shown_beside_the_ap(tmp_
     without = set(CASES[::2])
     for i, (backbone, n_fp) in enumerate((("R50-FPN", 3), ("R101-FPN", 0))):
         r = synthetic.make_result(backbone, cases=CASES)
-        synthetic.set_per_case(r, {c: {k: (None if k == "infection" and c in without else 50.0 + i) for k in CLASSES}
+        synthetic.set_per_case(r, {c: {k: (None if k == "infection" and c in without else 50.0 + i) for k in CLASS_NAMES}
                                    for c in CASES})
         for c in CASES:
             absent = c in without
             r["metrics"]["per_case"][c]["fp_no_gt"] = {k: (max(0, n_fp - 1) if absent and k == "infection" else None)
-                                                      for k in CLASSES}
+                                                      for k in CLASS_NAMES}
             r["metrics"]["per_case"][c]["fp_no_gt_any"] = {k: (n_fp if absent and k == "infection" else None)
-                                                          for k in CLASSES}
+                                                          for k in CLASS_NAMES}
         synthetic.write_run(tmp_path / f"run_{i}", r, artifacts=False)
     html = build.build_report(tmp_path, progress=False).read_text()
     fp = pd.read_csv(tmp_path / "report" / "false_positives.csv").set_index(["group", "class"])

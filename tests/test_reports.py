@@ -17,9 +17,11 @@ import pytest
 from PIL import Image
 
 from contracts import fsutil
-from reports import build, collect, overlays, synthetic, tables
-from reports.schema import BACKBONES, CLASSES
-from reports.synthetic import make_result, write_plan, write_run
+from contracts.catalog import BACKBONES, CLASS_NAMES
+from reports import build, collect, overlays, tables
+from reports.groups import group_label
+from tests import synthetic
+from tests.synthetic import make_result, write_plan, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "covid19_ct_seg.json"
@@ -142,28 +144,22 @@ def md_table(md: str) -> list[dict[str, str]]:
     return [dict(zip(head, r)) for r in body]
 
 
+def table3(sweep_dir: Path) -> pd.DataFrame:
+    """Table 3 of the runs below ``sweep_dir``."""
+    a = build.analyse(sweep_dir)
+    return tables.table3(a.groups, a.comparison)
+
+
 def mark_sweep(folder: Path) -> Path:
     """Make ``folder`` a lungbench sweep (what `make sweep` leaves): the report refuses others."""
     fsutil.claim(folder, "sweep", "SWEEP_DIR")
     return folder
 
 
-def to_old_schema(r: dict) -> dict:
-    """A pre-schema-1 layout: no schema/status/trunk/head, detectron2's native 'AP-<class>' keys."""
-    r = json.loads(json.dumps(r))
-    for k in ("schema", "status", "trunk", "head", "in_zoo"):
-        r.pop(k, None)
-    for task in ("segm", "bbox"):
-        t = r["metrics"][task]
-        for c, v in t.pop("per_class").items():
-            t[f"AP-{c}"] = v["AP"]
-    return r
-
-
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, tiny_dataset):
     """Nine backbones x folds 0, 1 planned (sweep.json), X101-DC5's never written (MISSING);
-    R101-C4 fold 1 failed; X101-FPN fold 1 written in the old layout. Run dirs are opaque and
+    R101-C4 fold 1 failed; X101-FPN fold 1 written without a key of its schema. Run dirs are opaque and
     one is misleadingly named. The test set is the converter's own output (the tiny phantom);
     predictions are its masks, shifted."""
     tmp = tmp_path_factory.mktemp("reports")
@@ -185,7 +181,7 @@ def sweep(tmp_path_factory, tiny_dataset):
                                    "where": "train iter 7"} if status == "failed" else None)
             results[b, fold] = r
             if b == "X101-FPN" and fold == 1:
-                r = to_old_schema(r)
+                r = {k: v for k, v in r.items() if k != "finished_at"}
             # A folder name that lies about its content: the report must not read it.
             name = "R50-C4" if (b, fold) == ("R101-FPN", 0) else f"job{i:02d}"
             write_run(sweep_dir / "multirun" / name, r)
@@ -241,7 +237,7 @@ def test_table3_nine_rows_with_paper_beside_ours(sweep):
     # One fold failed: n counts the successful run only.
     assert (by.at["R101-C4", "n_runs"], by.at["R101-C4", "n_ok"], by.at["R101-C4", "infection_AP_n"]) == (2, 1, 1)
     assert np.isnan(by.at["R101-C4", "infection_AP_std"])
-    # The old-layout run still counts (its per-class AP came from the 'AP-<class>' keys).
+    # The run that does not match its schema still counts (flagged in its schema note).
     assert by.at["X101-FPN", "infection_AP_n"] == 2
 
 
@@ -274,7 +270,7 @@ def test_per_class_ap_three_classes_per_backbone(sweep):
     assert sorted(set(pc["backbone"])) == sorted(present)
     for b in present:
         sub = pc[(pc["backbone"] == b) & (pc["task"] == "segm") & (pc["metric"] == "AP")]
-        assert list(sub["class"]) == list(CLASSES), b
+        assert list(sub["class"]) == list(CLASS_NAMES), b
     assert set(pc["task"]) == {"segm", "bbox"} and set(pc["metric"]) == {"AP", "AP50", "AP75"}
     fpn = pc[(pc["backbone"] == "R50-FPN") & (pc["task"] == "segm") & (pc["metric"] == "AP")].set_index("class")
     assert fpn["paper"].to_dict() == tables.load_paper()["table2_r50_fpn"]
@@ -310,11 +306,12 @@ def test_html_self_contained_with_failures_missing_and_smoke(sweep):
     assert dict(zip([r["Backbone"] for r in t3.rows], t3.classes))["X101-DC5"] == "missing"
     assert t3.by("Backbone")["R50-FPN"]["Paper AP"] == "78.37"
     assert t3.by("Backbone")["R101-C4"]["Runs ok/total"] == "1/2"
-    # Every run: 16 rows, the failed one marked; the old-layout run (X101-FPN fold 1) flagged.
+    # Every run: 16 rows, the failed one marked; the one off its schema (X101-FPN fold 1) flagged.
     runs = page.table("runs")
     assert len(runs.rows) == 16 and sum(r["status"] == "ok" for r in runs.rows) == 15
     assert [(r["backbone"], r["fold"]) for r, c in zip(runs.rows, runs.classes) if c == "failed"] == [("R101-C4", "1")]
-    assert [(r["backbone"], r["fold"]) for r in runs.rows if "best effort" in r["schema note"]] == [("X101-FPN", "1")]
+    assert [(r["backbone"], r["fold"]) for r in runs.rows if "does not match schema 1" in r["schema note"]] == [
+        ("X101-FPN", "1")]
     # Self-contained: images inline, nothing fetched from elsewhere.
     n_img = html.count('src="data:image/png;base64,')
     assert n_img >= 5
@@ -335,46 +332,42 @@ def test_pngs_are_real_images(sweep):
 
 def test_winners_and_missing(sweep):
     sweep_dir, _, results = sweep
-    df = collect.collect(sweep_dir)
-    w = {x["what"]: x for x in tables.winners(df)}
+    a = build.analyse(sweep_dir)
+    w = {x["what"]: x for x in tables.winners(a.groups, a.comparison)}
     # Expected winner computed from the written results (ok runs, mean over folds).
     best = max((statistics.mean(r["metrics"]["segm"]["per_class"]["infection"]["AP"]
                                 for (bb, _), r in results.items() if bb == b and r["status"] == "ok"), b)
                for b in {b for b, _ in results})
     assert w["infection"]["winner"] == f"{best[1]} 3x"
     assert w["infection"]["AP"] == pytest.approx(best[0])
-    miss = tables.missing_runs(df, collect.read_sweep(sweep_dir).missing)
+    miss = tables.missing_runs(a.groups, a.runs.missing)
     assert [m["backbone"] for m in miss] == ["X101-DC5_f0", "X101-DC5_f1"]
-    assert tables.missing_runs(df) == []  # without the plan nothing says X101-DC5 was expected
+    assert tables.missing_runs(a.groups) == []  # without the plan nothing says X101-DC5 was expected
 
 
 def test_partial_fold_reported_missing(tmp_path):
     for i, (b, fold) in enumerate([("R50-FPN", 0), ("R50-FPN", 1), ("R50-C4", 0)]):
         write_run(tmp_path / f"r{i}", make_result(b, fold=fold), artifacts=False)
-    miss = tables.missing_runs(collect.collect(tmp_path))
+    miss = tables.missing_runs(build.analyse(tmp_path).groups)
     assert {"backbone": "R50-C4 3x", "what": "no result.json for fold 1, seed 0"} in miss
     # no plan: the runs found are the expected ones; the backbones nobody ran are not missing
     assert miss == [{"backbone": "R50-C4 3x", "what": "no result.json for fold 1, seed 0"}]
 
 
-def test_old_and_unknown_schema_best_effort(tmp_path):
+def test_a_result_of_a_schema_this_version_does_not_read_is_a_failed_row(tmp_path):
     mark_sweep(tmp_path)
-    old = to_old_schema(make_result("R50-FPN"))
+    write_run(tmp_path / "ok", make_result("R50-C4"), artifacts=False)
+    old = make_result("R50-FPN")
+    del old["schema"]  # older than schema 1
     write_run(tmp_path / "a", old, artifacts=False)
-    future = make_result("R101-FPN", schema=7)
-    write_run(tmp_path / "b", future, artifacts=False)
-    df = collect.collect(tmp_path)
-    a = df[df["run_dir"] == "a"].iloc[0]
-    assert (a["status"], a["trunk"], a["head"]) == ("ok", "R50", "FPN")
-    assert a["metrics.segm.per_class.infection.AP"] == old["metrics"]["segm"]["AP-infection"]
-    assert "older than schema 1" in a["schema_note"]
-    b = df[df["run_dir"] == "b"].iloc[0]
-    assert "schema 7" in b["schema_note"]
-    runs = Page(build.build_report(tmp_path, progress=False).read_text()).table("runs").by("run dir")
-    assert "older than schema 1" in runs["a"]["schema note"] and "schema 7" not in runs["a"]["schema note"]
-    assert "schema 7" in runs["b"]["schema note"] and "older than schema 1" not in runs["b"]["schema note"]
-    md = (tmp_path / "report" / "table3.md").read_text()
-    assert "best effort" in md
+    write_run(tmp_path / "b", make_result("R101-FPN", schema=7), artifacts=False)
+    df = collect.read_sweep(tmp_path).df.set_index("run_dir")
+    assert list(df.loc[["a", "b"], "status"]) == ["failed", "failed"] and df.at["ok", "status"] == "ok"
+    assert df.at["a", "error_reason"] == "UnknownSchema: result.json schema None; this version reads schemas 1, 2, 3, 4"
+    assert df.at["b", "error_reason"].startswith("UnknownSchema: result.json schema 7;")
+    assert df.at["b", "backbone"] == "R101-FPN"
+    failed = Page(build.build_report(tmp_path, progress=False).read_text()).table("failed").by("run dir")
+    assert sorted(failed) == ["a", "b"] and "this version reads schemas 1, 2, 3, 4" in failed["b"]["reason"]
 
 
 def test_unreadable_result_and_missing_artifacts(tmp_path):
@@ -442,7 +435,7 @@ def test_schema1_problems_and_run_notes_are_shown(tmp_path):
     del r["timing"]
     r["notes"] = ["images of several sizes; image_size is the most common one"]
     write_run(tmp_path / "a", r, artifacts=False)
-    df = collect.collect(tmp_path)
+    df = collect.read_sweep(tmp_path).df
     assert "does not match schema 1: missing key 'timing'" in df.iloc[0]["schema_note"]
     html = build.build_report(tmp_path, progress=False).read_text()
     assert "does not match schema 1: missing key &#x27;timing&#x27;" in html
@@ -461,7 +454,7 @@ def test_table3_experiment_matches_paper_rows_by_schedule(tmp_path):
     rows = [(r["backbone"], r["schedule"] or "3x") for r in tables.load_paper()["table3"]]
     for i, (b, sched) in enumerate(rows):
         write_run(tmp_path / f"r{i}", make_result(b, schedule=sched, experiment="table3"), artifacts=False)
-    t3 = tables.table3(collect.collect(tmp_path))
+    t3 = table3(tmp_path)
     got = {(b, s): p for b, s, p in zip(t3["backbone"], t3["schedule"], t3["paper_AP"])}
     assert len(t3) == 9 and not t3["paper_only"].any()  # the paper's nine rows, all ours
     assert got["R50-C4", "1x"] == 56.43 and got["R50-C4", "3x"] == 69.3
@@ -470,7 +463,7 @@ def test_table3_experiment_matches_paper_rows_by_schedule(tmp_path):
     assert "X101-DC5" not in set(t3["backbone"])  # nobody planned it
     # A schedule the paper lacks for a backbone it splits by schedule: no number, and a note.
     write_run(tmp_path / "extra", make_result("R50-C4", schedule=None), artifacts=False)
-    t3 = tables.table3(collect.collect(tmp_path))
+    t3 = table3(tmp_path)
     row = t3[(t3["backbone"] == "R50-C4") & t3["schedule"].isna()].iloc[0]
     assert np.isnan(row["paper_AP"]) and "paper has R50-C4 only for 1x/3x" in row["note"]
 
@@ -485,14 +478,14 @@ def test_amp_and_fp32_runs_are_reported_side_by_side(tmp_path):
             if amp:  # a difference the table must show (COCO AP = the mean of the classes')
                 segm = r["metrics"]["segm"]
                 segm["AP"] += 5.0
-                for c in CLASSES:
+                for c in CLASS_NAMES:
                     segm["per_class"][c]["AP"] += 5.0
             write_run(tmp_path / f"amp{amp}_s{seed}", r, artifacts=False)
-    df = collect.collect(tmp_path)
-    groups = {tables.group_label(k): g for k, g in tables.iter_groups(df)}
+    a = build.analyse(tmp_path)
+    groups = {group_label(k): g for k, g in a.groups}
     assert sorted(groups) == ["R50-FPN 3x (AMP)", "R50-FPN 3x (fp32)"]
     assert all(len(g) == 3 for g in groups.values())
-    t3 = tables.table3(df)
+    t3 = tables.table3(a.groups, a.comparison)
     rows = t3[t3["backbone"] == "R50-FPN"].set_index("solver.amp")
     assert rows.loc[True, "n_ok"] == rows.loc[False, "n_ok"] == 3
     assert rows.loc[True, "mean_AP"] - rows.loc[False, "mean_AP"] == pytest.approx(5.0)
@@ -505,10 +498,10 @@ def test_scratch_runs_are_labelled_by_their_weights_not_a_schedule(tmp_path):
     synthetic.mark_sweep(tmp_path)
     for i, (backbone, weights) in enumerate((("R50-FPN", "scratch"), ("R101-FPN", "scratch"), ("R50-C4", "zoo"))):
         synthetic.write_run(tmp_path / f"run_{i}", synthetic.make_result(backbone, weights=weights), artifacts=False)
-    df = collect.collect(tmp_path)
-    labels = [k["label"] for k, _ in tables.iter_groups(df)]
+    a = build.analyse(tmp_path)
+    labels = [k["label"] for k, _ in a.groups]
     assert labels == ["R50-C4 3x (zoo)", "R50-FPN scratch", "R101-FPN scratch"]
-    t3 = tables.table3(df).set_index("group")
+    t3 = tables.table3(a.groups, a.comparison).set_index("group")
     assert pd.isna(t3.loc["R50-FPN scratch", "schedule"]) and t3.loc["R50-C4 3x (zoo)", "schedule"] == "3x"
     assert "trained from scratch: no schedule" in t3.loc["R50-FPN scratch", "note"]
     html = build.build_report(tmp_path, progress=False).read_text()
@@ -519,6 +512,6 @@ def test_a_sweep_all_from_scratch_names_the_weights_in_every_label(tmp_path):
     synthetic.mark_sweep(tmp_path)
     for i, backbone in enumerate(("R50-FPN", "R101-FPN")):
         synthetic.write_run(tmp_path / f"run_{i}", synthetic.make_result(backbone, weights="scratch"), artifacts=False)
-    df = collect.collect(tmp_path)
-    assert [k["label"] for k, _ in tables.iter_groups(df)] == ["R50-FPN scratch", "R101-FPN scratch"]
-    assert "R50-FPN scratch" in tables.winners_text(tables.winners(df))
+    a = build.analyse(tmp_path)
+    assert [k["label"] for k, _ in a.groups] == ["R50-FPN scratch", "R101-FPN scratch"]
+    assert "R50-FPN scratch" in tables.winners_text(tables.winners(a.groups, a.comparison))

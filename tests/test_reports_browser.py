@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contracts.catalog import BACKBONES
 from reports import build
-from reports.schema import BACKBONES
-from reports.synthetic import make_result, write_plan, write_sweep
+from tests.synthetic import make_result, write_plan, write_sweep
 
 DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 WINDOW = (1200, 900)

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 
 from contracts import fsutil
+from contracts.catalog import CLASS_NAMES
 from reports import build, collect, tables
 from reports.collect import STALE_REASON
-from reports.schema import BACKBONES, CLASSES
-from reports.synthetic import make_result, mark_sweep, write_plan, write_run
+from reports.groups import Groups, group_label
+from tests.synthetic import make_result, mark_sweep, write_plan, write_run
 from tests.test_reports import Page, section_text
 
 
@@ -44,7 +45,7 @@ def bump(r: dict, by: float) -> dict:
     """The same run with every segm AP raised by ``by`` (a difference a mix would show)."""
     segm = r["metrics"]["segm"]
     segm["AP"] += by
-    for c in CLASSES:
+    for c in CLASS_NAMES:
         segm["per_class"][c]["AP"] += by
     return r
 
@@ -174,9 +175,9 @@ def test_other_learning_rate_is_another_group(tmp_path, schema):
     b = bump(make_result("R50-FPN", schema=schema, base_lr=0.01), 10.0)
     write_run(tmp_path / "a", a, artifacts=False)
     write_run(tmp_path / "b", b, artifacts=False)
-    df = collect.collect(tmp_path)
-    assert df["identity.group"].nunique() == 2
-    groups = {tables.group_label(k): g for k, g in tables.iter_groups(df)}
+    analysis = build.analyse(tmp_path)
+    assert analysis.df["identity.group"].nunique() == 2
+    groups = {group_label(k): g for k, g in analysis.groups}
     assert sorted(groups) == ["R50-FPN 3x (solver.base_lr=0.00025)", "R50-FPN 3x (solver.base_lr=0.01)"]
     assert all(len(g) == 1 for g in groups.values())
     build.build_report(tmp_path, progress=False)
@@ -187,7 +188,7 @@ def test_other_learning_rate_is_another_group(tmp_path, schema):
     assert rows.at["R50-FPN 3x (solver.base_lr=0.01)", "infection_AP"] == pytest.approx(infection(b))
     pc = pd.read_csv(tmp_path / "report" / "per_class_ap.csv")
     assert set(pc[pc["backbone"] == "R50-FPN"]["group"]) == set(rows.index)
-    w = {x["what"]: x for x in tables.winners(df)}
+    w = {x["what"]: x for x in tables.winners(analysis.groups, analysis.comparison)}
     assert w["infection"]["winner"] == "R50-FPN 3x (solver.base_lr=0.01)" and w["infection"]["n"] == 1
     md = (tmp_path / "report" / "table3.md").read_text()
     assert "R50-FPN 3x (solver.base_lr=0.01)" in md and "R50-FPN 3x (solver.base_lr=0.00025)" in md
@@ -199,7 +200,7 @@ def test_labels_stay_distinct_when_configs_differ_in_several_keys():
         r = make_result("R50-FPN", base_lr=lr)
         r["config"]["solver"]["max_iter"] = it
         rs.append(collect.flatten(collect.normalize(r)[0]))
-    labels = [tables.group_label(k) for k, _ in tables.iter_groups(pd.DataFrame(rs))]
+    labels = [group_label(k) for k, _ in Groups.of(pd.DataFrame(rs))]
     assert len(set(labels)) == 3
     assert "R50-FPN 3x (solver.base_lr=0.01, solver.max_iter=200)" in labels
 
@@ -211,14 +212,14 @@ def test_stale_planned_result_is_not_counted(tmp_path):
     # What stands in the R50-FPN folder now is another run (another learning rate).
     other = bump(make_result("R50-FPN", schema=2, base_lr=0.01), 40.0)
     write_run(sweep / "R50-FPN", other, artifacts=False)
-    runs = collect.read_sweep(sweep)
-    row = runs.df[runs.df["run_dir"] == "R50-FPN"].iloc[0]
+    analysis = build.analyse(sweep)
+    row = analysis.df[analysis.df["run_dir"] == "R50-FPN"].iloc[0]
     assert row["status"] == "failed" and row["error_reason"] == STALE_REASON
     page = build.build_report(sweep, progress=False).read_text()
     t3 = pd.read_csv(sweep / "report" / "table3.csv").set_index("backbone")
     assert (t3.at["R50-FPN", "n_runs"], t3.at["R50-FPN", "n_ok"], t3.at["R50-FPN", "infection_AP_n"]) == (1, 0, 0)
     assert pd.isna(t3.at["R50-FPN", "infection_AP"])
-    w = {x["what"]: x for x in tables.winners(runs.df)}
+    w = {x["what"]: x for x in tables.winners(analysis.groups, analysis.comparison)}
     assert w["infection"]["winner"] == "R101-FPN 3x" and w["infection"]["runner_up"] is None
     shown = Page(page)
     assert [(r["backbone"], r["status"], r["reason"]) for r in shown.table("failed").rows] == [
@@ -237,7 +238,8 @@ def test_one_backbone_plan_expects_that_backbone_only(tmp_path):
     assert others["paper_AP"].notna().all() and others["infection_AP"].isna().all()
     assert set(others["note"]) == {"paper only: not in this sweep"}
     assert "of 9 backbones" not in page
-    assert tables.missing_runs(collect.collect(sweep), collect.read_sweep(sweep).missing) == []
+    analysis = build.analyse(sweep)
+    assert tables.missing_runs(analysis.groups, analysis.runs.missing) == []
     shown = Page(page)
     assert "missing" not in shown.tables and shown.text("n-missing") == "0 MISSING (of 1 planned run(s))"
     assert "failed" not in shown.tables and "problems" not in shown.texts
@@ -248,9 +250,9 @@ def test_one_backbone_plan_expects_that_backbone_only(tmp_path):
 def test_planned_run_without_result_is_missing_by_label(tmp_path):
     sweep = planned_sweep(tmp_path / "sweep", {"R50-FPN": make_result("R50-FPN", schema=2)},
                           plan_only=("R101-FPN", "X101-FPN_fold=1"))
-    runs = collect.read_sweep(sweep)
-    assert [m["label"] for m in runs.missing] == ["R101-FPN", "X101-FPN_fold=1"]
-    miss = tables.missing_runs(runs.df, runs.missing)
+    analysis = build.analyse(sweep)
+    assert [m["label"] for m in analysis.runs.missing] == ["R101-FPN", "X101-FPN_fold=1"]
+    miss = tables.missing_runs(analysis.groups, analysis.runs.missing)
     assert miss == [{"backbone": "R101-FPN", "what": "no result.json in R101-FPN (planned run)"},
                     {"backbone": "X101-FPN_fold=1", "what": "no result.json in X101-FPN_fold=1 (planned run)"}]
     page = build.build_report(sweep, progress=False).read_text()

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from converters.official import FACTS
-from reports import build, stats, synthetic
-from reports.schema import CLASSES
+from contracts.catalog import CLASS_NAMES
+from reports import build, stats
+from tests import synthetic
 
 CASES = [f"case_{i:02d}" for i in range(8)]
 
@@ -21,7 +22,7 @@ def _sweep(tmp_path: Path, dice3d: dict[str, dict[str, dict[str, float]]], schem
     synthetic.mark_sweep(sweep)
     for i, (backbone, per_case) in enumerate(dice3d.items()):
         r = synthetic.make_result(backbone, schema=schema, cases=CASES)
-        synthetic.set_per_case(r, {c: {k: 50.0 + i for k in CLASSES} for c in CASES})
+        synthetic.set_per_case(r, {c: {k: 50.0 + i for k in CLASS_NAMES} for c in CASES})
         if schema >= 3:
             synthetic.set_volume3d(r, per_case)
         synthetic.write_run(sweep / f"run_{i}", r, artifacts=False)
@@ -29,7 +30,7 @@ def _sweep(tmp_path: Path, dice3d: dict[str, dict[str, dict[str, float]]], schem
 
 
 def _values(base: float, rng: np.random.Generator) -> dict[str, dict[str, float]]:
-    return {c: {k: float(np.clip(base + rng.normal(0, 0.01), 0, 1)) for k in CLASSES} for c in CASES}
+    return {c: {k: float(np.clip(base + rng.normal(0, 0.01), 0, 1)) for k in CLASS_NAMES} for c in CASES}
 
 
 def test_section_shows_ours_with_intervals_beside_the_published(tmp_path):
@@ -67,8 +68,6 @@ def test_section_shows_ours_with_intervals_beside_the_published(tmp_path):
 
 
 def test_the_paired_tests_apply_to_3d_metrics(tmp_path):
-    from reports.collect import collect
-
     rng = np.random.default_rng(1)
     sweep = tmp_path / "sweep"
     synthetic.mark_sweep(sweep)
@@ -76,7 +75,7 @@ def test_the_paired_tests_apply_to_3d_metrics(tmp_path):
         r = synthetic.make_result(backbone, schema=3, cases=CASES)
         synthetic.set_volume3d(r, _values(base, rng))
         synthetic.write_run(sweep / f"run_{i}", r, artifacts=False)
-    comp = stats.compare(collect(sweep))
+    comp = build.analyse(sweep).comparison
     v = comp.verdict("left_lung", "dice3d")
     assert v["best"] in ("R50-FPN 3x", "R101-FPN 3x") and v["winner"] is None  # not shown apart from the other 0.9
     assert v["kind"] == stats.KIND_NOT_SHOWN and v["verdict"].startswith(stats.NOT_SHOWN)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contracts.catalog import BACKBONES
 from reports import build, screenshot
-from reports.schema import BACKBONES
-from reports.synthetic import write_plan, write_sweep
+from tests.synthetic import write_plan, write_sweep
 
 
 def test_missing_report_is_a_clear_error(tmp_path, capsys):

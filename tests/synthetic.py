@@ -17,12 +17,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from contracts import sweep
+from contracts.catalog import BACKBONES, CLASS_NAMES, conf_name
+from contracts.fsutil import claim
 from contracts.identity import identity
-from contracts.catalog import conf_name
-from contracts.fsutil import claim, write_text
-
-from .collect import PLAN_NAME, SWEEP_KIND
-from .schema import BACKBONES, CLASSES
 
 #: The backbone configs runs are made from (their ``in_zoo`` goes into every result.json).
 BACKBONE_CONF = Path(__file__).resolve().parents[1] / "conf" / "backbone"
@@ -53,7 +51,7 @@ def in_zoo(backbone: str) -> bool | None:
 
 def _ap_block(rng: np.random.Generator, base: float) -> dict[str, Any]:
     per_class = {}
-    for c, off in zip(CLASSES, (12.0, 13.0, -8.0)):
+    for c, off in zip(CLASS_NAMES, (12.0, 13.0, -8.0)):
         ap = float(np.clip(base + off + rng.normal(0, 1.5), 0, 100))
         per_class[c] = {"AP": round(ap, 3), "AP50": round(min(100.0, ap + 20), 3), "AP75": round(ap * 0.9, 3)}
     ap = float(np.mean([v["AP"] for v in per_class.values()]))
@@ -68,8 +66,8 @@ def make_result(backbone: str = "R50-FPN", *, schedule: str | None = "3x", fold:
                 cases: Iterable[str] = ("phantom_000", "phantom_001"), base_lr: float = 0.00025) -> dict[str, Any]:
     """One result.json dict (schema 1 layout). ``status='failed'`` gives null metrics/timing and
     an error (``error`` or a default FloatingPointError). ``schema=2`` adds the run identity
-    (from the config; no dataset fingerprint); any other value only changes the schema field;
-    build older layouts by editing the dict. ``base_lr`` is a config value (not the numbers).
+    (from the config; no dataset fingerprint), 3 and 4 also the 3-D metrics; any other value
+    only changes the schema field. ``base_lr`` is a config value (not the numbers).
     ``in_zoo`` is the backbone config's (``in_zoo()``), as a real run writes it."""
     trunk, head = backbone.split("-", 1)
     rng = _rng(backbone, schedule, fold, seed)
@@ -79,11 +77,11 @@ def make_result(backbone: str = "R50-FPN", *, schedule: str | None = "3x", fold:
     metrics = timing = None
     if ok:
         dice = {case: {c: round(float(np.clip(0.8 + rng.normal(0, 0.05) - (0.3 if c == "infection" else 0), 0, 1)), 4)
-                       for c in CLASSES} for case in cases}
+                       for c in CLASS_NAMES} for case in cases}
         burden = {case: round(float(abs(rng.normal(2, 1))), 3) for case in cases}
         metrics = {
             "segm": _ap_block(rng, base), "bbox": _ap_block(rng, base + 3),
-            "dice": {"per_case": dice, "mean": {c: round(float(np.mean([d[c] for d in dice.values()])), 4) for c in CLASSES}},
+            "dice": {"per_case": dice, "mean": {c: round(float(np.mean([d[c] for d in dice.values()])), 4) for c in CLASS_NAMES}},
             "infection_burden_abs_error": {"per_case": burden, "mean": round(float(np.mean(list(burden.values()))), 3)},
         }
         timing = {"train_s_per_iter": round(_S_PER_ITER.get(head, 0.4) * (1 + 0.4 * _TRUNK_BONUS.get(trunk, 0) / 3) * rng.uniform(0.95, 1.05), 4),
@@ -119,7 +117,7 @@ def make_result(backbone: str = "R50-FPN", *, schedule: str | None = "3x", fold:
     if schema in (3, 4):
         out["conversion"] = {"window": [-1250, 250], "multiwindow": False, "windows": {}, "orientation": None}
         if ok:
-            set_volume3d(out, {case: {c: round(0.85 * d[c], 4) for c in CLASSES} for case, d in dice.items()})
+            set_volume3d(out, {case: {c: round(0.85 * d[c], 4) for c in CLASS_NAMES} for case, d in dice.items()})
     return out
 
 
@@ -139,7 +137,7 @@ def set_volume3d(result: dict[str, Any], dice3d: dict[str, dict[str, float]],
             v["dice3d_all"] = dict((dice3d_all or dice3d)[case])
     keys = [k for k in ("dice3d", "nsd3d", "dice3d_labelled", "nsd3d_labelled", "dice3d_all")
             if all(k in v for v in per_case.values())]
-    mean = {m: {c: float(np.mean([v[m][c] for v in per_case.values()])) for c in CLASSES} for m in keys}
+    mean = {m: {c: float(np.mean([v[m][c] for v in per_case.values()])) for c in CLASS_NAMES} for m in keys}
     m = result["metrics"]
     m["volume3d"] = {"per_case": per_case, "mean": mean, "n_cases": len(per_case),
                      "tolerance_mm": {"left_lung": 1.0, "right_lung": 1.0, "infection": 3.0},
@@ -154,17 +152,17 @@ def set_per_case(result: dict[str, Any], segm_ap: dict[str, dict[str, float | No
     """Give an ok result per-case numbers (``metrics.per_case``, as benchmark.metrics.evaluate
     writes it): ``segm_ap`` {case: {class: AP}}, ``dice`` likewise (default 0.8 each). The
     run-level segm AP per class becomes the mean over the cases, so both views agree."""
-    dice = dice or {case: {c: 0.8 for c in CLASSES} for case in segm_ap}
+    dice = dice or {case: {c: 0.8 for c in CLASS_NAMES} for case in segm_ap}
     m = result["metrics"]
     old = m.get("per_case") or {}
     keep = ("dice3d", "nsd3d", "dice3d_labelled", "nsd3d_labelled", "dice3d_all", "fp_no_gt", "fp_no_gt_any")
     m["per_case"] = {case: {**{k: v for k, v in old.get(case, {}).items() if k in keep},
                             "segm_AP": dict(segm_ap[case]), "dice": dict(dice.get(case, {}))} for case in segm_ap}
-    for c in CLASSES:
+    for c in CLASS_NAMES:
         vals = [v[c] for v in segm_ap.values() if v.get(c) is not None]
         if vals:
             m["segm"]["per_class"][c]["AP"] = round(float(np.mean(vals)), 6)
-    m["segm"]["AP"] = round(float(np.mean([m["segm"]["per_class"][c]["AP"] for c in CLASSES])), 6)
+    m["segm"]["AP"] = round(float(np.mean([m["segm"]["per_class"][c]["AP"] for c in CLASS_NAMES])), 6)
     m["dice"]["per_case"] = {case: dict(v) for case, v in dice.items()}
     return result
 
@@ -212,7 +210,7 @@ def write_dataset(out: Path, n_images: int = 6, size: int = 64) -> tuple[Path, P
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "segmentation": rle,
                          "area": int(m.sum()), "bbox": [float(v) for v in mask_util.toBbox(rle)], "iscrowd": 0})
     coco = {"images": images, "annotations": anns,
-            "categories": [{"id": k + 1, "name": c} for k, c in enumerate(CLASSES)]}
+            "categories": [{"id": k + 1, "name": c} for k, c in enumerate(CLASS_NAMES)]}
     test = out / "annotations" / "patient_kfold_f0_test.json"
     test.write_text(json.dumps(coco))
     return out, test
@@ -222,7 +220,7 @@ def write_artifacts(run_dir: Path, result: dict[str, Any], n_iter: int = 20) -> 
     """detectron2-like metrics.json (JSON lines) and COCO predictions (GT masks shifted a little)."""
     from pycocotools import mask as mask_util
 
-    from .overlays import decode
+    from reports.overlays import decode
 
     run_dir = Path(run_dir)
     rng = _rng("artifacts", result["backbone"], result.get("schedule"), result["dataset"]["fold"], result["seed"])
@@ -268,7 +266,7 @@ def write_run(run_dir: Path, result: dict[str, Any], artifacts: bool = True) -> 
 
 def mark_sweep(sweep_dir: Path) -> Path:
     """Make ``sweep_dir`` a lungbench sweep folder (its owner marker), as `make sweep` does."""
-    return claim(sweep_dir, SWEEP_KIND, "SWEEP_DIR")
+    return claim(sweep_dir, sweep.KIND, "SWEEP_DIR")
 
 
 def write_plan(sweep_dir: Path, runs: Iterable[tuple[str, dict[str, Any] | None]]) -> Path:
@@ -283,9 +281,8 @@ def write_plan(sweep_dir: Path, runs: Iterable[tuple[str, dict[str, Any] | None]
                         "status": "planned", "error": None, "identity": ident.get("hash"),
                         "group": ident.get("group"), "backbone": (result or {}).get("backbone"),
                         "in_zoo": (result or {}).get("in_zoo")})
-    doc = {"schema": 3, "sweep_dir": str(Path(sweep_dir).resolve()), "overrides": [], "hydra_exit_code": None,
-           "summary": f"{len(planned)} runs", "runs": planned}
-    return write_text(Path(sweep_dir) / PLAN_NAME, json.dumps(doc, indent=1) + "\n")
+    return sweep.write_plan(Path(sweep_dir).resolve(), planned, overrides=[], hydra_exit_code=None,
+                            summary=f"{len(planned)} runs")
 
 
 def write_sweep(sweep_dir: Path, dataset_dir: Path | None = None, *, backbones: Iterable[str] = BACKBONES,
