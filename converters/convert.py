@@ -66,20 +66,17 @@ def is_up_to_date(out: Path, chash: str, disc: Discovery, files: list[Path]) -> 
     so an unchanged dataset is recognised without reading the volumes.
     """
     manifest = dataset_contract.recorded_manifest(out)
-    if manifest is None:
-        return False
-    if manifest.get("config_hash") != chash:
+    if manifest is None or manifest.get("config_hash") != chash:
         return False
     recorded = manifest.get("sources") or {}
     current = {relative(p, disc.root): p for p in files}
     if set(recorded) != set(current):
         return False
     for rel, p in current.items():
-        rec = recorded[rel]
-        st = p.stat()
-        if st.st_size == rec.get("bytes") and st.st_mtime_ns == rec.get("mtime_ns"):
-            continue
-        if st.st_size != rec.get("bytes") or sha256_file(p) != rec.get("sha256"):
+        rec, st = recorded[rel], p.stat()
+        if st.st_size != rec.get("bytes"):
+            return False
+        if st.st_mtime_ns != rec.get("mtime_ns") and sha256_file(p) != rec.get("sha256"):
             return False
     return True
 
@@ -167,10 +164,14 @@ def pool_context():
     return multiprocessing.get_context("spawn")
 
 
-def run_cases(disc: Discovery, c: dict, images_dir: Path, workers: int,
-              stop_on_error: bool) -> tuple[list[dict], list[ConversionError]]:
-    """Convert every case (pool of ``workers`` processes; 1 = in this process)."""
-    results, errors = [], []
+def run_cases(disc: Discovery, c: dict, images_dir: Path,
+              workers: int) -> tuple[list[dict], list[ConversionError]]:
+    """Convert every case (pool of ``workers`` processes; 1 = in this process). Returns the
+    results and the bad cases (the pre-pass's and the workers'), each by case id. With
+    on_bad_case=fail a bad case fails the conversion (the first stops the pool); with skip
+    each is logged and its PNGs are removed."""
+    fail = c["on_bad_case"] == "fail"
+    results, errors = [], list(disc.bad)
     cases = disc.cases
     bar = None
 
@@ -178,7 +179,7 @@ def run_cases(disc: Discovery, c: dict, images_dir: Path, workers: int,
         bar.update(1)
         if "error" in r:
             errors.append(r["error"])
-            return stop_on_error
+            return fail
         results.append(r)
         return False
 
@@ -202,16 +203,7 @@ def run_cases(disc: Discovery, c: dict, images_dir: Path, workers: int,
     finally:
         if bar is not None:
             bar.close()
-    return sorted(results, key=lambda r: r["case_id"]), sorted(errors, key=lambda e: e.case_id or "")
-
-
-def convert_cases(disc: Discovery, c: dict, images_dir: Path,
-                  workers: int) -> tuple[list[dict], list[ConversionError]]:
-    """``run_cases``, then the bad cases (the pre-pass's and the workers'), sorted: with
-    on_bad_case=fail the conversion fails; with skip each is logged and its PNGs removed."""
-    fail = c["on_bad_case"] == "fail"
-    results, errors = run_cases(disc, c, images_dir, workers, stop_on_error=fail)
-    errors = sorted(disc.bad + errors, key=lambda e: e.case_id or "")
+    errors.sort(key=lambda e: e.case_id or "")
     if errors and fail:
         raise bad_cases_error(errors)
     for e in errors:
@@ -220,7 +212,7 @@ def convert_cases(disc: Discovery, c: dict, images_dir: Path,
     if not results:
         raise ConversionError(disc.root, "no usable case left after skipping bad cases")
     check_fold_count(disc.root, c, len(results), "cases left after skipping bad cases")
-    return results, errors
+    return sorted(results, key=lambda r: r["case_id"]), errors
 
 
 # ---------------------------------------------------------------- COCO assembly
@@ -391,7 +383,7 @@ def _convert_locked(raw_root: Path, out: Path, cfg: DictConfig, c: dict, t0: flo
     tmp = make_temp_dir(out, chash)
     try:
         workers = int(c["workers"] or os.cpu_count() or 1)
-        results, errors = convert_cases(disc, c, tmp / "images", workers)
+        results, errors = run_cases(disc, c, tmp / "images", workers)
         images, anns = assemble(results)
         splits = make_splits(results, images, c)
         info = {"description": f"lungbench COCO dataset from {raw_root.name}",

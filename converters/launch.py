@@ -119,10 +119,6 @@ def _choice(vals: Values, name: str) -> str:
     return value
 
 
-def _data_out(vals: Values) -> str:
-    return vals.path("DATA_OUT")
-
-
 def check_given(target: str, vals: Values) -> None:
     """Refuse a variable given on the command line that ``target`` would silently ignore."""
     unused = sorted(vals.given - USES.get(target, set()) - {"PYTHON_SYS"})
@@ -140,20 +136,20 @@ def command(target: str, vals: Values, python: str) -> list[str]:
         root = vals.path("DATA_ROOT", required=False)
         return py + ["converters.convert", f"data={_choice(vals, 'DATA')}",
                      *([f"data.root={hydra_quote(root)}"] if root else []),
-                     f"out={hydra_quote(_data_out(vals))}", *vals.args()]
+                     f"out={hydra_quote(vals.path('DATA_OUT'))}", *vals.args()]
     if target == "download":
         dest = vals.path("DATA_ROOT", required=False) or f"{vals.path('WORK')}/raw/covid19_ct_seg"
         return py + ["converters.download", f"--dest={dest}", *vals.args()]
     if target == "train":
         return py + ["benchmark.train", f"backbone={_choice(vals, 'BACKBONE')}",
                      f"solver={_choice(vals, 'SOLVER')}",
-                     f"dataset_dir={hydra_quote(_data_out(vals))}",
+                     f"dataset_dir={hydra_quote(vals.path('DATA_OUT'))}",
                      f"hydra.run.dir={hydra_quote(vals.path('RUN_DIR'))}", *vals.args()]
     if target == "sweep":
         # the experiment chooses its solver (table3: paper); SOLVER= on the command line wins
         solver = [f"solver={_choice(vals, 'SOLVER')}"] if "SOLVER" in vals.given else []
         return py + ["benchmark.sweep", f"+experiment={_choice(vals, 'EXPERIMENT')}",
-                     f"dataset_dir={hydra_quote(_data_out(vals))}",
+                     f"dataset_dir={hydra_quote(vals.path('DATA_OUT'))}",
                      f"hydra.sweep.dir={hydra_quote(vals.path('SWEEP_DIR'))}", *solver,
                      *vals.args()]
     if target == "predict":
