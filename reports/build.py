@@ -46,7 +46,7 @@ FALSE_POSITIVES_NAME = "false_positives.csv"
 
 
 def schema_notes(df: pd.DataFrame, planned: int | None = None) -> list[str]:
-    """Report-level notes: best-effort reads (counted), nothing found (``planned``: the
+    """Report-level notes: how results do not match their schema (counted), nothing found (``planned``: the
     number of runs in the sweep's plan, None without one)."""
     if df.empty:
         if planned is not None:

@@ -1,6 +1,6 @@
 """Collect a sweep's result.json files into one tidy DataFrame (one row per run).
 
-Which runs: when the sweep dir holds ``sweep.json`` (the plan ``benchmark.sweep`` writes),
+Which runs: when the sweep dir holds ``sweep.json`` (the plan a sweep writes: contracts.sweep),
 exactly its runs: a planned run with a result.json is a row (counted as failed when the
 result's identity is not the plan's: another config or dataset), one without is MISSING,
 and every other result.json under the sweep dir is ignored and listed. Without a plan:
@@ -171,7 +171,7 @@ def load_run(path: Path, sweep_dir: Path) -> tuple[dict[str, Any], list[tuple[st
     value). An unreadable file, or one of a schema this version does not read, becomes a
     failed row saying why."""
     path, sweep_dir = Path(path), Path(sweep_dir)
-    rel_dir = path.parent.relative_to(sweep_dir).as_posix() if path.is_relative_to(sweep_dir) else str(path.parent)
+    rel_dir = _rel(path.parent, sweep_dir)
     meta = {"run_dir": rel_dir or ".", "result_json": (Path(rel_dir) / result.FILENAME).as_posix()}
     try:
         res = result.load_result(path)

@@ -51,7 +51,7 @@ METRICS = {"segm_AP": "segm_AP", "dice": "dice", "dice3d": "dice3d", "nsd3d": "n
 #: (no Dice threshold), and false-positive instances on a case without that class (segm AP is
 #: undefined there, so they cost it nothing).
 SHOWN = ("dice3d_all", "fp_no_gt", "fp_no_gt_any")
-#: The 3-D metrics on whole volumes (benchmark.metrics3d), in [0, 1]: lungs with their infection
+#: The 3-D metrics on whole volumes (result.json's metrics.volume3d), in [0, 1]: lungs with their infection
 #: (whole lungs), lungs as labelled (1 / 2, as the benchmark's evaluation script scores them).
 METRICS_3D = ("dice3d", "nsd3d", "dice3d_labelled", "nsd3d_labelled")
 #: The metric the winners are decided on.

@@ -3,7 +3,7 @@ backbone group, on both lung definitions, beside the published 3-D nnU-Net numbe
 dataset's benchmark (Ma et al.) on the definition they were scored on.
 
 A view of the per-case table (``reports.stats.per_case_table``, from result.json's
-``metrics.per_case``; benchmark.metrics3d): per group, metric and class the mean over test
+``metrics.per_case`` and ``metrics.volume3d``): per group, metric and class the mean over test
 cases in percent with a 95% bootstrap interval (none under ``stats.MIN_CASES`` cases) and what
 the paired tests against the best group say. Metrics:
 

@@ -149,7 +149,7 @@ def set_volume3d(result: dict[str, Any], dice3d: dict[str, dict[str, float]],
 
 def set_per_case(result: dict[str, Any], segm_ap: dict[str, dict[str, float | None]],
                  dice: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
-    """Give an ok result per-case numbers (``metrics.per_case``, as benchmark.metrics.evaluate
+    """Give an ok result per-case numbers (``metrics.per_case``, as a run's evaluation
     writes it): ``segm_ap`` {case: {class: AP}}, ``dice`` likewise (default 0.8 each). The
     run-level segm AP per class becomes the mean over the cases, so both views agree."""
     dice = dice or {case: {c: 0.8 for c in CLASS_NAMES} for case in segm_ap}
@@ -270,7 +270,7 @@ def mark_sweep(sweep_dir: Path) -> Path:
 
 
 def write_plan(sweep_dir: Path, runs: Iterable[tuple[str, dict[str, Any] | None]]) -> Path:
-    """``<sweep_dir>/sweep.json`` as benchmark.sweep writes it (schema 3), planning ``runs``:
+    """``<sweep_dir>/sweep.json`` as a sweep writes it (contracts.sweep), planning ``runs``:
     (run folder relative to the sweep dir, the result expected there or None; whether it is
     written there is the caller's choice). The planned identity, group, backbone and in_zoo are
     the expected result's (identity: its own, else computed from its config)."""
