@@ -45,14 +45,13 @@ from .groups import Groups, is_scratch, ok_rows
 
 #: Per-case metrics that are tested (higher is better); result.json's
 #: metrics.per_case.<case>.<key>.<class> keys, and their per_case.csv columns.
-METRICS = {"segm_AP": "segm_AP", "dice": "dice", "dice3d": "dice3d", "nsd3d": "nsd3d",
-           "dice3d_labelled": "dice3d_labelled", "nsd3d_labelled": "nsd3d_labelled"}
+METRICS = ("segm_AP", "dice", "dice3d", "nsd3d", "dice3d_labelled", "nsd3d_labelled")
 #: Per-case numbers shown beside them, never tested: 3-D Dice with every detection the AP ranks
 #: (no Dice threshold), and false-positive instances on a case without that class (segm AP is
 #: undefined there, so they cost it nothing).
 SHOWN = ("dice3d_all", "fp_no_gt", "fp_no_gt_any")
-#: The 3-D metrics on whole volumes (result.json's metrics.volume3d), in [0, 1]: lungs with their infection
-#: (whole lungs), lungs as labelled (1 / 2, as the benchmark's evaluation script scores them).
+#: The 3-D metrics on whole volumes (result.json's metrics.volume3d), in [0, 1]: lungs with their
+#: infection (whole lungs), lungs as labelled (1 / 2, as the benchmark's evaluation script scores them).
 METRICS_3D = ("dice3d", "nsd3d", "dice3d_labelled", "nsd3d_labelled")
 #: The metric the winners are decided on.
 PRIMARY = "segm_AP"
