@@ -16,7 +16,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from contracts.fsutil import OutputBusy, in_use, output_lock, owned_outputs, read_marker, stray_files
+from contracts.fsutil import OutputBusy, in_use, output_lock, owned_outputs, stray_files
 
 
 def refuse_reason(work: str) -> str | None:

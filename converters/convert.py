@@ -405,16 +405,6 @@ def _convert_locked(raw_root: Path, out: Path, cfg: DictConfig, c: dict, t0: flo
     return out
 
 
-def _check_phantom(gen: Any) -> None:
-    """Reject unknown phantom presets / parameters (``data.generate``) before generating."""
-    params = OmegaConf.to_container(gen, resolve=True) if isinstance(gen, DictConfig) else dict(gen)
-    params.pop("seed", None)  # phantom.generate's own argument, not part of the spec
-    try:
-        phantom.spec_for(**params)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
 def run(cfg: DictConfig) -> Path:
     """The CLI's work: generate the phantom when the data config asks, then convert.
 
@@ -435,14 +425,15 @@ def run(cfg: DictConfig) -> Path:
     if not gen and not root:
         raise ConversionError("data.root", "not set: pass data.root=<raw data folder> "
                               "(make data DATA_ROOT=<dir>)")
-    if gen:
-        _check_phantom(gen)
+    params = OmegaConf.to_container(gen, resolve=True) if gen else None
+    if params:  # unknown presets / parameters: a ConfigError before anything is written
+        phantom.spec_for(**{k: v for k, v in params.items() if k != "seed"})  # seed: generate's
     check_owned(out, DATASET_KIND, "DATA_OUT (out=)", replace=True)
-    if gen:
+    if params:
         root = out.parent / "raw" / out.name
         check_locations(root, out)
-        log.info("phantom: generating %s into %s", dict(gen), root)
-        phantom.generate(root, **OmegaConf.to_container(gen, resolve=True))
+        log.info("phantom: generating %s into %s", params, root)
+        phantom.generate(root, **params)
     return _convert(root, out, cfg)
 
 

@@ -26,7 +26,8 @@ def slice_instances(labels: np.ndarray, connectivity: int = 8, min_area: int = 1
                     polygons: bool = False) -> tuple[list[dict], int]:
     """Annotations (without ``id``/``image_id``) for one (H, W) label slice.
 
-    Returns ``(annotations, n_dropped)``: infection components smaller than ``min_area``
+    ``connectivity``: 4 or 8 (config.validate checks it). Returns ``(annotations,
+    n_dropped)``: infection components smaller than ``min_area``
     pixels are dropped and counted. ``segmentation`` is compressed RLE with ``counts`` as
     str, or polygons when asked; ``area`` and ``bbox`` always come from the exact mask.
     Order: left lung, right lung, then infection components in ``ndimage.label`` order
@@ -38,8 +39,6 @@ def slice_instances(labels: np.ndarray, connectivity: int = 8, min_area: int = 1
     transposing copies (pass ``labels`` as ``x.T`` of a C-contiguous ``x`` to avoid even
     the one copy here).
     """
-    if connectivity not in STRUCTURES:
-        raise ValueError(f"infection.connectivity must be 4 or 8, not {connectivity}")
     lab_t = np.ascontiguousarray(labels.T)  # (W, H)
     cats = [v for v in _LUNGS if (lab_t == v).any()]
     dropped = 0

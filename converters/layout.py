@@ -106,9 +106,7 @@ def discover(root: str | Path, layout: str = "auto") -> Discovery:
         raise ConversionError(root, "raw data folder does not exist (or is not a folder)")
     layout, used_dirs = choose_layout(root, layout, _find_role_dirs(root))
     disc = Discovery(root=root, layout=layout)
-    by_role = files_by_role(used_dirs, disc.ignored)
-    disc.ignored += files_outside(root, set(used_dirs.values()))
-    pair_cases(disc, by_role, used_dirs)
+    pair_cases(disc, list_files(root, used_dirs, disc.ignored), used_dirs)
     return disc
 
 
@@ -138,9 +136,11 @@ def choose_layout(root: Path, layout: str, dirs: dict[str, list[Path]]) -> tuple
     return layout, {ROLE_DIRS[k]: v[0] for k, v in dirs.items() if k != other_image_dir}
 
 
-def files_by_role(used_dirs: dict[str, Path], ignored: list[dict]) -> dict[str, dict[str, list[Path]]]:
-    """role -> case id -> the NIfTI files of that id in the role's folder; everything else
-    in those folders goes to ``ignored`` with the reason."""
+def list_files(root: Path, used_dirs: dict[str, Path], ignored: list[dict]) -> dict[str, dict[str, list[Path]]]:
+    """role -> case id -> the NIfTI files of that id in the role's folder. Every other file
+    goes to ``ignored`` with the reason: first what else the data folders hold, then the
+    files outside them (metadata.csv, archives, stamps, the other layout; not lungbench's
+    own bookkeeping files)."""
     by_role: dict[str, dict[str, list[Path]]] = {}
     for role, d in used_dirs.items():
         for p in sorted(d.iterdir()):
@@ -152,13 +152,7 @@ def files_by_role(used_dirs: dict[str, Path], ignored: list[dict]) -> dict[str, 
                 ignored.append({"file": str(p), "reason": "not a NIfTI file (.nii or .nii.gz)"})
                 continue
             by_role.setdefault(role, {}).setdefault(cid, []).append(p)
-    return by_role
-
-
-def files_outside(root: Path, data_dirs: set[Path]) -> list[dict]:
-    """The files outside the data folders (metadata.csv, archives, stamps, the other
-    layout), as ``ignored`` entries; lungbench's own bookkeeping files are left out."""
-    ignored = []
+    data_dirs = set(used_dirs.values())
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
         if d in data_dirs or any(parent in data_dirs for parent in d.parents):
@@ -171,7 +165,7 @@ def files_outside(root: Path, data_dirs: set[Path]) -> list[dict]:
             if fn.lower() == "metadata.csv":
                 reason = "Kaggle index file; cases are paired by file name instead"
             ignored.append({"file": str(d / fn), "reason": reason})
-    return ignored
+    return by_role
 
 
 def _duplicate(cid: str, files: list[Path]) -> ConversionError:

@@ -19,12 +19,14 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
 from scipy import ndimage
 
+from contracts.errors import ConfigError
 from contracts.fsutil import atomic_dir, output_lock, resolve_output
 
 GENERATOR_VERSION = 1
@@ -78,22 +80,20 @@ PRESETS: dict[str, PhantomSpec] = {
 
 
 def spec_for(preset: str = "tiny", **overrides) -> PhantomSpec:
+    """The spec of ``preset`` with ``overrides``; ConfigError naming an unknown preset or
+    parameter, or a bad mask_layout."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown phantom preset {preset!r}; choose from {sorted(PRESETS)}")
+        raise ConfigError(f"unknown phantom preset {preset!r}; choose from {sorted(PRESETS)}")
     for key in ("blobs", "blob_mm"):
         if key in overrides:
             overrides[key] = tuple(overrides[key])
     unknown = set(overrides) - {f.name for f in dataclasses.fields(PhantomSpec)}
     if unknown:
-        raise ValueError(f"unknown phantom parameter(s): {sorted(unknown)}")
+        raise ConfigError(f"unknown phantom parameter(s): {sorted(unknown)}")
     spec = dataclasses.replace(PRESETS[preset], **overrides)
     if spec.mask_layout not in ("combined", "separate", "both"):
-        raise ValueError(f"mask_layout must be combined|separate|both, not {spec.mask_layout!r}")
+        raise ConfigError(f"mask_layout must be combined|separate|both, not {spec.mask_layout!r}")
     return spec
-
-
-def case_id(i: int) -> str:
-    return f"phantom_{i:03d}"
 
 
 def make_case(spec: PhantomSpec, seed: int,
@@ -114,8 +114,9 @@ def make_case(spec: PhantomSpec, seed: int,
     u = np.linspace(-1, 1, X, dtype=np.float32)[:, None, None]
     v = np.linspace(-1, 1, Y, dtype=np.float32)[None, :, None]
     w = ((np.arange(Z, dtype=np.float32) + 0.5) / Z)[None, None, :]
-    hu, heart = _body(u, v, w, rng)
-    labels, lungs, rn2 = _lungs(u, v, w, heart, rng)
+    jitter = lambda s: float(rng.uniform(1 - s, 1 + s))  # noqa: E731  (anatomical variation)
+    hu, heart = _body(u, v, w, jitter)
+    labels, lungs, rn2 = _lungs(u, v, w, heart, jitter)
     tex, vessels = _parenchyma(hu, lungs, rng)
     infection = _infection(spec, lungs, rn2, v, w, rng)
     whole_lungs = labels.copy()  # 1/2 only: what Lung_Mask holds
@@ -131,17 +132,12 @@ def make_case(spec: PhantomSpec, seed: int,
     return hu, labels, whole_lungs, affine
 
 
-def _jitter(rng: np.random.Generator, s: float) -> float:
-    """A factor in [1 - s, 1 + s]: a little anatomical variation per case."""
-    return float(rng.uniform(1 - s, 1 + s))
-
-
 def _body(u: np.ndarray, v: np.ndarray, w: np.ndarray,
-          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+          jitter: Callable[[float], float]) -> tuple[np.ndarray, np.ndarray]:
     """HU of the body outside the lungs (fat, muscle, ribs, spine, heart) and the heart's
-    (X, Y, Z) mask, over the normalised coordinates (see ``make_case``)."""
+    mask, over the normalised coordinates; ``jitter(s)``: a random factor in [1 - s, 1 + s]."""
     shape = (u.shape[0], v.shape[1], w.shape[2])
-    body_a, body_b = 0.92 * _jitter(rng, 0.04), 0.68 * _jitter(rng, 0.06)
+    body_a, body_b = 0.92 * jitter(0.04), 0.68 * jitter(0.06)
     hu = np.full(shape, -1000.0, dtype=np.float32)
     body_r2 = (u / body_a) ** 2 + (v / body_b) ** 2
     hu[np.broadcast_to(body_r2 <= 1.0, shape)] = -90.0  # subcutaneous fat
@@ -160,7 +156,7 @@ def _body(u: np.ndarray, v: np.ndarray, w: np.ndarray,
 
 
 def _lungs(u: np.ndarray, v: np.ndarray, w: np.ndarray, heart: np.ndarray,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           jitter: Callable[[float], float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The two lungs around the heart: (labels uint8 1 left / 2 right, lung mask, each lung
     voxel's normalised in-plane radius squared, 0 outside)."""
     shape = (u.shape[0], v.shape[1], w.shape[2])
@@ -169,8 +165,8 @@ def _lungs(u: np.ndarray, v: np.ndarray, w: np.ndarray, heart: np.ndarray,
     rn2_all = np.zeros(shape, dtype=np.float32)
     # left lung: u < 0 (patient's left); the right lung is a bit larger, its dome higher
     for label, uc, a, base in ((1, -0.42, 0.29, 0.14), (2, 0.42, 0.31, 0.20)):
-        uc, a = uc * _jitter(rng, 0.03), a * _jitter(rng, 0.05)
-        vc, b = 0.03, 0.45 * _jitter(rng, 0.05)
+        uc, a = uc * jitter(0.03), a * jitter(0.05)
+        vc, b = 0.03, 0.45 * jitter(0.05)
         apex = 0.94
         rn2 = ((u - uc) / a) ** 2 + ((v - vc) / b) ** 2
         t = np.clip((w - base) / (apex - base), 0, 1)
@@ -242,7 +238,7 @@ def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 def write_case(root: Path, spec: PhantomSpec, seed: int, index: int) -> None:
     hu, labels, whole_lungs, affine = make_case(spec, seed, index)
-    cid = case_id(index)
+    cid = f"phantom_{index:03d}"
     if index >= spec.n_cases - spec.n_windowed:
         # like Radiopaedia: lung window [-1250, 250] HU rescaled to 0..255
         vol = np.round(np.clip((hu + 1250.0) / 1500.0 * 255.0, 0, 255)).astype(np.int16)
