@@ -67,6 +67,20 @@ def test_seeds_are_averaged_per_case_first(tmp_path):
         assert got[c] == pytest.approx((a0[c] + a1[c]) / 2, abs=1e-5)
 
 
+def test_per_case_numbers_are_the_results_own_rows(tmp_path):
+    """Case ids with dots: the per-case numbers are result.json's rows (contracts.result), carried
+    from collect by run dir, never read back out of the runs table's column names."""
+    cases = [f"site.{i}.ct" for i in range(6)]
+    sweep = _write(tmp_path, {"R50-FPN": {0: dict.fromkeys(cases, 60.0)},
+                              "R101-FPN": {0: dict.fromkeys(cases, 40.0)}}, cases=cases)
+    rows = sweep.runs.per_case
+    assert list(rows.columns) == ["run_dir", "case", "metric", "class", "value"]
+    assert set(rows["run_dir"]) == set(sweep.df["run_dir"]) and set(rows["case"]) == set(cases)
+    pc = sweep.comparison.per_case.set_index(["group", "case", "class"])
+    assert pc.loc[("R50-FPN 3x", "site.3.ct", "infection"), "segm_AP"] == 60.0
+    assert pc.loc[("R101-FPN 3x", "site.0.ct", "left_lung"), "segm_AP"] == 40.0
+
+
 def test_identical_per_case_values_are_tied(tmp_path):
     same = _values(0, 7)
     sweep = _write(tmp_path, {"R50-FPN": {0: same, 1: same}, "R101-FPN": {0: same, 1: same}})
