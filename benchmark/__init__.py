@@ -1,5 +1,6 @@
-"""lungbench's training harness: one run (benchmark.train / benchmark.run) and sweeps
-(benchmark.sweep). Importing the package registers the OmegaConf resolver the launcher
+"""lungbench's training harness: one run (benchmark.train, benchmark.training), its scoring
+(benchmark.evaluation), sweeps (benchmark.sweep, benchmark.sweeping) and make predict
+(benchmark.predict). Importing the package registers the OmegaConf resolver the launcher
 configs use, in the sweep's process and in every joblib worker alike."""
 
 from omegaconf import OmegaConf

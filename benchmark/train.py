@@ -1,7 +1,7 @@
 """Hydra entry point of one run: ``python -m benchmark.train backbone=r50_fpn solver=smoke
 dataset_dir=<converted> hydra.run.dir=<run dir>`` -> ``<run dir>/result.json``.
 
-The work is ``benchmark.run.run``; this only hands it Hydra's config and output folder.
+The work is ``benchmark.training.run.run``; this only hands it Hydra's config and output folder.
 A single run exits with run()'s status (0 ok or skipped, 1 failed, 2 run dir holds another
 finished run). Under ``-m`` (multirun) a failed run returns its status instead of raising,
 so every job records its own result and the sweep goes on. Ctrl-C (130) and SIGTERM (143)
@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from benchmark.hydra_callbacks import register_launchers
+from benchmark.sweeping.hydra_callbacks import register_launchers
 
 # `-m hydra/launcher=joblib|submitit_*` gets lungbench's launcher settings (conf/hydra/launcher)
 register_launchers()
@@ -26,7 +26,8 @@ register_launchers()
 def main(cfg: DictConfig) -> int:
     # detectron2 v0.6 scripts a few helpers at import: noise on current torch
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-    from benchmark.run import Terminated, run
+    from benchmark.training.run import run
+    from benchmark.training.signals import Terminated
 
     hc = HydraConfig.get()
     try:

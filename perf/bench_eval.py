@@ -3,7 +3,7 @@
 Builds a synthetic test split (a few hundred CT-like slices, two lungs and a few
 infection blobs each) and detector-like predictions (jittered true instances plus
 low-score false positives, up to ~20 per image as a trained Mask R-CNN emits), then
-times ``benchmark.metrics.coco_metrics`` for segm + bbox with each backend, alternating
+times ``benchmark.evaluation.metrics.coco_metrics`` for segm + bbox with each backend, alternating
 backends over several rounds so machine noise hits both alike. Also checks that both
 backends give the same numbers. Usage::
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_util
 
-from benchmark import metrics
+from benchmark.evaluation import metrics
 
 N_CASES, SLICES_PER_CASE, SIZE = 6, 50, 256  # 300 images
 FALSE_POSITIVES_PER_IMAGE = 12

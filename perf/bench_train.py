@@ -1,6 +1,6 @@
 """Training speed of the harness next to plain detectron2, and data loading next to the model.
 
-* ``train_s_per_iter_vs_detectron2``: s/iter of ``benchmark.engine.Trainer`` (the harness:
+* ``train_s_per_iter_vs_detectron2``: s/iter of ``benchmark.training.engine.Trainer`` (the harness:
   lung-swap mapper, keep-last checkpointer, step timer, progress hook) over detectron2's own
   ``DefaultTrainer`` on the identical CfgNode and data (R50-FPN, smoke solver, tiny phantom,
   CPU). Both trainers are built side by side and stepped alternately, one iteration each,
@@ -9,7 +9,7 @@
   median of the per-pair ratios after warm-up. Target: within 3% (ratio <= 1.03).
 * ``train_loader_images_per_s``: the harness's training data loader alone (the paper's input
   sizes, 512 x 512 slices, the paper's 2 workers) next to what the model consumes on this machine.
-* ``infer_batch_speedup_cpu``: the final inference (``benchmark.engine.predict``) at 4 slices
+* ``infer_batch_speedup_cpu``: the final inference (``benchmark.training.engine.predict_split``) at 4 slices
   per forward pass over one at a time, R50-FPN on 512 px slices, CPU; why ``infer_batch_size=auto``
   batches on CUDA only.
 
@@ -41,16 +41,16 @@ def _dataset(root: Path, size: int, n_cases: int, slices: int) -> Path:
 
 
 def _d2cfg(dataset: Path, out_dir: Path, overrides: list[str]):
-    from benchmark import config as C
-    from benchmark import data as D
+    from benchmark.training.config import build_d2_cfg
+    from benchmark.training.data import register_split
     from contracts.dataset import read_dataset
-    from benchmark.run import compose
+    from benchmark.training.config import compose
 
-    train = D.register_split(read_dataset(dataset), "patient_kfold", 0, "train")
-    test = D.register_split(read_dataset(dataset), "patient_kfold", 0, "test")
+    train = register_split(read_dataset(dataset), "patient_kfold", 0, "train")
+    test = register_split(read_dataset(dataset), "patient_kfold", 0, "test")
     cfg = compose([f"dataset_dir={dataset}", *overrides])
-    return C.build_d2_cfg(cfg, train_name=train.name, test_name=test.name,
-                          output_dir=str(out_dir), image_hw=train.image_hw)
+    return build_d2_cfg(cfg, train_name=train.name, test_name=test.name,
+                        output_dir=str(out_dir), image_hw=train.image_hw)
 
 
 def _build(kind: str, d2cfg):
@@ -58,7 +58,7 @@ def _build(kind: str, d2cfg):
     from detectron2.engine import DefaultTrainer
     from detectron2.utils.env import seed_all_rng
 
-    from benchmark.engine import Progress, Trainer
+    from benchmark.training.engine import Progress, Trainer
 
     seed_all_rng(0)  # identical init and data order for both
     if kind == "harness":
@@ -113,7 +113,7 @@ def _overhead_s(trainers: dict, cfgs: dict, reps: int = 200) -> dict[str, float]
     from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.utils.events import EventStorage
 
-    from benchmark.data import build_mapper
+    from benchmark.training.data import build_mapper
 
     # hooks of a class both trainers have (LR scheduler, iteration timer, writer) cost the
     # same on both sides; time only the ones that differ (LR stepping past max_iter would fail)
@@ -149,7 +149,7 @@ def _pair_ratios(a: list[float], b: list[float]) -> tuple[float, float, float]:
 
 
 def _loader_images_per_s(d2cfg, batches: int = LOADER_BATCHES) -> float:
-    from benchmark.engine import Trainer
+    from benchmark.training.engine import Trainer
 
     it = iter(Trainer.build_train_loader(d2cfg))
     for _ in range(3):  # worker start-up, first file reads
@@ -167,7 +167,7 @@ def _infer_batch_speedup(tmpdir: Path, batch: int = 4, rounds: int = 2) -> tuple
     from detectron2.modeling import build_model
     from detectron2.utils.env import seed_all_rng
 
-    from benchmark.engine import Progress, predict
+    from benchmark.training.engine import Progress, predict_split
 
     data = _dataset(tmpdir, 512, 5, 10)
     d2cfg = _d2cfg(data, tmpdir / "infer", ["solver=paper", "solver.input_size=dataset"])
@@ -176,8 +176,8 @@ def _infer_batch_speedup(tmpdir: Path, batch: int = 4, rounds: int = 2) -> tuple
     best = {1: float("inf"), batch: float("inf")}
     for _ in range(rounds):
         for bs in best:
-            out = predict(model, d2cfg, d2cfg.DATASETS.TEST[0], tmpdir / f"infer_b{bs}.json",
-                          Progress(), batch_size=bs)
+            out = predict_split(model, d2cfg, d2cfg.DATASETS.TEST[0], tmpdir / f"infer_b{bs}.json",
+                                Progress(), batch_size=bs)
             best[bs] = min(best[bs], out["eval_wall_s"])
     from detectron2.data import DatasetCatalog
 

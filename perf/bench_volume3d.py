@@ -3,7 +3,7 @@ objects' box saves, side by side.
 
 A 512 x 512 x 120 label volume (0.7 x 0.7 x 2.5 mm, two lung ellipsoids with infection
 blobs) and a prediction that is the truth shifted by a few voxels. Times
-``benchmark.metrics3d.volume_metrics`` (the run's 3-D evaluation of one case: Dice and NSD for
+``benchmark.evaluation.volume3d.volume_metrics`` (the run's 3-D evaluation of one case: Dice and NSD for
 three classes, the lungs with their infection and as labelled) and one NSD on the full array against the
 same NSD on the cropped box the metric uses, alternating over rounds. Usage::
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark import metrics3d as M
+from benchmark.evaluation.volume3d import nsd, volume_metrics
 
 SHAPE, SPACING = (512, 512, 120), (0.7, 0.7, 2.5)
 ROUNDS = 3
@@ -61,13 +61,13 @@ def _nsd_full(g: np.ndarray, p: np.ndarray) -> float:
 def run(tmpdir: Path) -> dict:
     gt, pred = case()
     g, p = gt == 1, pred == 1
-    M.nsd(g, p, SPACING, 1.0)  # warm-up: imports
-    assert abs(M.nsd(g, p, SPACING, 1.0) - _nsd_full(g, p)) < 1e-6, "the crop changed the NSD"
+    nsd(g, p, SPACING, 1.0)  # warm-up: imports
+    assert abs(nsd(g, p, SPACING, 1.0) - _nsd_full(g, p)) < 1e-6, "the crop changed the NSD"
     t_case, t_full, t_crop = [], [], []
     for _ in range(ROUNDS):
-        t_case.append(_timed(lambda: M.volume_metrics(gt, pred, SPACING)))
+        t_case.append(_timed(lambda: volume_metrics(gt, pred, SPACING)))
         t_full.append(_timed(lambda: _nsd_full(g, p)))
-        t_crop.append(_timed(lambda: M.nsd(g, p, SPACING, 1.0)))
+        t_crop.append(_timed(lambda: nsd(g, p, SPACING, 1.0)))
     full, crop, per_case = (statistics.median(t) for t in (t_full, t_crop, t_case))
     what = f"{SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} voxels, {SPACING} mm, median of {ROUNDS} alternating rounds"
     return {

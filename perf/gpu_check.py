@@ -117,7 +117,7 @@ def run_facts(res: dict) -> dict:
     loader, metrics): its wall time (started_at..finished_at) - max_iter x s/iter - eval_wall_s.
     ``infer_timed``: test images in the inference median, all but the first (warm-up) batch;
     ``infer_warm``: whether there was a batch after it (else the median is of every batch, the
-    warm-up one included: what ``benchmark.engine.median_after`` falls back to)."""
+    warm-up one included: what ``benchmark.training.engine.median_after`` falls back to)."""
     t, mem, solver = res.get("timing") or {}, res.get("memory") or {}, res.get("solver") or {}
     err = res.get("error") or {}
     ok = res.get("status") == "ok"
@@ -320,7 +320,7 @@ def render(doc: dict) -> str:
     pb = display_name(doc["plan"].get("pack_backbone") or "r50_fpn")
     lines += [
         "", f"Packing ({summ['pack_precision']}): k runs per {per} at once"
-        f"{', each holding one of GPUs x k slots (`benchmark/gpus.py`)' if gpu else ''}: at k > 1, "
+        f"{', each holding one of GPUs x k slots (`benchmark/training/gpus.py`)' if gpu else ''}: at k > 1, "
         f"{pb} with seeds 0..k-1 (equal runs, started together), each trained long enough to run "
         f"alongside the others (iterations: {doc['plan'].get('pack_train_s'):g} s at its k = 1 "
         "speed); DataLoader workers as the sweep sizes them. Slowdown = mean over the runs of "
@@ -666,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + (["cudnn_benchmark=true"] if args.cudnn_benchmark else [])
     out = args.out or REPO / ("work/gpu_check_dry" if args.dry_run else "perf/gpu")
 
-    from benchmark.config import resolve_device
+    from benchmark.training.config import resolve_device
     from contracts.errors import ConfigError
 
     try:

@@ -5,54 +5,55 @@ import json
 
 import pytest
 
-from benchmark import budget as B
+from benchmark.training.budget import cache_file, iterations, train_flops_per_iter
 
 
 def _d2(backbone: str, device: str = "cpu", **extra):
-    from benchmark import config as C
-    from benchmark.run import compose
+    from benchmark.training.config import build_d2_cfg
+    from benchmark.training.config import compose
 
     overrides = [f"backbone={backbone}", "dataset_dir=/nonexistent", *[f"{k}={v}" for k, v in extra.items()]]
     cfg = compose(overrides)
-    return C.build_d2_cfg(cfg, train_name="a", test_name="b", output_dir="/tmp/x", device=device,
-                          image_hw=(64, 64))
+    return build_d2_cfg(cfg, train_name="a", test_name="b", output_dir="/tmp/x", device=device,
+                        image_hw=(64, 64))
 
 
 def test_iterations_are_the_same_on_two_calls_and_for_two_devices(tmp_path, monkeypatch):
     monkeypatch.setenv("LUNGBENCH_CACHE", str(tmp_path))
-    first = B.train_flops_per_iter(_d2("r50_fpn"), (64, 64))  # counted
-    assert json.loads(B.cache_file().read_text())  # and cached
-    again = B.train_flops_per_iter(_d2("r50_fpn"), (64, 64))  # from the cache
-    cuda = B.train_flops_per_iter(_d2("r50_fpn", device="cuda"), (64, 64))  # another device
-    B.cache_file().unlink()
-    fresh = B.train_flops_per_iter(_d2("r50_fpn", device="cuda"), (64, 64))  # counted again
+    first = train_flops_per_iter(_d2("r50_fpn"), (64, 64))  # counted
+    assert json.loads(cache_file().read_text())  # and cached
+    again = train_flops_per_iter(_d2("r50_fpn"), (64, 64))  # from the cache
+    cuda = train_flops_per_iter(_d2("r50_fpn", device="cuda"), (64, 64))  # another device
+    cache_file().unlink()
+    fresh = train_flops_per_iter(_d2("r50_fpn", device="cuda"), (64, 64))  # counted again
     assert first == again == cuda == fresh
-    n = B.iterations(1.0, first["train_flops_per_iter"])
-    assert n == B.iterations(1.0, fresh["train_flops_per_iter"]) and n >= 1
+    n = iterations(1.0, first["train_flops_per_iter"])
+    assert n == iterations(1.0, fresh["train_flops_per_iter"]) and n >= 1
     # 3 x forward x images per batch, and a budget that buys the FLOPs of k iterations buys k
     assert first["train_flops_per_iter"] == 3 * first["forward_flops_per_image"] * 2
-    assert B.iterations(7 * first["train_flops_per_iter"] / 1e12, first["train_flops_per_iter"]) == 7
+    assert iterations(7 * first["train_flops_per_iter"] / 1e12, first["train_flops_per_iter"]) == 7
 
 
 def test_a_costlier_head_buys_fewer_iterations(tmp_path, monkeypatch):
     monkeypatch.setenv("LUNGBENCH_CACHE", str(tmp_path))
-    fpn = B.train_flops_per_iter(_d2("r50_fpn"), (64, 64))["train_flops_per_iter"]
-    c4 = B.train_flops_per_iter(_d2("r50_c4"), (64, 64))["train_flops_per_iter"]
-    assert c4 > fpn and B.iterations(10, c4) < B.iterations(10, fpn)
+    fpn = train_flops_per_iter(_d2("r50_fpn"), (64, 64))["train_flops_per_iter"]
+    c4 = train_flops_per_iter(_d2("r50_c4"), (64, 64))["train_flops_per_iter"]
+    assert c4 > fpn and iterations(10, c4) < iterations(10, fpn)
     # more RoIs per image through the C4 head (res5 per RoI) cost more
-    more = B.train_flops_per_iter(_d2("r50_c4", **{"solver.roi_batch_size_per_image": 32}), (64, 64))
+    more = train_flops_per_iter(_d2("r50_c4", **{"solver.roi_batch_size_per_image": 32}), (64, 64))
     assert more["train_flops_per_iter"] > c4
 
 
 def test_a_budget_is_positive():
     with pytest.raises(ValueError, match="positive"):
-        B.iterations(0, 1e9)
+        iterations(0, 1e9)
 
 
 @pytest.mark.slow
 def test_a_run_records_its_budget_and_trains_what_it_buys(tmp_path, tiny_dataset, monkeypatch):
     from contracts import result as R
-    from benchmark.run import compose, run
+    from benchmark.training.config import compose
+    from benchmark.training.run import run
 
     monkeypatch.setenv("LUNGBENCH_CACHE", str(tmp_path / "cache"))
     cfg = compose([f"dataset_dir={tiny_dataset}", "solver.budget=0.08", "measure.flops=false",
@@ -60,7 +61,7 @@ def test_a_run_records_its_budget_and_trains_what_it_buys(tmp_path, tiny_dataset
     assert run(cfg, tmp_path / "run") == 0
     res = R.read_result(tmp_path / "run").data
     s = res["solver"]
-    assert s["budget_tflop"] == 0.08 and s["max_iter"] == B.iterations(0.08, s["train_flops_per_iter"])
+    assert s["budget_tflop"] == 0.08 and s["max_iter"] == iterations(0.08, s["train_flops_per_iter"])
     assert 1 < s["max_iter"] < 20  # the smoke solver's 20 iterations are not what ran
     logged = [json.loads(line) for line in (tmp_path / "run" / "d2" / "metrics.json").read_text().splitlines()]
     assert max(r["iteration"] for r in logged if "total_loss" in r) == s["max_iter"] - 1

@@ -90,8 +90,8 @@ def test_synthetic_results_take_in_zoo_from_the_configs():
 
 # ----------------------------------------------------------------------------- other packages
 def test_every_package_uses_the_catalog():
-    import benchmark.config
-    import benchmark.metrics
+    import benchmark.evaluation.metrics
+    import benchmark.training.config
     import contracts.result
     import converters.case
     import converters.instances
@@ -102,20 +102,19 @@ def test_every_package_uses_the_catalog():
     assert converters.instances.CATEGORIES == catalog.coco_categories()
     assert converters.instances.CLASSES == [{"id": c.id, "name": c.name, "label_value": c.id}
                                             for c in catalog.CLASSES]
-    assert converters.instances.LABELS == catalog.LABEL_VALUES
     assert converters.case.CLASS_NAMES == catalog.NAME_BY_ID
-    assert benchmark.config.CLASSES == contracts.result.CLASSES == reports.plots.CLASS_NAMES == names
+    assert benchmark.training.config.CLASSES == contracts.result.CLASSES == reports.plots.CLASS_NAMES == names
     assert (contracts.result.TRUNKS, contracts.result.HEADS) == (catalog.TRUNKS, catalog.HEADS)
     assert (reports.plots.TRUNKS, reports.plots.HEADS) == (catalog.TRUNKS, catalog.HEADS)
     assert reports.groups.BACKBONES == catalog.BACKBONES
     assert reports.plots.CLASS_LABELS == catalog.CLASS_LABELS
     assert reports.plots.CLASS_COLOURS == catalog.CLASS_COLOURS
-    assert benchmark.metrics.LUNG_CLASSES == catalog.LUNG_CLASSES
-    assert benchmark.metrics.INFECTION_CLASS == catalog.INFECTION_CLASS
+    assert benchmark.evaluation.metrics.LUNG_CLASSES == catalog.LUNG_CLASSES
+    assert benchmark.evaluation.metrics.INFECTION_CLASS == catalog.INFECTION_CLASS
 
 
 def test_summary_line_names_the_catalogs_classes():
-    from benchmark.logs import summary_line
+    from benchmark.training.logs import summary_line
 
     res = {"backbone": "R50-FPN", "status": "ok",
            "metrics": {"segm": {"per_class": {c.name: {"AP": float(c.id)} for c in catalog.CLASSES}}}}

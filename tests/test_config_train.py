@@ -11,8 +11,9 @@ from detectron2.config import get_cfg
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from benchmark import config as C
-from benchmark.run import CONF_DIR, compose
+from benchmark.training.config import (CONF_DIR, Weights, WeightsUnavailable, build_d2_cfg, cache_path, compose,
+                                       fetch_weights, resolve_weights, zoo_config_name)
+from contracts.errors import ConfigError
 
 BACKBONES = ["r50_c4", "r50_dc5", "r50_fpn", "r101_c4", "r101_dc5", "r101_fpn",
              "x101_c4", "x101_dc5", "x101_fpn"]
@@ -33,7 +34,7 @@ X101_STD = [57.375, 57.120, 58.395]
 
 def d2cfg(*overrides: str, image_hw=(64, 64)):
     cfg = compose(["dataset_dir=/nonexistent", *overrides])
-    return C.build_d2_cfg(cfg, train_name="tr", test_name="te", output_dir="/tmp/x", image_hw=image_hw)
+    return build_d2_cfg(cfg, train_name="tr", test_name="te", output_dir="/tmp/x", image_hw=image_hw)
 
 
 def zoo(name: str):
@@ -50,7 +51,7 @@ def test_exactly_nine_backbone_files():
 def test_backbone_yields_intended_detectron2_config(bb):
     depth, groups, width, s1x1, head, base = EXPECTED[bb]
     cfg = compose(["dataset_dir=/x", f"backbone={bb}"])
-    assert C.zoo_config_name(cfg) == f"COCO-InstanceSegmentation/{base}.yaml"
+    assert zoo_config_name(cfg) == f"COCO-InstanceSegmentation/{base}.yaml"
     assert cfg.backbone.name == f"{bb.split('_')[0].upper()}-{head}"
     assert cfg.backbone.in_zoo == (bb not in ("x101_c4", "x101_dc5"))
     d = d2cfg(f"backbone={bb}")
@@ -71,7 +72,7 @@ def test_backbone_yields_intended_detectron2_config(bb):
 def test_in_zoo_files_describe_the_zoo_config_truly(bb):
     """The trunk fields of an in-zoo file equal what detectron2's config says (no silent change)."""
     cfg = compose(["dataset_dir=/x", f"backbone={bb}"])
-    z = zoo(Path(C.zoo_config_name(cfg)).stem)
+    z = zoo(Path(zoo_config_name(cfg)).stem)
     r = cfg.backbone.resnets
     assert (z.MODEL.RESNETS.DEPTH, z.MODEL.RESNETS.NUM_GROUPS, z.MODEL.RESNETS.WIDTH_PER_GROUP,
             z.MODEL.RESNETS.STRIDE_IN_1X1) == (r.depth, r.num_groups, r.width_per_group, r.stride_in_1x1)
@@ -90,13 +91,13 @@ def test_x101_c4_dc5_match_detectron2s_x101_fpn_trunk():
 
 
 def test_typos_are_rejected():
-    with pytest.raises(C.ConfigError, match="Non-existent key: MODEL.RESNETS.DEPHT"):
+    with pytest.raises(ConfigError, match="Non-existent key: MODEL.RESNETS.DEPHT"):
         d2cfg("d2_opts=[MODEL.RESNETS.DEPHT,50]")
     with pytest.raises((ConfigCompositionException, ConfigAttributeError, ConfigKeyError)):
         compose(["dataset_dir=/x", "solver.max_iterr=3"])
     with pytest.raises(ConfigCompositionException):
         compose(["dataset_dir=/x", "backbone=r50_fnp"])
-    with pytest.raises(C.ConfigError, match="flip"):
+    with pytest.raises(ConfigError, match="flip"):
         d2cfg("input.flip=horizontal")
 
 
@@ -151,12 +152,12 @@ def test_lr_schedules():
     assert s.SOLVER.STEPS == (round(210000 / 270000 * 5000), round(250000 / 270000 * 5000))
     s = d2cfg("solver=paper", "solver.lr_schedule=scaled", "schedule=1x")  # 60k, 80k of 90k
     assert s.SOLVER.STEPS == (3333, 4444)
-    with pytest.raises(C.ConfigError, match="lr_schedule"):
+    with pytest.raises(ConfigError, match="lr_schedule"):
         d2cfg("solver.lr_schedule=cosine")
 
 
 def test_schedule_must_exist_in_zoo():
-    with pytest.raises(C.ConfigError, match="R101-FPN has no 1x"):
+    with pytest.raises(ConfigError, match="R101-FPN has no 1x"):
         d2cfg("backbone=r101_fpn", "schedule=1x")
     assert d2cfg("backbone=r50_fpn", "schedule=1x").SOLVER.STEPS == ()
 
@@ -167,39 +168,39 @@ def test_options_map_to_detectron2():
 
 
 def test_zoo_weights_url_and_x101_fallback():
-    w = C.resolve_weights(compose(["dataset_dir=/x", "weights=zoo", "backbone=r50_fpn"]))
+    w = resolve_weights(compose(["dataset_dir=/x", "weights=zoo", "backbone=r50_fpn"]))
     assert w.kind == "zoo" and w.url == (
         "https://dl.fbaipublicfiles.com/detectron2/COCO-InstanceSegmentation/"
         "mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl")
-    w = C.resolve_weights(compose(["dataset_dir=/x", "weights=zoo", "backbone=x101_c4"]))
+    w = resolve_weights(compose(["dataset_dir=/x", "weights=zoo", "backbone=x101_c4"]))
     assert w.kind == "imagenet" and w.url.endswith("FAIR/X-101-32x8d.pkl") and "not in" in w.note
-    with pytest.raises(C.ConfigError, match="not in detectron2's model zoo"):
-        C.resolve_weights(compose(["dataset_dir=/x", "weights=zoo", "weights.fallback=error",
-                                   "backbone=x101_dc5"]))
-    w = C.resolve_weights(compose(["dataset_dir=/x", "weights=imagenet", "backbone=r101_c4"]))
+    with pytest.raises(ConfigError, match="not in detectron2's model zoo"):
+        resolve_weights(compose(["dataset_dir=/x", "weights=zoo", "weights.fallback=error",
+                                 "backbone=x101_dc5"]))
+    w = resolve_weights(compose(["dataset_dir=/x", "weights=imagenet", "backbone=r101_c4"]))
     assert w.url.endswith("MSRA/R-101.pkl")
 
 
 def test_missing_weights_offline_name_url_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
-    w = C.resolve_weights(compose(["dataset_dir=/x", "weights=zoo"]))
-    with pytest.raises(C.WeightsUnavailable) as e:
-        C.fetch_weights(w, download=False)
+    w = resolve_weights(compose(["dataset_dir=/x", "weights=zoo"]))
+    with pytest.raises(WeightsUnavailable) as e:
+        fetch_weights(w, download=False)
     msg = str(e.value)
     assert w.url in msg and str(tmp_path / "cache") in msg
     # placing the file where the message says makes it found, without any download
-    target = C.cache_path(w.url)
+    target = cache_path(w.url)
     assert str(target) in msg
     target.parent.mkdir(parents=True)
     target.write_bytes(b"x")
-    assert C.fetch_weights(w, download=False) == str(target)
-    with pytest.raises(C.WeightsUnavailable, match="no such file"):
-        C.fetch_weights(C.Weights(kind="/nope.pth", path="/nope.pth"))
+    assert fetch_weights(w, download=False) == str(target)
+    with pytest.raises(WeightsUnavailable, match="no such file"):
+        fetch_weights(Weights(kind="/nope.pth", path="/nope.pth"))
 
 
 def test_missing_weights_fail_the_run_before_training(tiny_dataset, tmp_path, monkeypatch):
     from contracts.result import read_result, validate
-    from benchmark.run import run
+    from benchmark.training.run import run
 
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
     cfg = compose([f"dataset_dir={tiny_dataset}", "weights=zoo", "weights.download=false"])
@@ -214,7 +215,7 @@ def test_missing_weights_fail_the_run_before_training(tiny_dataset, tmp_path, mo
 
 def test_bad_dataset_dir_is_a_failed_result(tmp_path):
     from contracts.result import read_result
-    from benchmark.run import run
+    from benchmark.training.run import run
 
     assert run(compose([f"dataset_dir={tmp_path / 'nope'}"]), tmp_path / "run") == 1
     r = read_result(tmp_path / "run").data
@@ -224,7 +225,7 @@ def test_bad_dataset_dir_is_a_failed_result(tmp_path):
 
 def test_amp_on_cpu_is_refused(tiny_dataset, tmp_path):
     from contracts.result import read_result
-    from benchmark.run import run
+    from benchmark.training.run import run
 
     # device=cpu: the same refusal on a machine with a GPU as on one without
     assert run(compose([f"dataset_dir={tiny_dataset}", "amp=true", "device=cpu"]), tmp_path / "r") == 1

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmark import config as C
-from benchmark.run import compose
+from benchmark.training.config import build_d2_cfg, check_num_gpus, compiled_ops_needed, compose, has_compiled_ops
+from contracts.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,7 +49,7 @@ class OomOnBatches(torch.nn.Module):
 
 
 def test_an_oom_batch_runs_again_one_image_at_a_time_after_its_memory_is_freed(monkeypatch):
-    from benchmark.engine import forward_or_one_by_one
+    from benchmark.training.engine import forward_or_one_by_one
 
     emptied = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
@@ -64,7 +64,7 @@ def test_an_oom_batch_runs_again_one_image_at_a_time_after_its_memory_is_freed(m
 
 
 def test_one_image_that_runs_out_of_memory_raises(monkeypatch):
-    from benchmark.engine import forward_or_one_by_one
+    from benchmark.training.engine import forward_or_one_by_one
 
     class Always(torch.nn.Module):
         def forward(self, inputs):
@@ -75,7 +75,7 @@ def test_one_image_that_runs_out_of_memory_raises(monkeypatch):
 
 
 def test_make_predict_retries_an_oom_batch_the_same_way(monkeypatch):
-    from benchmark.predict import Predictor
+    from benchmark.evaluation.predictor import Predictor
 
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     model = OomOnBatches()
@@ -90,7 +90,7 @@ def test_make_predict_retries_an_oom_batch_the_same_way(monkeypatch):
 def _checkpoint_hook(save_dir: Path, it: int):
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from benchmark.engine import LastCheckpointer
+    from benchmark.training.engine import LastCheckpointer
 
     ckpt = DetectionCheckpointer(torch.nn.Linear(1, 1), str(save_dir))  # saves on the main rank only
     hook = LastCheckpointer(ckpt, 5, max_to_keep=1)
@@ -123,19 +123,19 @@ def test_only_the_main_process_prunes_checkpoints(tmp_path, monkeypatch, rank):
 
 
 def test_num_gpus_must_divide_ims_per_batch():
-    C.check_num_gpus(1, 2)
-    C.check_num_gpus(2, 2)
-    C.check_num_gpus(4, 16)
-    with pytest.raises(C.ConfigError) as e:
-        C.check_num_gpus(4, 2)
+    check_num_gpus(1, 2)
+    check_num_gpus(2, 2)
+    check_num_gpus(4, 16)
+    with pytest.raises(ConfigError) as e:
+        check_num_gpus(4, 2)
     msg = str(e.value)
     assert "num_gpus=4 does not divide solver.ims_per_batch=2" in msg
     assert "num_gpus=1|2" in msg and "solver.ims_per_batch=4" in msg
-    with pytest.raises(C.ConfigError, match="solver.ims_per_batch=8"):
-        C.check_num_gpus(4, 6)
+    with pytest.raises(ConfigError, match="solver.ims_per_batch=8"):
+        check_num_gpus(4, 6)
     for bad in (0, -1, True, "2"):
-        with pytest.raises(C.ConfigError, match="expected an integer >= 1"):
-            C.check_num_gpus(bad, 2)
+        with pytest.raises(ConfigError, match="expected an integer >= 1"):
+            check_num_gpus(bad, 2)
 
 
 def test_a_run_with_an_indivisible_batch_fails_clearly_before_training(tiny_dataset, tmp_path):
@@ -153,17 +153,17 @@ def test_a_run_with_an_indivisible_batch_fails_clearly_before_training(tiny_data
 
 def _d2cfg(*overrides: str):
     cfg = compose(["dataset_dir=/nonexistent", *overrides])
-    return C.build_d2_cfg(cfg, train_name="tr", test_name="te", output_dir="/tmp/x", image_hw=(64, 64))
+    return build_d2_cfg(cfg, train_name="tr", test_name="te", output_dir="/tmp/x", image_hw=(64, 64))
 
 
-@pytest.mark.skipif(C.has_compiled_ops(), reason="this detectron2 has its compiled ops")
+@pytest.mark.skipif(has_compiled_ops(), reason="this detectron2 has its compiled ops")
 @pytest.mark.parametrize("opts, what", [
     ("[MODEL.RESNETS.DEFORM_ON_PER_STAGE,[false,true,true,true]]", "deformable convolution"),
     ("[MODEL.PROPOSAL_GENERATOR.NAME,RRPN]", "MODEL.PROPOSAL_GENERATOR.NAME=RRPN (rotated boxes)"),
     ("[MODEL.ROI_BOX_HEAD.POOLER_TYPE,ROIAlignRotated]", "ROIAlignRotated"),
 ])
 def test_options_that_need_compiled_ops_are_refused(opts, what):
-    with pytest.raises(C.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         _d2cfg(f"d2_opts={opts}")
     assert what in str(e.value) and "compiled" in str(e.value)
 
@@ -172,15 +172,15 @@ def test_options_without_compiled_ops_pass():
     d = _d2cfg("d2_opts=[MODEL.RESNETS.DEFORM_ON_PER_STAGE,[false,false,false,false],"
                "MODEL.RPN.NMS_THRESH,0.6]")
     assert d.MODEL.RPN.NMS_THRESH == 0.6
-    assert C.compiled_ops_needed(d) == []
-    assert C.compiled_ops_needed(_d2cfg("backbone=x101_dc5")) == []  # none of the nine needs them
+    assert compiled_ops_needed(d) == []
+    assert compiled_ops_needed(_d2cfg("backbone=x101_dc5")) == []  # none of the nine needs them
 
 
 # --------------------------------------------------------------------------- memory
 
 
 def test_training_and_inference_gpu_peaks_are_kept_apart():
-    from benchmark.run import gpu_memory_sections
+    from benchmark.training.worker import gpu_memory_sections
 
     m = gpu_memory_sections({"allocated": 3000.0, "reserved": 3500.0},
                             {"allocated": 4200.0, "reserved": 6000.0})
@@ -193,7 +193,7 @@ def test_training_and_inference_gpu_peaks_are_kept_apart():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_peaks_reset_between_training_and_inference():
-    from benchmark.engine import gpu_peaks, reset_gpu_peaks
+    from benchmark.training.engine import gpu_peaks, reset_gpu_peaks
 
     big = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")  # 256 MiB
     del big

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import config as C
+from benchmark.training.config import resolve_device
+from contracts.errors import ConfigError
 from benchmark import cudacheck
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,19 +65,19 @@ def test_the_message_says_why_and_what_to_do():
 
 def test_device_auto_refuses_to_train_on_the_cpu_beside_a_gpu(smi, monkeypatch):
     if CUDA:  # torch uses this machine's GPUs: auto is cuda, whatever the stub says
-        assert C.resolve_device("auto") == "cuda"
+        assert resolve_device("auto") == "cuda"
         return
-    with pytest.raises(C.ConfigError) as e:
-        C.resolve_device("auto")
+    with pytest.raises(ConfigError) as e:
+        resolve_device("auto")
     assert str(e.value).startswith("device=auto: nvidia-smi sees 1 GPU(s) (NVIDIA H200")
-    assert C.resolve_device("cpu") == "cpu"  # the CPU on purpose
+    assert resolve_device("cpu") == "cpu"  # the CPU on purpose
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # GPUs hidden on purpose
-    assert C.resolve_device("auto") == "cpu"
+    assert resolve_device("auto") == "cpu"
 
 
 def test_device_auto_without_nvidia_smi_is_the_cpu_or_cuda(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi: nothing to compare with
-    assert C.resolve_device("auto") == ("cuda" if CUDA else "cpu")
+    assert resolve_device("auto") == ("cuda" if CUDA else "cpu")
 
 
 def test_setup_fails_before_building_anything(smi, tmp_path):

@@ -126,7 +126,7 @@ def target_vars() -> dict[str, set[str]] | None:
 # ----------------------------------------------------------------------------- Hydra
 @cache
 def _launchers_registered() -> bool:
-    from benchmark.hydra_callbacks import register_launchers
+    from benchmark.sweeping.hydra_callbacks import register_launchers
 
     register_launchers()
     return True

@@ -8,9 +8,8 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from pycocotools import mask as mask_util
 
-from benchmark import config as C
-from benchmark import data as D
-from benchmark.run import compose
+from benchmark.training.config import build_d2_cfg, compose
+from benchmark.training.data import build_mapper, register_split
 from contracts.dataset import read_dataset
 
 # pycocotools' decode on numpy 2 (not ours): one warning per mask
@@ -20,12 +19,12 @@ LEFT, RIGHT, INFECTION = 0, 1, 2  # detectron2's contiguous ids for categories 1
 
 
 def mapper_and_records(tiny_dataset, *overrides):
-    train = D.register_split(read_dataset(tiny_dataset), "patient_kfold", 0, "train")
-    test = D.register_split(read_dataset(tiny_dataset), "patient_kfold", 0, "test")
+    train = register_split(read_dataset(tiny_dataset), "patient_kfold", 0, "train")
+    test = register_split(read_dataset(tiny_dataset), "patient_kfold", 0, "test")
     cfg = compose([f"dataset_dir={tiny_dataset}", "solver=smoke", *overrides])
-    d2 = C.build_d2_cfg(cfg, train_name=train.name, test_name=test.name, output_dir="/tmp/unused",
-                        image_hw=train.image_hw)
-    return D.build_mapper(d2, is_train=True), DatasetCatalog.get(train.name)
+    d2 = build_d2_cfg(cfg, train_name=train.name, test_name=test.name, output_dir="/tmp/unused",
+                      image_hw=train.image_hw)
+    return build_mapper(d2, is_train=True), DatasetCatalog.get(train.name)
 
 
 def original(record):
@@ -97,16 +96,16 @@ def test_random_swap_flip_is_consistent(tiny_dataset):
 
 
 def test_label_keeping_flip_is_refused(tiny_dataset):
-    train = D.register_split(read_dataset(tiny_dataset), "patient_kfold", 0, "train")
+    train = register_split(read_dataset(tiny_dataset), "patient_kfold", 0, "train")
     cfg = compose([f"dataset_dir={tiny_dataset}", "d2_opts=[INPUT.RANDOM_FLIP,horizontal]"])
-    d2 = C.build_d2_cfg(cfg, train_name=train.name, test_name=train.name, output_dir="/tmp/unused",
-                        image_hw=train.image_hw)
+    d2 = build_d2_cfg(cfg, train_name=train.name, test_name=train.name, output_dir="/tmp/unused",
+                      image_hw=train.image_hw)
     with pytest.raises(ValueError, match="RANDOM_FLIP must be 'none'"):
-        D.build_mapper(d2, is_train=True)
+        build_mapper(d2, is_train=True)
 
 
 def test_registration_is_idempotent(tiny_dataset):
-    a = D.register_split(read_dataset(tiny_dataset), "patient_kfold", 1, "test")
-    b = D.register_split(read_dataset(tiny_dataset), "patient_kfold", 1, "test")
+    a = register_split(read_dataset(tiny_dataset), "patient_kfold", 1, "test")
+    b = register_split(read_dataset(tiny_dataset), "patient_kfold", 1, "test")
     assert a == b and a.name in DatasetCatalog.list()
     assert a.n_images == len(DatasetCatalog.get(a.name)) and a.image_hw == (64, 64)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from benchmark.gpus import hold_slot
+from benchmark.training.gpus import hold_slot
 
 
 def test_slots_spread_over_gpus_and_fill_up(tmp_path):
@@ -19,7 +19,7 @@ def test_slots_spread_over_gpus_and_fill_up(tmp_path):
 
 
 def test_a_dead_holder_frees_its_slot(tmp_path):
-    code = (f"import time; from pathlib import Path; from benchmark.gpus import hold_slot\n"
+    code = (f"import time; from pathlib import Path; from benchmark.training.gpus import hold_slot\n"
             f"with hold_slot(1, 1, Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(60)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"

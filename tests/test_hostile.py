@@ -215,7 +215,8 @@ def test_a_refused_or_concurrent_rerun_leaves_the_runs_record_as_it_was(tmp_path
 
 # ----------------------------------------------------------------------------- 5: readers locked
 def test_a_training_holds_its_dataset_so_a_rebuild_is_refused(tmp_path, tiny_raw, monkeypatch):
-    from benchmark import run as run_mod
+    from benchmark.training import run as run_mod
+    from benchmark.training.config import compose
 
     data = convert(tiny_raw, tmp_path / "data", CFG)
     seen = {}
@@ -227,8 +228,8 @@ def test_a_training_holds_its_dataset_so_a_rebuild_is_refused(tmp_path, tiny_raw
             seen["refused"] = str(e)
         return 0
 
-    monkeypatch.setattr(run_mod, "_run_reading", reading)
-    cfg = run_mod.compose([f"dataset_dir={data}"])
+    monkeypatch.setattr(run_mod, "run_reading", reading)
+    cfg = compose([f"dataset_dir={data}"])
     assert run_mod.run(cfg, tmp_path / "run") == 0
     assert "being read" in seen["refused"] and str(data) in seen["refused"]
     convert(tiny_raw, data, {**CFG, "window": [-1000, 0]})  # after the run: allowed

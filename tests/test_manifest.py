@@ -1,4 +1,5 @@
-"""A run reads a converted dataset through its dataset.json (contracts.dataset, registered by benchmark.data): the manifest is checked
+"""A run reads a converted dataset through its dataset.json (contracts.dataset, registered by
+benchmark.training.data): the manifest is checked
 on load (schema, classes, the split's file as annotation_files lists it, its image count), and
 each problem is a DatasetError naming the file, the problem and what to re-run."""
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import data as D
+from benchmark.training.data import Split, register_split
 from contracts.dataset import READABLE_SCHEMAS, SCHEMA, DatasetError, read_dataset
 
 
@@ -28,9 +29,9 @@ def write_manifest(d: Path, m: dict) -> None:
     (d / "dataset.json").write_text(json.dumps(m))
 
 
-def register(d: Path, scheme: str, fold: int, part: str) -> D.Split:
+def register(d: Path, scheme: str, fold: int, part: str) -> Split:
     """What a run does: read the dataset once, register one split of it."""
-    return D.register_split(read_dataset(d), scheme, fold, part)
+    return register_split(read_dataset(d), scheme, fold, part)
 
 
 def test_registers_the_file_the_manifest_lists(dataset):
@@ -51,10 +52,10 @@ def test_registers_the_file_the_manifest_lists(dataset):
 
 
 def test_the_loader_reads_the_converters_schema():
-    from benchmark.run import _expected_errors
+    from benchmark.training.run import expected_errors
 
     assert SCHEMA in READABLE_SCHEMAS
-    assert issubclass(DatasetError, _expected_errors())  # a run records it without a traceback
+    assert issubclass(DatasetError, expected_errors())  # a run records it without a traceback
 
 
 def test_missing_manifest(dataset, tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from benchmark import metrics
+from benchmark.evaluation import metrics
 
 # pycocotools' decode trips numpy 2's copy-keyword deprecation on every call (harmless).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -1,4 +1,4 @@
-"""benchmark.metrics: segm AP per test case (patient) next to the per-case Dice."""
+"""benchmark.evaluation.metrics: segm AP per test case (patient) next to the per-case Dice."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmark import metrics
+from benchmark.evaluation import metrics
 
 from .test_metrics import CASES, _as_predictions, _build_gt
 
@@ -86,5 +86,5 @@ def test_evaluate_puts_per_case_ap_and_dice_in_the_metrics(gt, tmp_path):
 def test_metrics_module_does_not_import_torch():
     import subprocess
     import sys
-    code = "import sys, benchmark.metrics; sys.exit('torch' in sys.modules)"
+    code = "import sys, benchmark.evaluation.metrics; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

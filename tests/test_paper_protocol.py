@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.config import amp_choice, resolve_switch
+from benchmark.training.config import amp_choice, compose, resolve_switch
 from contracts.errors import ConfigError
-from benchmark.run import compose
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

@@ -10,9 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from benchmark import metrics3d as M
-from benchmark.predict import PredictError, Predictor, known_slices, load_run, main, predict, predict_file
-from benchmark.volumes import label_image, labels_from_instances, save_atomic, volume_table
+from benchmark.evaluation.volume3d import METRIC_KEYS, dice, nsd, summarize, volume_metrics
+from benchmark.evaluation.apply import (PredictError, apply_run, label_image, load_run, predict_file,
+                                        save_atomic, volume_table)
+from benchmark.evaluation.predictor import Predictor, labels_from_instances
+from benchmark.evaluation.volume3d import known_slices
+from benchmark.predict import main
 from converters import phantom
 from converters.convert import convert
 from converters.errors import ConversionError
@@ -67,7 +70,7 @@ def test_ground_truth_through_the_writer_gives_the_source_masks(tmp_path, axcode
         assert nib.aff2axcodes(back.affine) == tuple(axcodes)
         _same_in_itk(out, mask, img.affine)
         spacing = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
-        m = M.volume_metrics(mask, labels, spacing)
+        m = volume_metrics(mask, labels, spacing)
         assert all(v == 1.0 for d in m.values() for v in d.values()), m
     assert not list(tmp_path.glob(".*tmp*")), "a temp file was left behind"
 
@@ -183,14 +186,14 @@ def test_both_lung_definitions_by_hand():
     gt[1:7, 1:7, 1:7] = 1
     gt[3:5, 3:5, 3:5] = 3
     pred = np.where(gt > 0, 1, 0).astype(np.uint8)
-    m = M.volume_metrics(gt, pred, (1.0, 1.0, 1.0), pred_all=gt)
-    assert set(m) == set(M.METRIC_KEYS)
+    m = volume_metrics(gt, pred, (1.0, 1.0, 1.0), pred_all=gt)
+    assert set(m) == set(METRIC_KEYS)
     assert m["dice3d"]["left_lung"] == 1.0 and m["dice3d_labelled"]["left_lung"] == pytest.approx(416 / 424)
     assert m["dice3d"]["infection"] == m["dice3d_labelled"]["infection"] == 0.0
     assert m["nsd3d"]["left_lung"] == 1.0 and m["nsd3d_labelled"]["left_lung"] < 1.0
     assert m["nsd3d"]["infection"] == m["nsd3d_labelled"]["infection"] == 0.0
     assert all(v == 1.0 for v in m["dice3d_all"].values())  # the second prediction is the ground truth
-    assert set(M.summarize({"a": m})) == set(M.METRIC_KEYS)
+    assert set(summarize({"a": m})) == set(METRIC_KEYS)
 
 
 def test_overlap_rule_infection_over_lung_then_higher_score():
@@ -245,18 +248,18 @@ def test_nsd_of_two_voxels_one_step_apart(axis, step_mm):
     b = [3, 3, 3]
     b[axis] += 1
     a, bb = _vox((7, 7, 7), (3, 3, 3)), _vox((7, 7, 7), tuple(b))
-    assert M.nsd(a, bb, spacing, 0.99 * step_mm) == pytest.approx(0.5)
-    assert M.nsd(a, bb, spacing, step_mm) == pytest.approx(1.0)
-    assert M.dice(a, bb) == 0.0
+    assert nsd(a, bb, spacing, 0.99 * step_mm) == pytest.approx(0.5)
+    assert nsd(a, bb, spacing, step_mm) == pytest.approx(1.0)
+    assert dice(a, bb) == 0.0
 
 
 def test_nsd_two_voxels_two_steps_apart_anisotropic():
     spacing = (0.8, 0.8, 3.0)
     a, b = _vox((5, 5, 9), (2, 2, 3)), _vox((5, 5, 9), (2, 2, 5))
-    assert M.nsd(a, b, spacing, 2.9) == 0.0        # nearest corners 1 step = 3 mm apart
-    assert M.nsd(a, b, spacing, 3.0) == pytest.approx(0.5)
-    assert M.nsd(a, b, spacing, 5.9) == pytest.approx(0.5)
-    assert M.nsd(a, b, spacing, 6.0) == pytest.approx(1.0)
+    assert nsd(a, b, spacing, 2.9) == 0.0        # nearest corners 1 step = 3 mm apart
+    assert nsd(a, b, spacing, 3.0) == pytest.approx(0.5)
+    assert nsd(a, b, spacing, 5.9) == pytest.approx(0.5)
+    assert nsd(a, b, spacing, 6.0) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("s", [1, 2])
@@ -266,21 +269,21 @@ def test_offset_cubes(s):
     a = np.zeros((10, 10, 14), bool)
     a[2:2 + n, 2:2 + n, 2:2 + n] = True
     b = np.roll(a, s, axis=2)
-    assert M.dice(a, b) == pytest.approx((n - s) / n)
+    assert dice(a, b) == pytest.approx((n - s) / n)
     # every surface point is within s steps along z of the other surface, and some are exactly that far
-    assert M.nsd(a, b, spacing, s * sz) == pytest.approx(1.0)
-    below = M.nsd(a, b, spacing, s * sz - 0.01)
+    assert nsd(a, b, spacing, s * sz) == pytest.approx(1.0)
+    below = nsd(a, b, spacing, s * sz - 0.01)
     assert below < 1.0
-    assert M.nsd(b, a, spacing, s * sz - 0.01) == pytest.approx(below)  # symmetric
-    assert M.nsd(a, a, spacing, 0.1) == pytest.approx(1.0)
+    assert nsd(b, a, spacing, s * sz - 0.01) == pytest.approx(below)  # symmetric
+    assert nsd(a, a, spacing, 0.1) == pytest.approx(1.0)
 
 
 def test_empty_conventions():
     z, one = np.zeros((4, 4, 4), bool), _vox((4, 4, 4), (1, 1, 1))
-    assert M.nsd(z, z, (1, 1, 1), 1.0) == 1.0 and M.dice(z, z) == 1.0
-    assert M.nsd(z, one, (1, 1, 1), 1.0) == 0.0 and M.nsd(one, z, (1, 1, 1), 1.0) == 0.0
+    assert nsd(z, z, (1, 1, 1), 1.0) == 1.0 and dice(z, z) == 1.0
+    assert nsd(z, one, (1, 1, 1), 1.0) == 0.0 and nsd(one, z, (1, 1, 1), 1.0) == 0.0
     edge = _vox((4, 4, 4), (0, 0, 0))  # touching the array's edge still has a closed surface
-    assert M.nsd(edge, edge, (1, 1, 1), 0.5) == pytest.approx(1.0)
+    assert nsd(edge, edge, (1, 1, 1), 0.5) == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------ bad input
@@ -308,7 +311,7 @@ def test_run_without_kept_checkpoint_says_how_to_keep_one(tmp_path, capsys):
     run = _run_without_model(tmp_path)
     inp = _nifti(tmp_path / "in" / "case_1.nii.gz")
     with pytest.raises(PredictError, match="keep_checkpoint=true"):
-        predict(run, inp, tmp_path / "out")
+        apply_run(run, inp, tmp_path / "out")
     assert main(["--run", str(run), "--input", str(inp), "--out", str(tmp_path / "out")]) == 2
     assert "keep_checkpoint=true" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -318,7 +321,7 @@ def test_not_a_run_folder(tmp_path):
     inp = _nifti(tmp_path / "in" / "case_1.nii.gz")
     (tmp_path / "empty").mkdir()
     with pytest.raises(PredictError, match="not a lungbench run folder"):
-        predict(tmp_path / "empty", inp, tmp_path / "out")
+        apply_run(tmp_path / "empty", inp, tmp_path / "out")
 
 
 @pytest.mark.parametrize("make, problem", [
@@ -334,7 +337,7 @@ def test_bad_inputs_are_named_and_nothing_is_written(tmp_path, make, problem):
     inp = make(tmp_path / "in")
     run = _run_without_model(tmp_path)  # inputs are checked before the run's model is looked at
     with pytest.raises(ConversionError, match=problem) as e:
-        predict(run, inp, tmp_path / "out")
+        apply_run(run, inp, tmp_path / "out")
     assert str(inp) in str(e.value)
     assert not (tmp_path / "out").exists()
 
@@ -343,11 +346,11 @@ def test_empty_input_folder_and_colliding_names(tmp_path):
     run = _run_without_model(tmp_path)
     (tmp_path / "in").mkdir()
     with pytest.raises(ConversionError, match="no .nii or .nii.gz"):
-        predict(run, tmp_path / "in", tmp_path / "out")
+        apply_run(run, tmp_path / "in", tmp_path / "out")
     _nifti(tmp_path / "in" / "a.nii.gz")
     _nifti(tmp_path / "in" / "a.nii")
     with pytest.raises(ConversionError, match="collide"):
-        predict(run, tmp_path / "in", tmp_path / "out")
+        apply_run(run, tmp_path / "in", tmp_path / "out")
 
 
 def test_out_holding_a_stray_file_or_inside_input_is_refused(tmp_path):
@@ -357,8 +360,8 @@ def test_out_holding_a_stray_file_or_inside_input_is_refused(tmp_path):
     out.mkdir()
     (out / "mine.txt").write_text("user data")
     with pytest.raises(NotOwned):
-        predict(run, inp, out)
+        apply_run(run, inp, out)
     assert (out / "mine.txt").read_text() == "user data" and sorted(p.name for p in out.iterdir()) == ["mine.txt"]
     with pytest.raises(PredictError, match="overlap"):
-        predict(run, tmp_path / "in", tmp_path / "in" / "pred")
+        apply_run(run, tmp_path / "in", tmp_path / "in" / "pred")
     assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["case_1.nii.gz"]

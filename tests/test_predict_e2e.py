@@ -14,13 +14,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from benchmark import metrics3d as M
-from benchmark.predict import load_run, known_slices, main
+from benchmark.evaluation.volume3d import volume_metrics
+from benchmark.evaluation.apply import VOLUME_COLUMNS, load_run
+from benchmark.evaluation.volume3d import known_slices
+from benchmark.predict import main
 from contracts.dataset import read_dataset
 from contracts.predictions import read_predictions
 from contracts.result import read_result, validate
-from benchmark.run import compose, run
-from benchmark.volumes import VOLUME_COLUMNS
+from benchmark.training.config import compose
+from benchmark.training.run import run
 from converters import phantom
 from contracts.catalog import CLASS_NAMES
 from converters.volume import canonical, is_prewindowed
@@ -98,7 +100,7 @@ def test_make_predict_writes_the_input_grid_and_volumes_csv(kept_run, tiny_raw, 
         pred = nib.load(str(out / f"{case}.nii.gz"))
         g, _, _ = canonical(np.asarray(gt.dataobj), gt.affine)
         q, aff, _ = canonical(np.asarray(pred.dataobj), pred.affine)
-        m = M.volume_metrics(g, q, np.sqrt((aff[:3, :3] ** 2).sum(axis=0)))
+        m = volume_metrics(g, q, np.sqrt((aff[:3, :3] ** 2).sum(axis=0)))
         for metric in ("dice3d", "nsd3d"):
             assert m[metric] == pytest.approx(res[case][metric], abs=1e-6)
 
@@ -140,13 +142,14 @@ def test_a_new_volume_is_prepared_as_the_training_pngs(kept_run, tiny_raw, tmp_p
     mapper makes from the converter's PNG of that slice (one window, and three)."""
     import torch
 
-    from benchmark.predict import Predictor, _windows, conversion_settings
+    from benchmark.evaluation.predictor import Predictor, conversion_settings
+    from converters.case import windows_of
     from converters.convert import convert
 
     ds = convert(tiny_raw, tmp_path / "ds", {"workers": 1, "multiwindow": multiwindow})
     settings = conversion_settings(read_dataset(ds).manifest)
     trained, _ = load_run(kept_run, device="cpu")
-    pred = Predictor(trained.model, trained.mapper, _windows(settings), 0.5)
+    pred = Predictor(trained.model, trained.mapper, windows_of(settings), 0.5)
     coco = json.loads((ds / "annotations" / "all.json").read_text())
     for im in coco["images"][::7]:
         img = nib.load(str(tiny_raw / phantom.IMAGE_DIR / f"{im['case_id']}.nii.gz"))
@@ -190,12 +193,12 @@ def test_a_slice_split_is_not_scored_in_3d(tiny_dataset, tmp_path):
 
 
 def test_a_failing_3d_evaluation_is_a_note_not_a_failed_run(tiny_dataset, tmp_path, monkeypatch):
-    import benchmark.predict
+    import benchmark.evaluation.volume3d
 
     def boom(*a, **k):
         raise MemoryError("no room for the distance transform")
 
-    monkeypatch.setattr(benchmark.predict, "evaluate_volumes", boom)
+    monkeypatch.setattr(benchmark.evaluation.volume3d, "evaluate_volumes", boom)
     run_dir = tmp_path / "run"
     assert run(compose([f"dataset_dir={tiny_dataset}", *SMOKE[:-1], "solver.max_iter=2"]), run_dir) == 0
     r = read_result(run_dir).data

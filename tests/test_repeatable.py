@@ -8,7 +8,9 @@ import json
 import pytest
 
 from contracts.result import read_result
-from benchmark.run import PREDICTIONS, compose, run
+from benchmark.training.config import compose
+from benchmark.training.run import run
+from benchmark.training.worker import PREDICTIONS
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -46,24 +48,26 @@ def _model_and_cfg(dataset, tmp_path):
     from detectron2.modeling import build_model
     from detectron2.utils.env import seed_all_rng
 
-    from benchmark import config as C
-    from benchmark import data as D
+    from benchmark.training.config import build_d2_cfg
+    from benchmark.training.data import register_split
+    from contracts.dataset import read_dataset
 
-    train = D.register_split(dataset, "patient_kfold", 0, "train")
-    test = D.register_split(dataset, "patient_kfold", 0, "test")
+    data = read_dataset(dataset)
+    train = register_split(data, "patient_kfold", 0, "train")
+    test = register_split(data, "patient_kfold", 0, "test")
     cfg = compose([f"dataset_dir={dataset}", *SMOKE])
-    d2cfg = C.build_d2_cfg(cfg, train_name=train.name, test_name=test.name,
-                           output_dir=str(tmp_path), device="cpu", image_hw=train.image_hw)
+    d2cfg = build_d2_cfg(cfg, train_name=train.name, test_name=test.name,
+                         output_dir=str(tmp_path), device="cpu", image_hw=train.image_hw)
     seed_all_rng(0)
     return build_model(d2cfg), d2cfg, test
 
 
 def test_batched_inference_predicts_as_one_at_a_time(tiny_dataset, tmp_path):
-    from benchmark.engine import Progress, predict
+    from benchmark.training.engine import Progress, predict_split
 
     model, d2cfg, test = _model_and_cfg(tiny_dataset, tmp_path)
-    one = predict(model, d2cfg, test.name, tmp_path / "b1.json", Progress(), batch_size=1)
-    four = predict(model, d2cfg, test.name, tmp_path / "b4.json", Progress(), batch_size=4)
+    one = predict_split(model, d2cfg, test.name, tmp_path / "b1.json", Progress(), batch_size=1)
+    four = predict_split(model, d2cfg, test.name, tmp_path / "b4.json", Progress(), batch_size=4)
     assert len(one["infer_times"]) == test.n_images
     assert len(four["infer_times"]) == -(-test.n_images // 4)  # ceil: the last batch is short
     a, b = one["predictions"], four["predictions"]
@@ -78,7 +82,7 @@ def test_a_batch_out_of_gpu_memory_runs_again_one_image_at_a_time(tiny_dataset, 
     """A GPU OOM cannot be produced here: the model raises torch's own OOM error for batches."""
     import torch
 
-    from benchmark.engine import Progress, predict
+    from benchmark.training.engine import Progress, predict_split
 
     class OutOfMemoryOnBatches(torch.nn.Module):
         def __init__(self, model):
@@ -91,9 +95,9 @@ def test_a_batch_out_of_gpu_memory_runs_again_one_image_at_a_time(tiny_dataset, 
             return self.model(inputs)
 
     model, d2cfg, test = _model_and_cfg(tiny_dataset, tmp_path)
-    one = predict(model, d2cfg, test.name, tmp_path / "b1.json", Progress(), batch_size=1)
-    out = predict(OutOfMemoryOnBatches(model), d2cfg, test.name, tmp_path / "b4.json", Progress(),
-                  batch_size=4)
+    one = predict_split(model, d2cfg, test.name, tmp_path / "b1.json", Progress(), batch_size=1)
+    out = predict_split(OutOfMemoryOnBatches(model), d2cfg, test.name, tmp_path / "b4.json", Progress(),
+                        batch_size=4)
     assert out["oom_batches"] == sum(1 for k in out["infer_batches"] if k > 1) > 0
     assert one["oom_batches"] == 0
     assert [(p["image_id"], p["category_id"], p["score"]) for p in out["predictions"]] == \
@@ -103,16 +107,16 @@ def test_a_batch_out_of_gpu_memory_runs_again_one_image_at_a_time(tiny_dataset, 
 def test_inference_batches_never_mix_image_sizes():
     import torch
 
-    from benchmark.engine import _same_size_batches
+    from benchmark.training.engine import same_size_batches
 
     sizes = [(8, 8), (8, 8), (8, 8), (6, 8), (6, 8), (8, 8)]
     loader = [[{"image": torch.zeros(3, *hw), "i": i}] for i, hw in enumerate(sizes)]
-    batches = [[x["i"] for x in b] for b in _same_size_batches(loader, 2)]
+    batches = [[x["i"] for x in b] for b in same_size_batches(loader, 2)]
     assert batches == [[0, 1], [2], [3, 4], [5]]
 
 
 def test_infer_batch_size_option():
-    from benchmark.config import resolve_infer_batch
+    from benchmark.training.config import resolve_infer_batch
     from contracts.errors import ConfigError
 
     assert resolve_infer_batch("auto", "cuda") == 8

@@ -98,7 +98,7 @@ def test_sigterm_then_sigkill_then_resume(tiny_dataset, tmp_path):
 def test_an_interrupt_is_not_masked_by_a_cleanup_failure():
     """SIGTERM early in training, then detectron2's after_train hooks (run in a finally) fail
     on the half-filled event storage: the run records the interrupt, not the hook's error."""
-    from benchmark.run import Terminated, _interrupt_behind
+    from benchmark.training.signals import Terminated, interrupt_behind
 
     def train():
         try:
@@ -108,6 +108,6 @@ def test_an_interrupt_is_not_masked_by_a_cleanup_failure():
 
     with pytest.raises(ZeroDivisionError) as info:
         train()
-    stop = _interrupt_behind(info.value)
+    stop = interrupt_behind(info.value)
     assert isinstance(stop, Terminated) and "SIGTERM" in str(stop)
-    assert _interrupt_behind(ValueError("plain failure")) is None
+    assert interrupt_behind(ValueError("plain failure")) is None

@@ -18,7 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import sweep as S
+from benchmark.sweep import main
+from benchmark.sweeping.hydra_callbacks import register_launchers
+from benchmark.sweeping.plan import PlannedRun, SweepError, SweepPlan, plan_sweep
+from benchmark.sweeping.runner import read_statuses, sweep_summary, write_sweep_file
+from benchmark.training.config import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 NINE = ["R50-C4", "R50-DC5", "R50-FPN", "R101-C4", "R101-DC5", "R101-FPN", "X101-C4", "X101-DC5", "X101-FPN"]
@@ -27,8 +31,8 @@ TABLE3 = [("R50-C4", "1x"), ("R50-DC5", "1x"), ("R50-FPN", "1x"), ("R50-C4", "3x
           ("R101-C4", "3x"), ("R101-DC5", "3x"), ("R101-FPN", "3x"), ("X101-FPN", "3x")]
 
 
-def plan(tmp_path: Path, *overrides: str) -> S.SweepPlan:
-    return S.plan_sweep([f"dataset_dir={tmp_path / 'data'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides])
+def plan(tmp_path: Path, *overrides: str) -> SweepPlan:
+    return plan_sweep([f"dataset_dir={tmp_path / 'data'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides])
 
 
 # ----------------------------------------------------------------------------- experiments
@@ -77,33 +81,33 @@ def test_command_line_axes_get_their_own_folders(tmp_path):
 
 
 def test_runs_sharing_a_folder_are_refused(tmp_path):
-    with pytest.raises(S.SweepError, match="share a folder"):
+    with pytest.raises(SweepError, match="share a folder"):
         plan(tmp_path, "+experiment=grid9", "hydra.sweep.subdir=all_in_one")
 
 
 def test_bad_sweeps_exit_2_with_a_message(tmp_path, capsys):
-    assert S.main([f"dataset_dir={tmp_path}", "+experiment=no_such_experiment"]) == 2
+    assert main([f"dataset_dir={tmp_path}", "+experiment=no_such_experiment"]) == 2
     assert "no_such_experiment" in capsys.readouterr().err
-    assert S.main([f"dataset_dir={tmp_path}", "+experiment=grid9", "solver.no_such_key=1"]) == 2
+    assert main([f"dataset_dir={tmp_path}", "+experiment=grid9", "solver.no_such_key=1"]) == 2
 
 
 def test_a_run_config_that_cannot_resolve_is_refused_naming_the_run(tmp_path, capsys):
     # no dataset_dir: the run would stop the whole multirun at its start; the plan says so first
     args = [f"hydra.sweep.dir={tmp_path / 'sweep'}", "+experiment=smoke", "backbone=r50_fpn"]
-    with pytest.raises(S.SweepError, match=r"run R50-FPN: its config cannot be resolved: MissingMandatoryValue: "
-                                           r".*dataset_dir"):
-        S.plan_sweep(args)
-    assert S.main(args) == 2 and "run R50-FPN" in capsys.readouterr().err
+    with pytest.raises(SweepError, match=r"run R50-FPN: its config cannot be resolved: MissingMandatoryValue: "
+                                         r".*dataset_dir"):
+        plan_sweep(args)
+    assert main(args) == 2 and "run R50-FPN" in capsys.readouterr().err
     assert not (tmp_path / "sweep").exists()  # refused before anything was written
 
 
 def test_an_unexpected_error_in_the_run_config_propagates_naming_the_run(tmp_path, monkeypatch):
-    from benchmark import run as run_mod
+    import benchmark.training.config
 
     def broken(cfg):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(run_mod, "run_config", broken)
+    monkeypatch.setattr(benchmark.training.config, "run_config", broken)
     with pytest.raises(ZeroDivisionError, match="a bug") as e:
         plan(tmp_path, "+experiment=smoke", "backbone=r50_fpn")
     assert "planned run R50-FPN" in " ".join(getattr(e.value, "__notes__", []))
@@ -119,8 +123,8 @@ def test_the_planned_config_sees_the_runs_output_dir(tmp_path):
 def compose_hydra(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    S.register_launchers(S.CONF_DIR)  # what the sweep does before Hydra composes
-    with initialize_config_dir(config_dir=str(S.CONF_DIR), version_base="1.3"):
+    register_launchers(CONF_DIR)  # what the sweep does before Hydra composes
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=["dataset_dir=/x", "+experiment=smoke", *overrides],
                        return_hydra_config=True).hydra
 
@@ -155,10 +159,10 @@ def test_launcher_configs_need_no_schema_matching(launcher):
     from hydra.core.config_store import ConfigStore
 
     # lungbench's settings live under their own file names; the plugins' names select them
-    S.register_launchers(S.CONF_DIR)
+    register_launchers(CONF_DIR)
     plugin_names = set(ConfigStore.instance().list("hydra/launcher"))
     assert {"joblib.yaml", "submitit_local.yaml", "submitit_slurm.yaml"} <= plugin_names
-    assert not [p.name for p in (S.CONF_DIR / "hydra" / "launcher").glob("*.yaml") if p.name in plugin_names]
+    assert not [p.name for p in (CONF_DIR / "hydra" / "launcher").glob("*.yaml") if p.name in plugin_names]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Hydra's "validated against ConfigStore schema" note included
         ours = compose_hydra(f"hydra/launcher={launcher}").launcher
@@ -170,7 +174,7 @@ def test_launcher_configs_need_no_schema_matching(launcher):
         assert OmegaConf.to_container(ours)["n_jobs"] == "${lungbench_jobs:${jobs_per_gpu}}"  # GPUs x jobs_per_gpu
     else:
         assert ours.timeout_min == 240  # lungbench's, not the plugin's 60
-    assert S.register_launchers(S.CONF_DIR) == ["joblib", "submitit_local", "submitit_slurm"]  # idempotent
+    assert register_launchers(CONF_DIR) == ["joblib", "submitit_local", "submitit_slurm"]  # idempotent
     assert compose_hydra(f"hydra/launcher={launcher}").launcher == ours
 
 
@@ -201,7 +205,7 @@ def write_result(run_dir: Path, **fields) -> None:
 
 
 def test_statuses_summary_and_sweep_file(tmp_path):
-    runs = [S.PlannedRun(label, str(tmp_path / label), [f"backbone={label}"])
+    runs = [PlannedRun(label, str(tmp_path / label), [f"backbone={label}"])
             for label in ("R50-FPN", "R50-C4", "R50-DC5", "X101-C4", "R101-FPN")]
     write_result(tmp_path / "R50-FPN", status="ok", error=None)
     write_result(tmp_path / "R50-C4", status="failed",
@@ -213,21 +217,21 @@ def test_statuses_summary_and_sweep_file(tmp_path):
     runs[4].config = {"solver": {"max_iter": 2}, "seed": 0}
     write_result(tmp_path / "R101-FPN", status="ok", error=None, config={"solver": {"max_iter": 20}, "seed": 0})
 
-    plan = S.collect(S.SweepPlan(sweep_dir=str(tmp_path), overrides=["+experiment=x"], runs=runs))
+    plan = read_statuses(SweepPlan(sweep_dir=str(tmp_path), overrides=["+experiment=x"], runs=runs))
     assert [r.status for r in plan.runs] == ["ok", "failed", "failed", "missing", "failed"]
-    line = S.summary_line(plan.runs)
+    line = sweep_summary(plan.runs)
     assert line.startswith("5 runs: 1 ok, 3 failed (R50-C4: FloatingPointError: Loss became infinite or NaN "
                            "at iteration=1!; R50-DC5: unreadable ")
     assert "R101-FPN: StaleResult: folder holds a finished run that is not this one (solver.max_iter, dataset" in line
     assert line.endswith(", 1 missing (X101-C4)") and "\n" not in line
 
-    out = S.write_sweep_file(plan, hydra_rc=0)
+    out = write_sweep_file(plan, hydra_rc=0)
     doc = json.loads(out.read_text())
     assert doc["summary"] == line
     assert [(r["label"], r["run_dir"], r["status"]) for r in doc["runs"]][:4] == [
         ("R50-FPN", "R50-FPN", "ok"), ("R50-C4", "R50-C4", "failed"), ("R50-DC5", "R50-DC5", "failed"),
         ("X101-C4", "X101-C4", "missing")]
-    assert S.summary_line(plan.runs[:1]) == "1 run: 1 ok"
+    assert sweep_summary(plan.runs[:1]) == "1 run: 1 ok"
 
 
 # ----------------------------------------------------------------------------- real sweeps (slow)

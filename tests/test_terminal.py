@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.logs import summary_line
+from benchmark.training.logs import summary_line
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def test_sweep_terminal_is_one_line_per_run_and_logs_go_to_the_run(tiny_dataset,
 
 
 def test_progress_text():
-    from benchmark.logs import progress_text
+    from benchmark.training.logs import progress_text
 
     assert progress_text("R50-FPN", 120, 300, 1.23456, width=10) == "R50-FPN  [####------]  120/300  loss 1.235"
     assert progress_text("R50-C4", 0, 60, None, width=4) == "R50-C4  [----]  0/60"
@@ -85,7 +85,7 @@ def _drive_progress(runs_at_once: int, max_iter: int = 8) -> str:
     """Run the progress hook over a fake trainer of ``max_iter`` steps; what it drew."""
     from types import SimpleNamespace
 
-    from benchmark.logs import progress_hook, share_terminal
+    from benchmark.training.logs import progress_hook, share_terminal
 
     class History:
         def latest(self):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from contracts.result import read_result, validate
-from benchmark.run import compose, run
+from benchmark.training.config import compose
+from benchmark.training.run import run
 
 # pycocotools' encode/decode on numpy 2 (not ours): one warning per mask
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

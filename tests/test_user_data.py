@@ -314,7 +314,7 @@ def _finished_run(run_dir: Path, dataset: Path, overrides: list[str]) -> dict:
     from contracts import result as R
     from contracts.dataset import fingerprint as dataset_fingerprint
     from contracts.identity import identity
-    from benchmark.run import compose, run_config
+    from benchmark.training.config import compose, run_config
 
     cfg = compose([f"dataset_dir={dataset}", *overrides])
     config = run_config(cfg)
@@ -326,36 +326,38 @@ def _finished_run(run_dir: Path, dataset: Path, overrides: list[str]) -> dict:
 
 
 def test_a_run_on_a_rebuilt_dataset_is_stale(tiny_raw, tmp_path, capsys):
-    from benchmark.run import run
-    from benchmark.sweep import read_status
+    from benchmark.sweeping.runner import read_status
+    from benchmark.training.run import run
+    from contracts.dataset import fingerprint
 
     data = convert(tiny_raw, tmp_path / "data", CFG)
     run_dir = tmp_path / "run"
     cfg = _finished_run(run_dir, data, [])
     assert run(cfg, run_dir) == 0  # same run, same data: not redone
     assert "not redone" in capsys.readouterr().out
-    from benchmark.run import run_config
+    from benchmark.training.config import run_config
     config = run_config(cfg)
-    assert read_status(run_dir, config) == ("ok", None)
+    split = config["split"]
+    assert read_status(run_dir, config, fingerprint(data, split["scheme"], split["fold"])) == ("ok", None)
 
     convert(tiny_raw, data, {**CFG, "slices": {"keep": "all"}})  # rebuilt in place, more images
     before = snapshot(run_dir)
     assert run(cfg, run_dir) == 2
     assert "dataset (rebuilt or another one)" in capsys.readouterr().err
     assert snapshot(run_dir) == before
-    status, error = read_status(run_dir, config)
+    status, error = read_status(run_dir, config, fingerprint(data, split["scheme"], split["fold"]))
     assert status == "failed" and "StaleResult" in error and "dataset" in error
 
 
 def test_moving_a_dataset_keeps_its_runs(tiny_raw, tmp_path):
-    from benchmark.run import run
+    from benchmark.training.run import run
 
     data = convert(tiny_raw, tmp_path / "data", CFG)
     run_dir = tmp_path / "run"
     _finished_run(run_dir, data, [])
     moved = tmp_path / "elsewhere"
     shutil.copytree(data, moved)
-    from benchmark.run import compose
+    from benchmark.training.config import compose
     assert run(compose([f"dataset_dir={moved}"]), run_dir) == 0
 
 

@@ -27,10 +27,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import config as C
-from benchmark import weights as W
+from benchmark.training.config import (DOWNLOAD_TIMEOUT_S, WeightsMismatch, WeightsUnavailable, build_d2_cfg,
+                                       cache_path, compose, fetch_weights, resolve_weights, to_https)
+from benchmark.training.weights import NOTES_FILE, load_initial_weights, trunk_keys
 from contracts.result import read_result, validate
-from benchmark.run import compose, run
+from benchmark.training.run import run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,8 +59,8 @@ def build(overrides=(), num_classes: int | None = None) -> torch.nn.Module:
 
     opts = [f"d2_opts=[MODEL.ROI_HEADS.NUM_CLASSES,{num_classes}]"] if num_classes else []
     cfg = compose(["dataset_dir=/unused", "device=cpu", *overrides, *opts])
-    d2 = C.build_d2_cfg(cfg, train_name="unused_train", test_name="unused_test",
-                        output_dir="/unused", device="cpu", image_hw=(64, 64))
+    d2 = build_d2_cfg(cfg, train_name="unused_train", test_name="unused_test",
+                      output_dir="/unused", device="cpu", image_hw=(64, 64))
     return build_model(d2).eval()
 
 
@@ -125,7 +126,7 @@ def write_imagenet_pkl(path: Path, layout: str = "flat", seed: int = 2,
 
     model = build(overrides)
     state = model.state_dict()
-    trunk = {k: state[k] for k in W.trunk_keys(model)
+    trunk = {k: state[k] for k in trunk_keys(model)
              if not k.endswith(("running_mean", "running_var"))}
     values = trained_like(trunk, seed)
     blobs = {c2_name(rel(k)): a for k, a in values.items()}
@@ -180,7 +181,7 @@ def test_zoo_pkl_loads_trunk_and_reinitialises_coco_heads(tmp_path):
     file_state = write_zoo_pkl(tmp_path / "model_final.pkl")
     model = build(["weights=zoo"])
     before = snapshot(model)
-    report = W.load_initial_weights(model, str(tmp_path / "model_final.pkl"))
+    report = load_initial_weights(model, str(tmp_path / "model_final.pkl"))
     after = snapshot(model)
     assert_trunk_is_file(after, file_state)
     heads = [k for k in after if k.startswith(COCO_HEADS)]
@@ -202,10 +203,10 @@ def test_zoo_pkl_loads_trunk_and_reinitialises_coco_heads(tmp_path):
 def test_imagenet_c2_pkl_loads_trunk_under_detectron2_names(tmp_path, layout):
     values = write_imagenet_pkl(tmp_path / "R-50.pkl", layout)
     model = build(["weights=imagenet"])
-    trunk = W.trunk_keys(model)
+    trunk = trunk_keys(model)
     assert trunk[0] == TRUNK + "stem.conv1.weight" and all(k.startswith(TRUNK) for k in trunk)
     before = snapshot(model)
-    report = W.load_initial_weights(model, str(tmp_path / "R-50.pkl"))
+    report = load_initial_weights(model, str(tmp_path / "R-50.pkl"))
     after = snapshot(model)
     assert_imagenet_trunk(after, values, trunk)
     for k in after:
@@ -225,17 +226,17 @@ def test_imagenet_res5_lands_in_c4_roi_heads(tmp_path):
     values = write_imagenet_pkl(tmp_path / "R-50.pkl", overrides=["weights=imagenet",
                                                                   "backbone=r50_c4"])
     model = build(["weights=imagenet", "backbone=r50_c4"])
-    trunk = W.trunk_keys(model)
+    trunk = trunk_keys(model)
     assert {rel(k).split(".")[0] for k in trunk} == {"stem", "res2", "res3", "res4", "res5"}
     assert {k.split(".")[0] for k in trunk if rel(k).startswith("res5.")} == {"roi_heads"}
     assert "roi_heads.res5.0.conv1.weight" in values
-    report = W.load_initial_weights(model, str(tmp_path / "R-50.pkl"))
+    report = load_initial_weights(model, str(tmp_path / "R-50.pkl"))
     assert_imagenet_trunk(model.state_dict(), values, trunk)
     assert not any(k in report.missing for k in trunk)
 
 
 def test_scratch_loads_nothing():
-    assert W.load_initial_weights(build(), "") is None
+    assert load_initial_weights(build(), "") is None
 
 
 def _random_bytes(p: Path) -> None:
@@ -262,16 +263,16 @@ NOT_CHECKPOINTS = {"random.pkl": _random_bytes, "random.pth": _random_bytes,
 def test_not_a_checkpoint_is_refused(tmp_path, name):
     path = tmp_path / name
     NOT_CHECKPOINTS[name](path)
-    with pytest.raises(C.WeightsMismatch, match="not a checkpoint") as e:
-        W.load_initial_weights(build(["weights=zoo"]), str(path))
+    with pytest.raises(WeightsMismatch, match="not a checkpoint") as e:
+        load_initial_weights(build(["weights=zoo"]), str(path))
     assert str(path) in str(e.value)
 
 
 def test_r50_imagenet_into_x101_names_first_mismatch(tmp_path):
     write_imagenet_pkl(tmp_path / "R-50.pkl")
-    with pytest.raises(C.WeightsMismatch) as e:
-        W.load_initial_weights(build(["weights=imagenet", "backbone=x101_fpn"]),
-                               str(tmp_path / "R-50.pkl"))
+    with pytest.raises(WeightsMismatch) as e:
+        load_initial_weights(build(["weights=imagenet", "backbone=x101_fpn"]),
+                             str(tmp_path / "R-50.pkl"))
     msg = str(e.value)
     # stem and res2.0's shortcut have the same shapes in R50 and X101-32x8d; res2.0.conv1 not
     assert msg.startswith(f"{tmp_path / 'R-50.pkl'}: its trunk does not fit")
@@ -282,16 +283,16 @@ def test_r50_imagenet_into_x101_names_first_mismatch(tmp_path):
 def test_deeper_trunk_into_shallower_is_refused(tmp_path):
     """R101 weights cover every R50 tensor, shapes and all; res4.6-22 make it another trunk."""
     write_zoo_pkl(tmp_path / "r101.pkl", ["weights=zoo", "backbone=r101_fpn"])
-    with pytest.raises(C.WeightsMismatch, match=r"first: backbone\.bottom_up\.res4\.6\.\S+: in "
-                                                r"the file, but the model's trunk has no such"):
-        W.load_initial_weights(build(["weights=zoo"]), str(tmp_path / "r101.pkl"))
+    with pytest.raises(WeightsMismatch, match=r"first: backbone\.bottom_up\.res4\.6\.\S+: in "
+                                              r"the file, but the model's trunk has no such"):
+        load_initial_weights(build(["weights=zoo"]), str(tmp_path / "r101.pkl"))
 
 
 def test_frozen_bn_file_into_groupnorm_trunk_says_why(tmp_path):
     """weights.path takes the trunk norm from the weights group: scratch is GroupNorm."""
     write_zoo_pkl(tmp_path / "zoo.pkl")
-    with pytest.raises(C.WeightsMismatch, match=r"norm\.running_mean: in the file.*weights=zoo"):
-        W.load_initial_weights(build(["weights=scratch"]), str(tmp_path / "zoo.pkl"))
+    with pytest.raises(WeightsMismatch, match=r"norm\.running_mean: in the file.*weights=zoo"):
+        load_initial_weights(build(["weights=scratch"]), str(tmp_path / "zoo.pkl"))
 
 
 # ------------------------------------------------------------------ failing runs (no training)
@@ -369,14 +370,14 @@ def test_no_network_is_the_same_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlretrieve", no_network)
     before = socket.getdefaulttimeout()
-    w = C.resolve_weights(compose(["dataset_dir=/x", "weights=zoo"]))
-    with pytest.raises(C.WeightsUnavailable) as e:
-        C.fetch_weights(w, download=True)
-    assert seen == [(R50_ZOO_URL, C.DOWNLOAD_TIMEOUT_S if before is None else before)]
+    w = resolve_weights(compose(["dataset_dir=/x", "weights=zoo"]))
+    with pytest.raises(WeightsUnavailable) as e:
+        fetch_weights(w, download=True)
+    assert seen == [(R50_ZOO_URL, DOWNLOAD_TIMEOUT_S if before is None else before)]
     assert socket.getdefaulttimeout() == before  # the process's own setting, back
     msg = str(e.value)
-    assert R50_ZOO_URL in msg and str(C.cache_path(R50_ZOO_URL)) in msg and "offline?" in msg
-    assert not C.cache_path(R50_ZOO_URL).exists()
+    assert R50_ZOO_URL in msg and str(cache_path(R50_ZOO_URL)) in msg and "offline?" in msg
+    assert not cache_path(R50_ZOO_URL).exists()
 
 
 # ----------------------------------------------------------------------- runs (a few iterations)
@@ -385,14 +386,14 @@ def test_no_network_is_the_same_clear_error(tmp_path, monkeypatch):
 def spy_on_loading(monkeypatch) -> list[dict]:
     """The model's tensors right after the harness loads the initial weights, before any step."""
     loaded: list[dict] = []
-    real = W.load_initial_weights
+    real = load_initial_weights
 
     def spy(model, path):
         report = real(model, path)
         loaded.append(snapshot(model))
         return report
 
-    monkeypatch.setattr(W, "load_initial_weights", spy)
+    monkeypatch.setattr("benchmark.training.weights.load_initial_weights", spy)
     return loaded
 
 
@@ -402,7 +403,7 @@ def paper_run(tiny_dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("paper")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FVCORE_CACHE", str(tmp / "cache"))
-        cached = C.cache_path(R50_ZOO_URL)
+        cached = cache_path(R50_ZOO_URL)
         assert cached == tmp / "cache/detectron2/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/" \
                          "137849600/model_final_f10217.pkl"
         file_state = write_zoo_pkl(cached)
@@ -455,16 +456,16 @@ def test_lungbench_checkpoint_as_weights_path(paper_run, tiny_dataset, tmp_path,
     assert_trunk_is_file(state, file_state)
     assert set(state) == set(file_state) and all(same(state[k], file_state[k]) for k in state)
     assert not [n for n in r["notes"] if n.startswith("initial weights")]
-    assert json.loads((tmp_path / "run" / "d2" / W.NOTES_FILE).read_text()) == []
+    assert json.loads((tmp_path / "run" / "d2" / NOTES_FILE).read_text()) == []
 
 
 @pytest.mark.slow
 def test_imagenet_trunk_from_cache(tiny_dataset, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("FVCORE_CACHE", str(cache))
-    url = C.to_https(compose(["dataset_dir=/x"]).backbone.imagenet_weights)
-    assert C.cache_path(url) == cache / "detectron2/ImageNetPretrained/MSRA/R-50.pkl"
-    values = write_imagenet_pkl(C.cache_path(url))
+    url = to_https(compose(["dataset_dir=/x"]).backbone.imagenet_weights)
+    assert cache_path(url) == cache / "detectron2/ImageNetPretrained/MSRA/R-50.pkl"
+    values = write_imagenet_pkl(cache_path(url))
     loaded = spy_on_loading(monkeypatch)
     cfg = compose([f"dataset_dir={tiny_dataset}", "solver=smoke", "weights=imagenet",
                    "weights.download=false", *SMALL, "solver.max_iter=1"])

@@ -1,7 +1,8 @@
-"""Label volumes from per-slice predictions, and what is read off them (pure: numpy, scipy, nibabel).
+"""A trained model on CT volumes: each axial slice prepared as the run's training PNGs were,
+predicted, and painted into a label volume (``Predictor``). ``make predict`` and the run's 3-D
+evaluation both predict through it, so the files users get and the numbers in result.json
+come from one code path.
 
-Contracts
----------
 Labels are the dataset's: 0 background, 1 left lung, 2 right lung, 3 infection (the
 patient's sides, ``contracts.catalog``), one label per voxel, uint8.
 
@@ -10,30 +11,31 @@ a pixel covered by any infection instance is infection (3), as in the release's
 ``Lung_and_Infection_Mask`` where infection overrides the lung label; otherwise it takes the
 lung of the highest-scoring lung instance covering it; otherwise it is background.
 
-A lung "with its infection" (``whole_lungs``, used by ``volume_table`` and the 3-D metrics)
-is the lung label plus the infection voxels nearer to that lung than to the other one
-(Euclidean distance in mm from the voxel spacing), the way the release's ``Lung_Mask`` holds
-whole lungs; infection in a volume without any lung voxel belongs to neither.
-
-Spacing is in mm per voxel along the array's own axes (``spacing_of(affine)``); volumes are
-reported in ml (1 ml = 1000 mm^3), burden in percent of the lung volume.
+Spacing is in mm per voxel along the array's own axes (``spacing_of(affine)``).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from contracts.catalog import INFECTION, LEFT_LUNG, RIGHT_LUNG
+from contracts.catalog import CLASSES, INFECTION, LEFT_LUNG, RIGHT_LUNG
+from converters.case import windows_of
+from converters.volume import display_pixels, undisplay_slice
 
 LEFT, RIGHT, INFECT = LEFT_LUNG.label_value, RIGHT_LUNG.label_value, INFECTION.label_value
-#: volumes.csv columns, in order (case and file first)
-VOLUME_COLUMNS = ["case", "file", "left_lung_ml", "right_lung_ml", "lungs_ml", "infection_ml",
-                  "infection_left_ml", "infection_right_ml", "burden_left_pct", "burden_right_pct",
-                  "burden_pct"]
+#: detectron2's contiguous class index -> dataset label value
+LABEL_OF_CONTIGUOUS = np.array([c.label_value for c in CLASSES], dtype=np.uint8)
+
+
+def conversion_settings(manifest: dict) -> dict:
+    """What a new volume needs to be prepared as the dataset's slices were (from dataset.json)."""
+    cfg = manifest["config"]
+    return {"window": list(cfg["window"]), "multiwindow": bool(cfg["multiwindow"]),
+            "windows": {k: list(v) for k, v in cfg["windows"].items()},
+            "orientation": manifest.get("orientation"), "config_hash": manifest.get("config_hash")}
 
 
 def spacing_of(affine: np.ndarray) -> np.ndarray:
@@ -63,82 +65,101 @@ def labels_from_instances(masks: np.ndarray, labels: np.ndarray, scores: np.ndar
     return out
 
 
-def whole_lungs(labels: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(left, right) bool volumes: each lung label with the infection assigned to it (module doc)."""
-    left, right = labels == LEFT, labels == RIGHT
-    infection = labels == INFECT
-    if not infection.any() or not (left.any() or right.any()):
-        return left, right
-    # distances only matter inside the box holding every labelled voxel
-    box = ndimage.find_objects((labels > 0).astype(np.uint8))[0]
-    sub = labels[box]
-    lung = (sub == LEFT) | (sub == RIGHT)
-    idx = ndimage.distance_transform_edt(~lung, sampling=spacing, return_distances=False,
-                                         return_indices=True)
-    nearest = sub[tuple(idx)]
-    inf = sub == INFECT
-    left, right = left.copy(), right.copy()
-    left[box] |= inf & (nearest == LEFT)
-    right[box] |= inf & (nearest == RIGHT)
-    return left, right
+@dataclass
+class Predictor:
+    """A detectron2 model with the test-time preparation of its run. ``mapper`` is the run's
+    test DatasetMapper (its resize and image format); ``windows`` the HU windows, one per channel."""
 
+    model: Any
+    mapper: Any
+    windows: list[tuple[float, float]]
+    score_thresh: float
+    batch_size: int = 1
 
-def volume_table(labels: np.ndarray, spacing: np.ndarray, voxel_mm3: float | None = None) -> dict[str, float | None]:
-    """Volumes (ml) and infection burden (%) of one label volume: each lung with its infection,
-    both lungs, the infection overall and within each lung, and burden per lung and overall
-    (infection / lung volume x 100; None for a lung of volume 0). ``voxel_mm3``: a voxel's
-    volume, |det| of the affine's 3x3 part (differs from the product of ``spacing`` for a
-    sheared grid); default that product."""
-    ml = (float(np.prod(spacing)) if voxel_mm3 is None else float(voxel_mm3)) / 1000.0
-    left, right = whole_lungs(labels, spacing)
-    infection = labels == INFECT
-    n_left, n_right = int(left.sum()), int(right.sum())
-    inf_left, inf_right = int((left & infection).sum()), int((right & infection).sum())
-    n_inf = int(infection.sum())
+    @classmethod
+    def from_model(cls, model, d2cfg, conversion: dict, score_thresh: float, batch_size: int = 1) -> "Predictor":
+        from benchmark.training.data import build_mapper
 
-    def pct(a: int, b: int) -> float | None:
-        return None if b == 0 else round(100.0 * a / b, 4)
+        return cls(model, build_mapper(d2cfg, is_train=False), windows_of(conversion), float(score_thresh),
+                   max(1, int(batch_size)))
 
-    return {"left_lung_ml": round(n_left * ml, 3), "right_lung_ml": round(n_right * ml, 3),
-            "lungs_ml": round((n_left + n_right) * ml, 3), "infection_ml": round(n_inf * ml, 3),
-            "infection_left_ml": round(inf_left * ml, 3), "infection_right_ml": round(inf_right * ml, 3),
-            "burden_left_pct": pct(inf_left, n_left), "burden_right_pct": pct(inf_right, n_right),
-            "burden_pct": pct(inf_left + inf_right, n_left + n_right)}
+    def _input(self, img_ras: np.ndarray, k: int, prewindowed: bool) -> dict:
+        import torch
+        from detectron2.data import transforms as T
+        from detectron2.data.detection_utils import convert_PIL_to_numpy
+        from PIL import Image
 
+        # the PNG the converter would write, read the way detectron2 reads it
+        image = convert_PIL_to_numpy(Image.fromarray(display_pixels(img_ras, k, self.windows, prewindowed)),
+                                     self.mapper.image_format)
+        aug = T.AugInput(image)
+        self.mapper.augmentations(aug)
+        return {"image": torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1))),
+                "height": image.shape[0], "width": image.shape[1]}
 
-def label_image(labels: np.ndarray, affine: np.ndarray, like=None):
-    """A NIfTI-1 image of ``labels`` (uint8, no intensity scaling) on ``affine``. With ``like``
-    (the input image whose grid ``labels`` is on) its header is kept: qform, sform and their
-    codes exactly as the input has them (sheared grids included), units, pixdim; else
-    both transforms are ``affine`` with code 1 (scanner)."""
-    import nibabel as nib
+    def predict_volume(self, img_ras: np.ndarray, prewindowed: bool, desc: str | None = None,
+                       known: dict[int, list[dict]] | None = None) -> np.ndarray:
+        """Label volume (uint8, RAS+ like ``img_ras``, shape (X, Y, Z)) of a RAS+ CT volume:
+        every axial slice predicted, ``batch_size`` slices per forward pass.
 
-    data = np.asarray(labels, dtype=np.uint8)
-    if like is not None:
-        img = nib.Nifti1Image(data, like.affine, header=like.header.copy())
-    else:
-        img = nib.Nifti1Image(data, np.asarray(affine, float))
-        img.header.set_xyzt_units("mm")
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
-    img.set_data_dtype(np.uint8)
-    img.header.set_slope_inter(1.0, 0.0)
-    img.header["cal_min"], img.header["cal_max"] = 0, 3
-    img.header["descrip"] = b"lungbench labels: 1 left lung, 2 right lung, 3 infection"
-    return img
+        ``known``: slice index -> the COCO results (dataset category ids, RLE masks) this model
+        already gave on the same pixels (a run's test PNGs are ``display_pixels`` of the same
+        volume, written losslessly): those slices are not run again, only decoded."""
+        return self.predict_volumes(img_ras, prewindowed, (self.score_thresh,), desc, known)[0]
 
+    def predict_volumes(self, img_ras: np.ndarray, prewindowed: bool, thresholds, desc: str | None = None,
+                        known: dict[int, list[dict]] | None = None) -> list[np.ndarray]:
+        """``predict_volume`` painted at each score threshold of ``thresholds`` from one pass of the
+        model (the same detections, kept from each threshold up)."""
+        thresholds = [float(t) for t in thresholds]
+        known = known or {}
+        nz = img_ras.shape[2]
+        outs = [np.zeros(img_ras.shape, dtype=np.uint8) for _ in thresholds]
+        for k, preds in known.items():
+            for out, lab in zip(outs, self._labels_of_results(preds, img_ras.shape[1::-1], thresholds)):
+                out[:, :, k] = undisplay_slice(lab)
+        todo = [k for k in range(nz) if k not in known]
+        if todo:
+            self._run(img_ras, prewindowed, todo, outs, thresholds, desc)
+        return outs
 
-def save_atomic(img, path: str | os.PathLike) -> Path:
-    """Save a nibabel image at ``path`` through a temp file in the same folder, then a rename:
-    the path never holds a half-written file."""
-    import nibabel as nib
+    def _labels_of_results(self, preds: list[dict], hw: tuple[int, int], thresholds: list[float]) -> list[np.ndarray]:
+        from pycocotools import mask as mask_util
 
-    path = Path(path)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        preds = [p for p in preds if p["score"] >= min(thresholds)]  # decode only what counts
+        if not preds:
+            return [np.zeros(hw, np.uint8) for _ in thresholds]
+        masks = np.stack([mask_util.decode(p["segmentation"]).astype(bool) for p in preds])
+        labels = np.array([p["category_id"] for p in preds])
+        scores = np.array([p["score"] for p in preds], float)
+        return [labels_from_instances(masks, labels, scores, t) for t in thresholds]
+
+    def _forward(self, inputs: list[dict]) -> list[dict]:
+        from benchmark.training.engine import forward_or_one_by_one
+
+        # as in the run's own inference: a batch can need more than training did
+        return forward_or_one_by_one(self.model, inputs)[0]
+
+    def _run(self, img_ras: np.ndarray, prewindowed: bool, todo: list[int], outs: list[np.ndarray],
+             thresholds: list[float], desc: str | None) -> None:
+        import torch
+        from tqdm import tqdm
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), tqdm(total=len(todo), desc=desc or "slices", unit="slice", leave=False,
+                                       disable=None) as bar:
+                for start in range(0, len(todo), self.batch_size):
+                    ks = todo[start:start + self.batch_size]
+                    outputs = self._forward([self._input(img_ras, k, prewindowed) for k in ks])
+                    for k, o in zip(ks, outputs):
+                        inst = o["instances"].to("cpu")
+                        masks, scores = inst.pred_masks.numpy(), inst.scores.numpy()
+                        classes = LABEL_OF_CONTIGUOUS[inst.pred_classes.numpy()]
+                        for out, t in zip(outs, thresholds):
+                            out[:, :, k] = undisplay_slice(labels_from_instances(masks, classes, scores, t))
+                    bar.update(len(ks))
+        finally:
+            self.model.train(was_training)
+

@@ -27,9 +27,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.training.config import CONF_DIR
 from contracts.fsutil import NotOwned, claim
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 LAUNCHER_PREFIX = "lungbench_"
 
 
@@ -86,7 +86,7 @@ def register_launchers(conf_dir: str | Path = CONF_DIR) -> list[str]:
     """Store ``hydra/launcher/<name>`` in Hydra's ConfigStore as the plugin's own config merged
     with ``<conf_dir>/hydra/launcher/lungbench_<name>.yaml`` (for every such file whose plugin
     is installed); returns the names. Idempotent. Call it before Hydra composes a config:
-    benchmark.sweep does; joblib and submitit workers receive the ConfigStore from the sweep.
+    benchmark.sweeping does; joblib and submitit workers receive the ConfigStore from the sweep.
 
     Each file's defaults list must be ``[<name>, _self_]``: the same file then also works as
     ``hydra/launcher=lungbench_<name>`` through Hydra alone."""

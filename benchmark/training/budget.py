@@ -81,7 +81,7 @@ def _count(c, hw: tuple[int, int]) -> float:
     import torch
     from detectron2.modeling import build_model
 
-    from benchmark.engine import count_gflops
+    from benchmark.training.engine import count_gflops
 
     state = torch.random.get_rng_state()
     try:

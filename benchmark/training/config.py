@@ -1,4 +1,5 @@
-"""Hydra run config -> detectron2 CfgNode, and which weights a run starts from.
+"""The run config: composed from conf/ (``compose``), as a run records it (``run_config``),
+turned into a detectron2 CfgNode, and which weights a run starts from.
 
 The model is always detectron2's own model-zoo config for the backbone cell (``zoo_config`` +
 ``_<schedule>.yaml``), changed by a short list of deltas that go through
@@ -17,8 +18,10 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.training.hydra_env import FORK, concurrent_runs, joblib_launcher
 from contracts.catalog import CLASS_NAMES
 from contracts.errors import ConfigError
+from contracts.fsutil import sanitize
 
 DETECTRON2_PREFIX = "detectron2://"
 DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
@@ -32,9 +35,11 @@ class WeightsUnavailable(RuntimeError):
 
 class WeightsMismatch(WeightsUnavailable):
     """The initial weights file cannot be used: it is not a checkpoint, or its trunk does not
-    fit the backbone (``benchmark.weights``). The message names the file and the first tensor
+    fit the backbone (``benchmark.training.weights``). The message names the file and the first tensor
     that does not fit."""
 
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # seconds a download may wait on the network for one step (connect, one read): a network that
 # drops packets fails the run instead of hanging it
@@ -54,6 +59,50 @@ class Weights:
     url: str | None = None
     path: str | None = None
     note: str | None = None
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The run config from conf/train.yaml + Hydra overrides, outside a Hydra app (tests,
+    perf, notebooks). Unknown keys and bad choices raise, as on the command line."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides))
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The run's full config as plain data, dataset_dir made absolute (what result.json keeps)."""
+    c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    c["dataset_dir"] = str(Path(c["dataset_dir"]).expanduser().resolve())
+    return sanitize(c)
+
+
+def run_config(cfg: DictConfig) -> dict:
+    """The config a run records (resolved_config), after the adjustments a run makes to
+    ``cfg`` in place: solver.num_workers=auto sized to the concurrent runs; 0 under the joblib
+    launcher where fork is missing (macOS, Windows: hydra#964). The sweep's plan calls it too."""
+    if joblib_launcher() and not FORK and cfg.solver.num_workers:
+        OmegaConf.update(cfg, "solver.num_workers", 0)
+    _norm_from_file(cfg)
+    if cfg.solver.num_workers == "auto":
+        OmegaConf.update(cfg, "solver.num_workers", auto_workers(os.cpu_count() or 1, concurrent_runs()))
+    return resolved_config(cfg)
+
+
+def _norm_from_file(cfg: DictConfig) -> None:
+    """weights.path with a trainable-norm weights group (the default, scratch): a file trained
+    with BatchNorm (a zoo or ImageNet file, a fine-tune of one) keeps the trunk it was trained
+    with (frozen BN, the zoo config's FREEZE_AT, the solver's LR), not the random-init recipe."""
+    w = cfg.weights
+    if not w.get("path") or w.get("norm") in (None, "FrozenBN", "BN", "SyncBN"):
+        return
+    from benchmark.training.weights import trained_norm
+
+    if trained_norm(Path(str(w.path)).expanduser()) == "BN":
+        for key in ("norm", "freeze_at", "recipe"):
+            if key in w:
+                OmegaConf.update(cfg, f"weights.{key}", None)
 
 
 def zoo_config_name(cfg: DictConfig) -> str:

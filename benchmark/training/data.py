@@ -22,10 +22,8 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.data.detection_utils import read_image
 from detectron2.data.transforms import HFlipTransform
 
-from benchmark.config import CLASSES
-from contracts.catalog import LUNG_CLASSES, NAME_BY_ID
-
-from contracts.dataset import Dataset, read_coco
+from contracts.catalog import CLASS_NAMES, LUNG_CLASSES, NAME_BY_ID
+from contracts.dataset import Dataset
 
 
 @dataclass(frozen=True)
@@ -40,11 +38,11 @@ class Split:
     mixed_sizes: bool
 
 
-def load_split(json_file: str | Path, image_root: str | Path, name: str | None = None) -> list[dict]:
-    """detectron2 dataset dicts (``load_coco_json``) plus each image's ``case_id`` and
-    ``slice_index`` (load_coco_json keeps only file_name/height/width/image_id)."""
-    json_file = Path(json_file)
-    extra = {im["id"]: im for im in read_coco(json_file)["images"]}
+def load_split(coco: dict, json_file: str | Path, image_root: str | Path, name: str | None = None) -> list[dict]:
+    """detectron2 dataset dicts (``load_coco_json`` of ``json_file``) plus each image's
+    ``case_id`` and ``slice_index`` from ``coco``, the same file as the Dataset read it
+    (load_coco_json keeps only file_name/height/width/image_id)."""
+    extra = {im["id"]: im for im in coco["images"]}
     dicts = load_coco_json(str(json_file), str(image_root), dataset_name=name)
     for d in dicts:
         im = extra[d["image_id"]]
@@ -72,10 +70,10 @@ def register_split(dataset: Dataset, scheme: str, fold: int, part: str) -> Split
     split = Split(name, json_file, image_root, len(coco["images"]), (int(hw[0]), int(hw[1])),
                   len(sizes) > 1)
     if name not in DatasetCatalog.list():
-        DatasetCatalog.register(name, lambda: load_split(json_file, image_root, name))
+        DatasetCatalog.register(name, lambda: load_split(coco, json_file, image_root, name))
         MetadataCatalog.get(name).set(
             json_file=str(json_file), image_root=str(image_root), evaluator_type="coco",
-            thing_classes=list(CLASSES),
+            thing_classes=list(CLASS_NAMES),
             thing_dataset_id_to_contiguous_id={cid: i for i, cid in enumerate(NAME_BY_ID)},
         )
     return split
@@ -126,8 +124,7 @@ def build_mapper(d2cfg, is_train: bool) -> LungDatasetMapper:
     return LungDatasetMapper(lung_swap=swap, **kwargs)
 
 
-def first_image(json_file: str | Path, image_root: str | Path) -> np.ndarray:
-    """The first image (lowest id) of a split as detectron2 reads it: HxWx3 uint8, BGR."""
-    coco = read_coco(Path(json_file))
+def first_image(coco: dict, image_root: str | Path) -> np.ndarray:
+    """The first image (lowest id) of a split's COCO as detectron2 reads it: HxWx3 uint8, BGR."""
     im = min(coco["images"], key=lambda i: i["id"])
     return read_image(str(Path(image_root) / im["file_name"]), format="BGR")

@@ -24,7 +24,7 @@ from detectron2.utils import comm
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 
-from benchmark.data import build_mapper
+from benchmark.training.data import build_mapper
 from contracts.fsutil import write_json
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Trainer(DefaultTrainer):
         self.step_timer = StepTimer(self.progress)
         extra = []
         if self.label is not None and comm.is_main_process():
-            from benchmark.logs import progress_hook
+            from benchmark.training.logs import progress_hook
 
             extra.append(progress_hook(self.label))
         return [self.step_timer] + ret + extra
@@ -195,7 +195,7 @@ def median_after(times: list[float], skip: int) -> tuple[float | None, int]:
 def run_training(d2cfg, progress: Progress, identity: str | None = None,
                  label: str | None = None) -> dict:
     """Train (resuming from OUTPUT_DIR's last checkpoint if any, and only if that checkpoint
-    carries ``identity``; else from MODEL.WEIGHTS through ``benchmark.weights``, which refuses
+    carries ``identity``; else from MODEL.WEIGHTS through ``benchmark.training.weights``, which refuses
     a file that is no checkpoint or does not fit the trunk). Returns the trainer's facts:
     start_iter, step times (this process), train_wall_s and when training started and finished
     (train_started_at/_finished_at, UTC ISO: when runs packed on one GPU trained at once), the
@@ -203,7 +203,7 @@ def run_training(d2cfg, progress: Progress, identity: str | None = None,
     layers)."""
     from detectron2.utils import comm
 
-    from benchmark import weights as W
+    from benchmark.training.weights import load_initial_weights, read_notes, write_notes
 
     Trainer.progress, Trainer.identity, Trainer.label = progress, identity, label
     progress.where = "build model"
@@ -217,14 +217,14 @@ def run_training(d2cfg, progress: Progress, identity: str | None = None,
                 f"{d2cfg.OUTPUT_DIR}: its checkpoint carries no run identity (written by another "
                 f"run, or by a lungbench older than identities); not resumed. Delete "
                 f"{d2cfg.OUTPUT_DIR} to train this run from the start, or use another run dir")
-        notes = W.read_notes(d2cfg.OUTPUT_DIR)
+        notes = read_notes(d2cfg.OUTPUT_DIR)
     else:
         # what trainer.resume_or_load does without a checkpoint (MODEL.WEIGHTS, the model's
         # tensors only, from iteration 0), and what did not fit is recorded
-        report = W.load_initial_weights(trainer.model, d2cfg.MODEL.WEIGHTS)
+        report = load_initial_weights(trainer.model, d2cfg.MODEL.WEIGHTS)
         notes = report.notes() if report is not None else []
         if comm.is_main_process():
-            W.write_notes(d2cfg.OUTPUT_DIR, notes)
+            write_notes(d2cfg.OUTPUT_DIR, notes)
     start_iter = trainer.start_iter
     if start_iter:
         log.info("resuming from the checkpoint of iteration %d", start_iter - 1)
@@ -241,7 +241,7 @@ def run_training(d2cfg, progress: Progress, identity: str | None = None,
             "train_finished_at": datetime.now(timezone.utc).isoformat()}
 
 
-def _same_size_batches(loader, batch_size: int):
+def same_size_batches(loader, batch_size: int):
     """Group the test loader's one-image lists into lists of up to ``batch_size`` images of one
     size (H, W after the test resize), so a batch adds no padding an image alone would not get."""
     buf: list = []
@@ -272,7 +272,7 @@ def forward_or_one_by_one(model, inputs: list[dict]) -> tuple[list[dict], bool]:
     return [model([x])[0] for x in inputs], True
 
 
-def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
+def predict_split(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
             batch_size: int = 1) -> dict:
     """Run the model on every image of ``dataset_name`` (no augmentation; ``batch_size`` images
     of one size per forward pass) and write the COCO results JSON (dataset category ids, RLE
@@ -297,7 +297,7 @@ def predict(model, d2cfg, dataset_name: str, out_json: Path, progress: Progress,
     t_all = time.perf_counter()
     try:
         with torch.no_grad(), tqdm(total=len(loader), desc="inference", unit="img", leave=False, disable=None) as bar:
-            for inputs in _same_size_batches(loader, batch_size):
+            for inputs in same_size_batches(loader, batch_size):
                 progress.where = f"inference image {bar.n}"
                 t0 = time.perf_counter()
                 # C4 heads push every image's proposals through res5 at once: a batch can need

@@ -31,7 +31,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
-from benchmark.config import WeightsMismatch
+from benchmark.training.config import WeightsMismatch
 
 NOTES_FILE = "initial_weights.json"  # in OUTPUT_DIR: the notes of the first load, for a resume
 _MAX_LISTED = 30
