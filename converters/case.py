@@ -12,7 +12,7 @@ from PIL import Image
 
 from contracts import catalog
 from .errors import ConversionError
-from .instances import LABELS, slice_instances
+from .instances import slice_instances
 from .layout import CaseFiles
 from .volume import (axcodes, canonical, check_finite, check_geometry, check_labels,
                      display_pixels, display_slice, is_prewindowed, read_volume, squeeze_3d)
@@ -22,7 +22,7 @@ _LEFT, _RIGHT = catalog.LEFT_LUNG.label_value, catalog.RIGHT_LUNG.label_value
 _INFECTION = catalog.INFECTION.label_value
 #: Label values each mask file may hold: the combined mask holds the class ids; the separate
 #: lung mask the two lungs' ids, the separate infection mask 1 for infection.
-_ALLOWED = {"combined": LABELS, "lung": (catalog.BACKGROUND, _LEFT, _RIGHT),
+_ALLOWED = {"combined": catalog.LABEL_VALUES, "lung": (catalog.BACKGROUND, _LEFT, _RIGHT),
             "infection": (catalog.BACKGROUND, 1)}
 
 

@@ -166,10 +166,9 @@ def pool_context():
 
 def run_cases(disc: Discovery, c: dict, images_dir: Path,
               workers: int) -> tuple[list[dict], list[ConversionError]]:
-    """Convert every case (pool of ``workers`` processes; 1 = in this process). Returns the
-    results and the bad cases (the pre-pass's and the workers'), each by case id. With
-    on_bad_case=fail a bad case fails the conversion (the first stops the pool); with skip
-    each is logged and its PNGs are removed."""
+    """Convert every case (pool of ``workers`` processes; 1 = in this process); returns the
+    results and the bad cases (pre-pass and workers), by case id. on_bad_case=fail: a bad
+    case fails the conversion (the first stops the pool); skip: it is logged, its PNGs removed."""
     fail = c["on_bad_case"] == "fail"
     results, errors = [], list(disc.bad)
     cases = disc.cases
@@ -237,17 +236,6 @@ def assemble(results: list[dict]) -> tuple[list[dict], list[dict]]:
     return images, anns
 
 
-def make_splits(results: list[dict], images: list[dict], c: dict) -> tuple[dict, dict]:
-    """``build_splits`` over the converted cases and slices, saying what it left out."""
-    splits, omitted = build_splits([r["case_id"] for r in results],
-                                   [im["file_name"][:-4] for im in images], c)
-    for scheme, why in omitted.items():
-        log.info("split %s left out: %s", scheme, why)
-    if "slice_random" in splits:
-        log.warning("%s", SLICE_RANDOM_WARNING)
-    return splits, omitted
-
-
 def write_coco_files(ann_dir: Path, splits: dict, images: list[dict], anns: list[dict],
                      base_info: dict) -> dict:
     """``all.json`` and its ``<scheme>_f<k>_{train,test}.json`` subsets; returns their names
@@ -262,11 +250,9 @@ def write_coco_files(ann_dir: Path, splits: dict, images: list[dict], anns: list
         for k, fold in enumerate(s["folds"]):
             entry = {}
             for part in ("train", "test"):
-                members = set(fold[part])
-                if s["unit"] == "case":
-                    sel = [im for im in images if im["case_id"] in members]
-                else:
-                    sel = [im for im in images if im["file_name"][:-4] in members]
+                members = set(fold[part])  # case ids, or slices' file names less .png
+                sel = [im for im in images
+                       if (im["case_id"] if s["unit"] == "case" else im["file_name"][:-4]) in members]
                 sel_anns = [a for im in sel for a in by_image.get(im["id"], [])]
                 info = {**base_info, "split": scheme, "fold": k, "part": part, "unit": s["unit"]}
                 if scheme == "slice_random":
@@ -282,10 +268,8 @@ def write_coco_files(ann_dir: Path, splits: dict, images: list[dict], anns: list
 def source_records(results: list[dict], files: list[Path], raw_root: Path) -> dict:
     """sha256, size and mtime of every source, by path under ``raw_root``: the workers hashed
     what they read; the rest (bad cases' files) are hashed here."""
-    sources = {}
-    for r in results:
-        for s in r["record"]["sources"]:
-            sources[s["path"]] = {k: s[k] for k in ("sha256", "bytes", "mtime_ns")}
+    sources = {s["path"]: {k: s[k] for k in ("sha256", "bytes", "mtime_ns")}
+               for r in results for s in r["record"]["sources"]}
     for p in files:
         rel = relative(p, raw_root)
         if rel not in sources:
@@ -385,7 +369,8 @@ def _convert_locked(raw_root: Path, out: Path, cfg: DictConfig, c: dict, t0: flo
         workers = int(c["workers"] or os.cpu_count() or 1)
         results, errors = run_cases(disc, c, tmp / "images", workers)
         images, anns = assemble(results)
-        splits = make_splits(results, images, c)
+        splits = build_splits([r["case_id"] for r in results],
+                              [im["file_name"][:-4] for im in images], c)
         info = {"description": f"lungbench COCO dataset from {raw_root.name}",
                 "converter_version": CONVERTER_VERSION, "config_hash": chash}
         files = write_coco_files(tmp / "annotations", splits[0], images, anns, info)

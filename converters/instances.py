@@ -16,7 +16,6 @@ from contracts import catalog
 #: The classes as dataset.json records them.
 CLASSES = [{"id": c.id, "name": c.name, "label_value": c.label_value} for c in catalog.CLASSES]
 CATEGORIES = catalog.coco_categories()
-LABELS = catalog.LABEL_VALUES
 _LUNGS = (catalog.LEFT_LUNG.label_value, catalog.RIGHT_LUNG.label_value)
 _INFECTION = catalog.INFECTION.label_value
 STRUCTURES = {4: ndimage.generate_binary_structure(2, 1), 8: ndimage.generate_binary_structure(2, 2)}

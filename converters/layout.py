@@ -137,10 +137,9 @@ def choose_layout(root: Path, layout: str, dirs: dict[str, list[Path]]) -> tuple
 
 
 def list_files(root: Path, used_dirs: dict[str, Path], ignored: list[dict]) -> dict[str, dict[str, list[Path]]]:
-    """role -> case id -> the NIfTI files of that id in the role's folder. Every other file
-    goes to ``ignored`` with the reason: first what else the data folders hold, then the
-    files outside them (metadata.csv, archives, stamps, the other layout; not lungbench's
-    own bookkeeping files)."""
+    """role -> case id -> its NIfTI files in the role's folder. Every other file goes to
+    ``ignored`` with the reason: first the data folders' other files, then those outside them
+    (metadata.csv, archives, stamps, the other layout; not lungbench's own bookkeeping)."""
     by_role: dict[str, dict[str, list[Path]]] = {}
     for role, d in used_dirs.items():
         for p in sorted(d.iterdir()):

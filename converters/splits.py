@@ -8,13 +8,17 @@
   slices of one patient in train and test); kept only to measure that leak.
 
 Folds are ``{"train": [...], "test": [...]}`` with case ids (unit ``case``) or image keys
-``<case_id>/<slice:04d>`` (unit ``slice``), sorted.
+``<case_id>/<slice:04d>`` (unit ``slice``), sorted. k >= 2 (config.validate checks it).
 """
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
 from . import official
+
+log = logging.getLogger("converters")
 
 SLICE_RANDOM_WARNING = (
     "WARNING: LEAKY SPLIT. slice_random puts slices of the same patient in both train and "
@@ -28,8 +32,6 @@ def source_of(case_id: str) -> str:
 
 
 def patient_kfold(case_ids: list[str], k: int, seed: int) -> list[dict]:
-    if k < 2:
-        raise ValueError(f"splits.patient_kfold.k must be >= 2, not {k}")
     if k > len(case_ids):
         raise ValueError(f"splits.patient_kfold.k={k} exceeds the number of cases "
                          f"({len(case_ids)}): some folds would have no test case")
@@ -67,8 +69,6 @@ def ma2021_5fold(case_ids: list[str]) -> tuple[list[dict], str]:
 
 
 def slice_random(image_keys: list[str], k: int, seed: int) -> list[dict]:
-    if k < 2:
-        raise ValueError(f"splits.slice_random.k must be >= 2, not {k}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(image_keys))
     parts = np.array_split(order, k)
@@ -81,7 +81,8 @@ def slice_random(image_keys: list[str], k: int, seed: int) -> list[dict]:
 
 
 def build_splits(case_ids: list[str], image_keys: list[str], cfg: dict) -> tuple[dict, dict]:
-    """``(splits, omitted)``: scheme -> {unit, folds, seed, note}; scheme -> why left out."""
+    """``(splits, omitted)``: scheme -> {unit, folds, seed, note}; scheme -> why left out
+    (logged, and so is slice_random's leak)."""
     splits: dict[str, dict] = {}
     omitted: dict[str, str] = {}
     sc = cfg["splits"]
@@ -94,6 +95,7 @@ def build_splits(case_ids: list[str], image_keys: list[str], cfg: dict) -> tuple
         reason = ma2021_applicable(case_ids)
         if reason:
             omitted["ma2021_5fold"] = reason
+            log.info("split ma2021_5fold left out: %s", reason)
         else:
             folds, note = ma2021_5fold(case_ids)
             splits["ma2021_5fold"] = {"unit": "case", "folds": folds, "seed": None, "note": note}
@@ -101,4 +103,5 @@ def build_splits(case_ids: list[str], image_keys: list[str], cfg: dict) -> tuple
         k, seed = int(sc["slice_random"]["k"]), int(sc["slice_random"]["seed"])
         splits["slice_random"] = {"unit": "slice", "folds": slice_random(image_keys, k, seed),
                                   "seed": seed, "note": SLICE_RANDOM_WARNING}
+        log.warning("%s", SLICE_RANDOM_WARNING)
     return splits, omitted

@@ -120,7 +120,6 @@ def read_volume(path: Path, max_voxels: int = MAX_VOXELS) -> Volume:
             raw = gzip.decompress(raw)
     except (EOFError, OSError, zlib.error) as e:
         raise ConversionError(path, f"truncated or corrupt gzip stream ({e})") from None
-    img = None
     errors = []
     for cls in (nib.Nifti1Image, nib.Nifti2Image):
         try:
@@ -128,7 +127,7 @@ def read_volume(path: Path, max_voxels: int = MAX_VOXELS) -> Volume:
             break
         except Exception as e:  # nibabel raises several types for a bad header
             errors.append(str(e))
-    if img is None:
+    else:
         raise ConversionError(path, f"not a readable NIfTI file ({errors[0]})")
     try:
         data = np.asanyarray(img.dataobj)
