@@ -24,7 +24,7 @@ anything is installed there::
 from __future__ import annotations
 
 import argparse
-import importlib.metadata as md
+from importlib import metadata
 import platform
 import re
 import sys
@@ -70,15 +70,15 @@ def lungbench_requirements(pyproject: Path = PYPROJECT, extras: Iterable[str] = 
 def installed_requires(name: str) -> list[str] | None:
     """Requires-Dist of the installed distribution ``name``; None where it is not installed."""
     try:
-        return md.distribution(name).requires or []
-    except md.PackageNotFoundError:
+        return metadata.distribution(name).requires or []
+    except metadata.PackageNotFoundError:
         return None
 
 
 def installed_version(name: str) -> str | None:
     try:
-        return md.version(name)
-    except md.PackageNotFoundError:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
         return None
 
 

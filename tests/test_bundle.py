@@ -3,11 +3,11 @@ what the GPU machine already has, markers evaluated for the target Python."""
 
 from __future__ import annotations
 
-import importlib.metadata as md
+from importlib import metadata
 
 import pytest
 
-from perf import bundle as B
+from perf import bundle
 
 # a small world: name -> Requires-Dist (None: not installed here)
 WORLD = {
@@ -43,39 +43,39 @@ def pyproject(tmp_path):
 
 
 def test_the_bundle_is_what_the_target_lacks(pyproject):
-    lack = B.lacks(["torch", "numpy", "matplotlib", "pyyaml"], "3.12", pyproject, requires)
+    lack = bundle.lacks(["torch", "numpy", "matplotlib", "pyyaml"], "3.12", pyproject, requires)
     assert sorted(lack) == ["antlr4-python3-runtime", "detectron2", "fvcore", "hydra-core", "iopath",
                             "monai", "nibabel", "omegaconf", "portalocker", "tabulate"]
     # packaging and typing-extensions come with the target's matplotlib and torch; extras and
     # markers of other Pythons (importlib-resources below 3.12) stay out; no dev extras (pytest)
-    lack311 = B.lacks(["torch", "numpy", "matplotlib", "pyyaml"], "3.11", pyproject, requires)
+    lack311 = bundle.lacks(["torch", "numpy", "matplotlib", "pyyaml"], "3.11", pyproject, requires)
     assert set(lack311) - set(lack) == {"importlib-resources"}
     # both requirements naming fvcore, whatever their spelling
     assert sorted(lack["fvcore"]) == ["Fvcore>=0.1.5", "fvcore<0.1.6,>=0.1.5"]
 
 
 def test_pins_take_the_tested_versions():
-    lines = B.pins({"hydra-core": ["hydra-core==1.3.8"], "shapely": ["shapely>=2", "shapely<3"]},
+    lines = bundle.pins({"hydra-core": ["hydra-core==1.3.8"], "shapely": ["shapely>=2", "shapely<3"]},
                    version=lambda n: {"hydra-core": "1.3.8"}.get(n))
     assert lines == ["hydra-core==1.3.8", "shapely<3,>=2"]
 
 
 def test_names_are_compared_normalised():
-    assert B.canon("Foo_Bar.baz") == "foo-bar-baz" == B.canon("foo-bar-baz")
-    c = B.closure(["Typing_Extensions>=4"], lambda n: [] if n == "typing-extensions" else None, None)
+    assert bundle.canon("Foo_Bar.baz") == "foo-bar-baz" == bundle.canon("foo-bar-baz")
+    c = bundle.closure(["Typing_Extensions>=4"], lambda n: [] if n == "typing-extensions" else None, None)
     assert list(c) == ["typing-extensions"]
 
 
 def test_this_environment_lacks_nothing_and_the_target_what_it_should():
     """Here (.venv) everything is installed; the real target lacks lungbench's own stack only."""
-    assert B.missing() == []
-    lack = B.lacks(B.TARGET_HAS, "3.12")
+    assert bundle.missing() == []
+    lack = bundle.lacks(bundle.TARGET_HAS, "3.12")
     for name in ("detectron2", "hydra-core", "omegaconf", "fvcore", "iopath", "pycocotools",
                  "faster-coco-eval", "nibabel", "monai", "submitit", "joblib"):
         assert name in lack
     for name in ("torch", "torchvision", "numpy", "scipy", "pillow", "packaging", "nvidia-cudnn-cu13",
                  "pytest", "simpleitk", "pytest-timeout", "lungbench", "setuptools"):
         assert name not in lack
-    for line in B.pins(lack):
+    for line in bundle.pins(lack):
         name, _, version = line.partition("==")
-        assert version == md.version(name)
+        assert version == metadata.version(name)

@@ -74,12 +74,12 @@ def test_bad_option_raises_config_error(tmp_path):
 
 
 def test_value_error_from_the_splits_is_not_a_conversion_error(tiny_raw, tmp_path, monkeypatch):
-    import converters.convert as cc
+    import converters.convert
 
     def broken(*a, **k):
         raise ValueError("boom in the splits")
 
-    monkeypatch.setattr(cc, "build_splits", broken)
+    monkeypatch.setattr(converters.convert, "build_splits", broken)
     with pytest.raises(ValueError, match="boom in the splits") as ei:
         convert(tiny_raw, tmp_path / "out", {"workers": 1})
     assert not isinstance(ei.value, (ConversionError, ConfigError))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from converters import download as dl
+from converters import download
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def test_good_archive_is_verified_and_extracted(server, tmp_path):
     a = _zip(served / "Lung_Mask.zip", GOOD)
     flat = _zip(served / "Infection_Mask.zip", {"coronacases_001.nii.gz": b"inf" * 50})
     dest = tmp_path / "raw"
-    out = dl.download_all(dest, base_url=url, record=_record(a, flat), progressbar=False, log=lambda *_: None)
+    out = download.download_all(dest, base_url=url, record=_record(a, flat), progressbar=False, log=lambda *_: None)
     assert out == [dest / "Lung_Mask", dest / "Infection_Mask"]
     # the archive's own top folder is not doubled; a flat archive gets its folder
     for name, data in GOOD.items():
@@ -128,7 +128,7 @@ def test_good_archive_is_verified_and_extracted(server, tmp_path):
     assert _leftovers(tmp_path / "raw") == []
     # second run: nothing downloaded (verified copy on disk), nothing re-extracted
     n = len(httpd.requests)
-    dl.download_all(dest, base_url=url, record=_record(a, flat), progressbar=False, log=lambda *_: None)
+    download.download_all(dest, base_url=url, record=_record(a, flat), progressbar=False, log=lambda *_: None)
     assert len(httpd.requests) == n
 
 
@@ -137,8 +137,8 @@ def test_checksum_mismatch_deletes_the_file_and_says_so(server, tmp_path):
     a = _zip(served / "Lung_Mask.zip", GOOD)
     wrong = "0" * 64
     dest = tmp_path / "raw"
-    with pytest.raises(dl.ChecksumError) as e:
-        dl.download_all(dest, base_url=url, record=_record(a, sha={a.name: wrong}), progressbar=False)
+    with pytest.raises(download.ChecksumError) as e:
+        download.download_all(dest, base_url=url, record=_record(a, sha={a.name: wrong}), progressbar=False)
     msg = str(e.value)
     assert "Lung_Mask.zip" in msg and "checksum mismatch" in msg
     assert wrong in msg and _sha(a) in msg and "deleted" in msg
@@ -152,23 +152,23 @@ def test_zip_escaping_the_target_is_rejected(server, tmp_path, evil):
     url, served, _ = server
     a = _zip(served / "Lung_Mask.zip", {"Lung_Mask/ok.nii.gz": b"ok", evil: b"pwned"})
     dest = tmp_path / "sub" / "raw"
-    with pytest.raises(dl.UnsafeArchiveError, match=re.escape(repr(evil))):
-        dl.download_all(dest, base_url=url, record=_record(a), progressbar=False)
+    with pytest.raises(download.UnsafeArchiveError, match=re.escape(repr(evil))):
+        download.download_all(dest, base_url=url, record=_record(a), progressbar=False)
     assert not (dest / "Lung_Mask").exists()  # nothing extracted, not even the good member
     assert not any(p.name == "evil.txt" for p in tmp_path.rglob("*"))
     assert not Path("/tmp/lungbench-evil.txt").exists()
     assert _leftovers(dest) == []
     # refused by the up-front check, before any extraction starts
-    with pytest.raises(dl.UnsafeArchiveError, match="escapes the target|absolute path"):
-        dl.check_archive(a)
+    with pytest.raises(download.UnsafeArchiveError, match="escapes the target|absolute path"):
+        download.check_archive(a)
 
 
 def test_zip_with_symlink_member_is_rejected(server, tmp_path):
     url, served, _ = server
     a = _zip(served / "Lung_Mask.zip", GOOD, symlinks={"Lung_Mask/link.nii.gz": "/etc/passwd"})
     dest = tmp_path / "raw"
-    with pytest.raises(dl.UnsafeArchiveError, match="symbolic link"):
-        dl.download_all(dest, base_url=url, record=_record(a), progressbar=False)
+    with pytest.raises(download.UnsafeArchiveError, match="symbolic link"):
+        download.download_all(dest, base_url=url, record=_record(a), progressbar=False)
     assert not (dest / "Lung_Mask").exists()
     assert _leftovers(dest) == []
 
@@ -185,8 +185,8 @@ def test_tar_with_link_member_is_rejected(tmp_path, kind):
         link.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
         link.linkname = "/etc/passwd"
         tf.addfile(link)
-    with pytest.raises(dl.UnsafeArchiveError, match="symbolic link" if kind == "symlink" else "hard link"):
-        dl.safe_extract(path, tmp_path / "out")
+    with pytest.raises(download.UnsafeArchiveError, match="symbolic link" if kind == "symlink" else "hard link"):
+        download.safe_extract(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -196,19 +196,19 @@ def test_tar_is_extracted(tmp_path):
         info = tarfile.TarInfo("x/sub/a.txt")
         info.size = 5
         tf.addfile(info, io.BytesIO(b"hello"))
-    dl.safe_extract(path, tmp_path / "x", strip="x")
+    download.safe_extract(path, tmp_path / "x", strip="x")
     assert (tmp_path / "x" / "sub" / "a.txt").read_bytes() == b"hello"
 
 
 def test_absurd_sizes_are_rejected(tmp_path):
     bomb = _zip(tmp_path / "bomb.zip", {"zeros.bin": bytes(8 * 1024**2)})  # ~8 MB -> ~8 KB
-    with pytest.raises(dl.UnsafeArchiveError, match="zip bomb"):
-        dl.safe_extract(bomb, tmp_path / "out")
+    with pytest.raises(download.UnsafeArchiveError, match="zip bomb"):
+        download.safe_extract(bomb, tmp_path / "out")
     big = _zip(tmp_path / "big.zip", {"rand.bin": os.urandom(200_000)})
-    with pytest.raises(dl.UnsafeArchiveError, match="exceeds the limit"):
-        dl.safe_extract(big, tmp_path / "out", max_bytes=100_000)
+    with pytest.raises(download.UnsafeArchiveError, match="exceeds the limit"):
+        download.safe_extract(big, tmp_path / "out", max_bytes=100_000)
     # the limits are configurable: the same archives pass with generous ones
-    dl.safe_extract(bomb, tmp_path / "ok", max_ratio=10_000)
+    download.safe_extract(bomb, tmp_path / "ok", max_ratio=10_000)
     assert (tmp_path / "ok" / "zeros.bin").stat().st_size == 8 * 1024**2
     assert not (tmp_path / "out").exists()
 
@@ -216,8 +216,8 @@ def test_absurd_sizes_are_rejected(tmp_path):
 def test_not_an_archive_is_a_clear_error(tmp_path):
     p = tmp_path / "Lung_Mask.zip"
     p.write_bytes(b"<html>rate limited</html>")
-    with pytest.raises(dl.DownloadError, match="not a zip or tar archive"):
-        dl.safe_extract(p, tmp_path / "out")
+    with pytest.raises(download.DownloadError, match="not a zip or tar archive"):
+        download.safe_extract(p, tmp_path / "out")
 
 
 @pytest.mark.parametrize("support_range", [True, False])
@@ -232,7 +232,7 @@ def test_interrupted_download_resumes(server, tmp_path, support_range):
     # what a broken transfer leaves: the first part of the file (garbage when the server
     # ignores ranges, to show the part is then discarded, not blindly appended to)
     part.write_bytes(data[: len(data) // 2] if support_range else b"garbage" * 100)
-    dl.download_all(dest, base_url=url, record=_record(a), progressbar=False, log=lambda *_: None)
+    download.download_all(dest, base_url=url, record=_record(a), progressbar=False, log=lambda *_: None)
     # the downloader asked for the rest of the .part; a server ignoring ranges sent it all
     assert httpd.requests[-1] == ("/Lung_Mask.zip", f"bytes={len(data) // 2 if support_range else 700}-")
     assert (dest / ".archives" / "Lung_Mask.zip").read_bytes() == data
@@ -244,8 +244,8 @@ def test_interrupted_download_resumes(server, tmp_path, support_range):
 def test_http_error_names_the_url(server, tmp_path):
     url, _, _ = server
     rec = {"files": {"Lung_Mask.zip": {"sha256": "a" * 64}}, "file_url_pattern": "x/{name}"}
-    with pytest.raises(dl.DownloadError, match=re.escape(f"{url}/Lung_Mask.zip")):
-        dl.download_all(tmp_path / "raw", base_url=url, record=rec, retries=0, progressbar=False)
+    with pytest.raises(download.DownloadError, match=re.escape(f"{url}/Lung_Mask.zip")):
+        download.download_all(tmp_path / "raw", base_url=url, record=rec, retries=0, progressbar=False)
 
 
 def test_existing_foreign_folder_is_not_overwritten(server, tmp_path):
@@ -253,20 +253,20 @@ def test_existing_foreign_folder_is_not_overwritten(server, tmp_path):
     a = _zip(served / "Lung_Mask.zip", GOOD)
     (tmp_path / "raw" / "Lung_Mask").mkdir(parents=True)
     (tmp_path / "raw" / "Lung_Mask" / "mine.txt").write_text("keep")
-    with pytest.raises(dl.DownloadError, match="move it away"):
-        dl.download_all(tmp_path / "raw", base_url=url, record=_record(a), progressbar=False)
+    with pytest.raises(download.DownloadError, match="move it away"):
+        download.download_all(tmp_path / "raw", base_url=url, record=_record(a), progressbar=False)
     assert (tmp_path / "raw" / "Lung_Mask" / "mine.txt").read_text() == "keep"
 
 
 def test_packaged_record_lists_the_four_zenodo_archives():
-    rec = dl.load_record()
+    rec = download.load_record()
     assert set(rec["files"]) == {"COVID-19-CT-Seg_20cases.zip", "Lung_and_Infection_Mask.zip",
                                  "Lung_Mask.zip", "Infection_Mask.zip"}
-    urls = [a.url for a in dl.archives(rec)]
+    urls = [a.url for a in download.archives(rec)]
     assert all(u.startswith("https://zenodo.org/records/3757476/files/") for u in urls)
-    assert [a.name for a in dl.archives(rec, only=["Lung_Mask"])] == ["Lung_Mask.zip"]
-    with pytest.raises(dl.DownloadError, match="unknown archive"):
-        dl.archives(rec, only=["nope"])
+    assert [a.name for a in download.archives(rec, only=["Lung_Mask"])] == ["Lung_Mask.zip"]
+    with pytest.raises(download.DownloadError, match="unknown archive"):
+        download.archives(rec, only=["nope"])
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -301,5 +301,5 @@ def test_corrupt_copy_on_disk_is_downloaded_again(server, tmp_path):
     stale = tmp_path / "raw" / ".archives" / "Lung_Mask.zip"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"truncated")
-    dl.download_all(tmp_path / "raw", base_url=url, record=_record(a), progressbar=False, log=lambda *_: None)
+    download.download_all(tmp_path / "raw", base_url=url, record=_record(a), progressbar=False, log=lambda *_: None)
     assert _sha(stale) == _sha(a) and len(httpd.requests) == 1

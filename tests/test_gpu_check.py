@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from perf import gpu_check as G
+from perf import gpu_check
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -40,7 +40,7 @@ def _res(backbone, s_per_iter, *, amp=False, wall=30.0, infer=0.05, eval_wall=2.
 
 def _level(precision, k, results, wall_s=60.0, **kw):
     return {"precision": precision, "k": k, "slots": k, "wall_s": wall_s, "cut_short": None,
-            "iters": 100 if k == 1 else 300, "runs": [G.run_facts(r) for r in results], **kw}
+            "iters": 100 if k == 1 else 300, "runs": [gpu_check.run_facts(r) for r in results], **kw}
 
 
 # Two backbones alone (k = 1), 100 iterations a run, inference 0.05 s/image, eval_wall_s 2 s;
@@ -59,7 +59,7 @@ LEVELS = [
 
 
 def test_run_facts_from_a_result_json():
-    f = G.run_facts(_res("R50-FPN", 0.10, wall=30))
+    f = gpu_check.run_facts(_res("R50-FPN", 0.10, wall=30))
     assert f["ok"] and f["s_per_iter"] == 0.10 and f["gpu"] == 0
     assert f["run_wall_s"] == 30.0
     # training and inference apart, allocated / reserved; a run holds its largest reserved peak
@@ -69,50 +69,50 @@ def test_run_facts_from_a_result_json():
     # 40 test images in batches of 8: the first batch is warm-up, 32 are timed
     assert f["n_test"] == 40 and f["infer_timed"] == 32 and f["infer_warm"] is True
     # fewer test images than one batch (a dry run on CUDA): every batch timed, warm-up included
-    few = G.run_facts(dict(_res("R50-FPN", 0.1), dataset={"n_predicted_images": 4}))
+    few = gpu_check.run_facts(dict(_res("R50-FPN", 0.1), dataset={"n_predicted_images": 4}))
     assert few["infer_timed"] == 4 and few["infer_warm"] is False
     # paid once: 30 s wall - 100 iterations x 0.1 s - 2 s inference = 18 s
     assert f["once_s"] == pytest.approx(18.0)
     # 1000 iterations, 100 test slices: 18 + 1000 x 0.1 + 100 x 0.05 = 123 s; packed 1.5x slower
-    assert G.extrapolated_s(f, 1000, 100) == pytest.approx(123.0)
-    assert G.extrapolated_s(f, 1000, 100, 1.5, 2.0) == pytest.approx(18 + 150 + 10)
-    bad = G.run_facts(_res("R50-C4", None, status="failed"))
+    assert gpu_check.extrapolated_s(f, 1000, 100) == pytest.approx(123.0)
+    assert gpu_check.extrapolated_s(f, 1000, 100, 1.5, 2.0) == pytest.approx(18 + 150 + 10)
+    bad = gpu_check.run_facts(_res("R50-C4", None, status="failed"))
     assert not bad["ok"] and bad["once_s"] is None and bad["error"].startswith("OutOfMemoryError")
-    cpu = G.run_facts(dict(_res("R50-C4", 0.3), memory={"peak_gpu_mb": None, "peak_rss_mb": 900.0}))
+    cpu = gpu_check.run_facts(dict(_res("R50-C4", 0.3), memory={"peak_gpu_mb": None, "peak_rss_mb": 900.0}))
     assert cpu["peak_mb"] == 900.0 and cpu["train_mb"] is None  # no CUDA: the process's peak RSS
 
 
 def test_overlap_is_the_time_all_trained_together():
-    runs = [G.run_facts(_res("R50-FPN", 0.1, train_at=(5, 25))),
-            G.run_facts(_res("R50-FPN", 0.1, train_at=(7, 26)))]
-    assert G.overlap(runs) == pytest.approx((25 - 7) / 20)
+    runs = [gpu_check.run_facts(_res("R50-FPN", 0.1, train_at=(5, 25))),
+            gpu_check.run_facts(_res("R50-FPN", 0.1, train_at=(7, 26)))]
+    assert gpu_check.overlap(runs) == pytest.approx((25 - 7) / 20)
     # one after the other: nothing in common
-    apart = [G.run_facts(_res("R50-FPN", 0.1, train_at=(0, 10))),
-             G.run_facts(_res("R50-FPN", 0.1, train_at=(12, 20)))]
-    assert G.overlap(apart) == 0.0
-    assert G.overlap(runs[:1]) is None
+    apart = [gpu_check.run_facts(_res("R50-FPN", 0.1, train_at=(0, 10))),
+             gpu_check.run_facts(_res("R50-FPN", 0.1, train_at=(12, 20)))]
+    assert gpu_check.overlap(apart) == 0.0
+    assert gpu_check.overlap(runs[:1]) is None
 
 
 def test_packed_runs_train_long_enough_to_overlap():
     # 15 s of training at 0.05 s/iter alone: 300 iterations, never fewer than a k = 1 run's
-    assert G.pack_iterations(0.05, 15.0, 30) == 300
-    assert G.pack_iterations(2.0, 15.0, 30) == 30
-    assert G.pack_iterations(0.001, 15.0, 30) == G.PACK_ITERS_MAX
-    assert G.pack_iterations(None, 15.0, 30) == 30  # no k = 1 figure: as many as alone
+    assert gpu_check.pack_iterations(0.05, 15.0, 30) == 300
+    assert gpu_check.pack_iterations(2.0, 15.0, 30) == 30
+    assert gpu_check.pack_iterations(0.001, 15.0, 30) == gpu_check.PACK_ITERS_MAX
+    assert gpu_check.pack_iterations(None, 15.0, 30) == 30  # no k = 1 figure: as many as alone
 
 
 def test_makespan_is_list_scheduling_in_order():
-    assert G.makespan([5, 3, 4], 1) == 12
+    assert gpu_check.makespan([5, 3, 4], 1) == 12
     # slot A: 5; slot B: 3, frees first, takes 4 -> 7
-    assert G.makespan([5, 3, 4], 2) == 7
-    assert G.makespan([5, 3, 4], 8) == 5
-    assert G.makespan([], 3) == 0
+    assert gpu_check.makespan([5, 3, 4], 2) == 7
+    assert gpu_check.makespan([5, 3, 4], 8) == 5
+    assert gpu_check.makespan([], 3) == 0
     with pytest.raises(ValueError):
-        G.makespan([1.0], 0)
+        gpu_check.makespan([1.0], 0)
 
 
 def test_summarise_levels():
-    s = G.summarise(LEVELS, iters=1000, test_images=100, pack_precision="amp")
+    s = gpu_check.summarise(LEVELS, iters=1000, test_images=100, pack_precision="amp")
     rows = {(r["precision"], r["k"]): r for r in s["levels"]}
     # each run at 1000 iterations = once + 1000 x s/iter + 100 x 0.05 (once = wall - 100 s/iter - 2):
     #   fp32 k=1: R50-FPN 18 + 100 + 5 = 123, R50-C4 18 + 300 + 5 = 323 -> 446 s one after another
@@ -139,7 +139,7 @@ def test_summarise_levels():
 
 
 def _doc(levels=LEVELS, **kw):
-    zoo = G.load_zoo()
+    zoo = gpu_check.load_zoo()
     doc = {"dry_run": False, "measured_at": "now", "command": "perf/gpu_check.sh", "wall_s": 400.0,
            "finished": True, "plan": {"pack_backbone": "r50_fpn", "pack_train_s": 15.0},
            "env": {"device": "cuda", "gpu": "NVIDIA H200", "gpus": 1, "gpu_memory_mb": 143771.0,
@@ -152,19 +152,19 @@ def _doc(levels=LEVELS, **kw):
                         "infer_timed": 32, "n_predicted": 40},
            "zoo": {k: zoo[k] for k in ("source", "gpu", "gpus", "images_per_iter")},
            "levels": levels, "skipped": ["amp k=8"], **kw}
-    doc["backbones"] = G.backbone_rows(levels, ["r50_fpn", "r50_c4", "x101_c4"], zoo, 2, None)
-    doc["summary"] = G.summarise(levels, iters=5000, test_images=704, pack_precision="amp")
+    doc["backbones"] = gpu_check.backbone_rows(levels, ["r50_fpn", "r50_c4", "x101_c4"], zoo, 2, None)
+    doc["summary"] = gpu_check.summarise(levels, iters=5000, test_images=704, pack_precision="amp")
     return doc
 
 
 def test_render_the_table():
-    md = G.render(_doc())
-    zoo = G.load_zoo()
+    md = gpu_check.render(_doc())
+    zoo = gpu_check.load_zoo()
     # the machine: GPU, driver and its CUDA, torch and its CUDA
     assert ("on 1x NVIDIA H200 (143,771 MiB), driver 580.65.06 (CUDA 13.0); torch 2.11.0+cu130 "
             "(CUDA 13.0, cuDNN 91002)") in md
     assert "32 of 40 test images timed" in md and "Partial" not in md
-    zfpn = G.zoo_figures(zoo, "R50-FPN", 2)["train_s_per_iter"]
+    zfpn = gpu_check.zoo_figures(zoo, "R50-FPN", 2)["train_s_per_iter"]
     row = next(line for line in md.splitlines() if line.startswith("| R50-FPN |"))
     assert row.startswith(f"| R50-FPN | 0.1 | 0.06 | 1.7x | {zfpn:.3g} | {0.1 / zfpn:.2g}x | 0.05 |")
     # train peaks fp32 and AMP, then inference's, allocated / reserved
@@ -184,28 +184,28 @@ def test_render_flags_short_overlap_and_a_partial_report():
     levels[2] = _level("amp", 2, [_res("R50-FPN", 0.07, amp=True, iters=300, train_at=(5, 25)),
                                   _res("R50-FPN", 0.07, amp=True, iters=300, seed=1,
                                        train_at=(20, 40))])
-    md = G.render(_doc(levels, finished=False, written_after="amp k=2"))
+    md = gpu_check.render(_doc(levels, finished=False, written_after="amp k=2"))
     assert "| 2 | 2 | 300 | 0.07 | 1.17 | 1 | 25 % (short) |" in md
     assert "**Partial**: written after amp k=2; the check was still running." in md
 
 
 def test_zoo_figures_scale_to_images_per_gpu():
-    zoo = G.load_zoo()
+    zoo = gpu_check.load_zoo()
     assert zoo["images_per_iter"] / zoo["gpus"] == 2  # 16 images/iter on 8 V100s
     row = next(c for c in zoo["configs"] if c["backbone"] == "R101-FPN" and c["schedule"] == "3x")
-    same = G.zoo_figures(zoo, "R101-FPN", 2)
+    same = gpu_check.zoo_figures(zoo, "R101-FPN", 2)
     assert same["train_s_per_iter"] == pytest.approx(row["train_s_per_iter"])  # 2 per GPU: as is
-    assert G.zoo_figures(zoo, "R101-FPN", 4)["train_s_per_iter"] == pytest.approx(
+    assert gpu_check.zoo_figures(zoo, "R101-FPN", 4)["train_s_per_iter"] == pytest.approx(
         2 * row["train_s_per_iter"])
     assert same["train_mem_mb"] == pytest.approx(row["train_mem_gb"] * 1024)
-    assert G.zoo_figures(zoo, "R50-FPN", 2)["schedule"] == "3x"  # the 3x row where there are two
-    assert G.zoo_figures(zoo, "X101-C4", 2) is None and G.zoo_figures(zoo, "X101-DC5", 2) is None
-    assert {G.display_name(k) for k in G.GRID9} - {c["backbone"] for c in zoo["configs"]} == \
+    assert gpu_check.zoo_figures(zoo, "R50-FPN", 2)["schedule"] == "3x"  # the 3x row where there are two
+    assert gpu_check.zoo_figures(zoo, "X101-C4", 2) is None and gpu_check.zoo_figures(zoo, "X101-DC5", 2) is None
+    assert {gpu_check.display_name(k) for k in gpu_check.GRID9} - {c["backbone"] for c in zoo["configs"]} == \
         set(zoo["not_in_zoo"])
 
 
 def test_one_harness_sweep_per_level(tmp_path):
-    cmd = G.sweep_command(1, "amp", iters=15, solver="paper", weights="scratch",
+    cmd = gpu_check.sweep_command(1, "amp", iters=15, solver="paper", weights="scratch",
                           backbones=["r50_fpn", "x101_c4"], dataset=tmp_path, sweep_dir=tmp_path / "s",
                           device="cuda", overrides=["cudnn_benchmark=true"])
     assert cmd[1:3] == ["-m", "benchmark.sweep"]
@@ -214,11 +214,11 @@ def test_one_harness_sweep_per_level(tmp_path):
                 f"hydra.sweep.dir={tmp_path / 's'}", "cudnn_benchmark=true"):
         assert arg in cmd
     assert not any(a.startswith(("hydra.launcher.n_jobs=", "seed=")) for a in cmd)  # the harness's
-    packed = G.sweep_command(4, "amp", iters=300, solver="paper", weights="scratch",
+    packed = gpu_check.sweep_command(4, "amp", iters=300, solver="paper", weights="scratch",
                              backbones=["r50_fpn"], dataset=tmp_path, sweep_dir=tmp_path, device="cuda",
                              seeds=4)
     assert "seed=0,1,2,3" in packed and "jobs_per_gpu=4" in packed and "backbone=r50_fpn" in packed
-    cpu = G.sweep_command(2, "fp32", iters=6, solver="smoke", weights="scratch", backbones=["r50_c4"],
+    cpu = gpu_check.sweep_command(2, "fp32", iters=6, solver="smoke", weights="scratch", backbones=["r50_c4"],
                           dataset=tmp_path, sweep_dir=tmp_path, device="cpu", seeds=2)
     assert "hydra.launcher.n_jobs=2" in cpu and "amp=false" in cpu
 
@@ -235,7 +235,7 @@ def test_a_level_is_kept_whole(tmp_path):
     dest = tmp_path / "out" / "runs" / "amp_k2"
     dest.mkdir(parents=True)
     (dest / "stale.json").write_text("{}")  # an earlier copy of the level is replaced whole
-    G.keep_level(sweep, log, dest)
+    gpu_check.keep_level(sweep, log, dest)
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
         "R50-FPN_seed=0/result.json", "R50-FPN_seed=1/result.json", "sweep.json", "sweep.log"]
     assert not (dest.parent / "amp_k2.partial").exists()
@@ -268,12 +268,12 @@ def test_dry_run_prints_the_table(tmp_path):
     expect = [("fp32", 1)] + ([("amp", 1)] if cuda else []) + [(p, 2) for p in (["amp"] if cuda else ["fp32"])]
     assert [(lv["precision"], lv["k"]) for lv in doc["levels"]] == expect
     backbones = doc["plan"]["backbones"]
-    pb = G.display_name(doc["plan"]["pack_backbone"])
+    pb = gpu_check.display_name(doc["plan"]["pack_backbone"])
     assert doc["finished"] is True and doc["written_after"] == f"{expect[-1][0]} k=2"
     for lv in doc["levels"]:
         assert not lv.get("skipped") and not lv["cut_short"] and lv["rc"] == 0, lv
         # k = 1: the plan's backbones; packed: k equal runs of one backbone (seeds 0..k-1)
-        want = sorted(map(G.display_name, backbones)) if lv["k"] == 1 else [pb] * lv["slots"]
+        want = sorted(map(gpu_check.display_name, backbones)) if lv["k"] == 1 else [pb] * lv["slots"]
         assert sorted(r["backbone"] for r in lv["runs"]) == want
         if lv["k"] > 1:
             assert sorted(r["seed"] for r in lv["runs"]) == list(range(lv["slots"]))
