@@ -112,11 +112,9 @@ def archives(record: dict, base_url: str | None = None, only: Sequence[str] | No
                 raise DownloadError(f"unknown archive {o!r}; known: {', '.join(names)}")
             wanted += [m for m in match if m not in wanted]
         names = wanted
-    out = []
-    for n in names:
-        url = f"{base_url.rstrip('/')}/{n}" if base_url else record["file_url_pattern"].format(name=n)
-        out.append(Archive(n, url, record["files"][n]["sha256"]))
-    return out
+    return [Archive(n, f"{base_url.rstrip('/')}/{n}" if base_url else
+                    record["file_url_pattern"].format(name=n), record["files"][n]["sha256"])
+            for n in names]
 
 
 # ---------------------------------------------------------------------------- download

@@ -258,9 +258,14 @@ def _pct(x: float | None) -> str:
 
 def render(doc: dict) -> str:
     """The report: machine and settings, per backbone (k=1 runs) next to the zoo, per level."""
-    env, s, summ = doc["env"], doc["settings"], doc["summary"]
+    return "\n".join(_head(doc) + _backbone_table(doc) + _packing_table(doc) + _problems(doc)
+                     + _verdict(doc)) + "\n"
+
+
+def _head(doc: dict) -> list[str]:
+    """Title, machine, how the figures were measured, the zoo's scaling."""
+    env, s = doc["env"], doc["settings"]
     gpu = env["device"] == "cuda"
-    per = "GPU" if gpu else "CPU"
     zoo = doc["zoo"]
     per_gpu = zoo["images_per_iter"] // zoo["gpus"]
     machine = (f"{env.get('gpus')}x {env.get('gpu')} ({_mb(env.get('gpu_memory_mb'))} MiB), driver "
@@ -295,15 +300,21 @@ def render(doc: dict) -> str:
         f"per GPU in training at {per_gpu} images. COCO images resize to ~800x1200: more pixels "
         "than here.", "",
     ]
+    return lines
+
+
+def _backbone_table(doc: dict) -> list[str]:
+    """Per backbone: its k = 1 figures, fp32 and AMP, next to the zoo's."""
+    gpu = doc["env"]["device"] == "cuda"
     if gpu:
-        lines += ["| backbone | train s/iter fp32 | AMP | AMP speed-up | zoo s/iter | fp32 / zoo "
-                  "| infer s/img | zoo infer | train MiB fp32 (alloc / reserved) | train MiB AMP "
-                  "| infer MiB fp32 | zoo train MiB |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines = ["| backbone | train s/iter fp32 | AMP | AMP speed-up | zoo s/iter | fp32 / zoo "
+                 "| infer s/img | zoo infer | train MiB fp32 (alloc / reserved) | train MiB AMP "
+                 "| infer MiB fp32 | zoo train MiB |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     else:
-        lines += ["| backbone | train s/iter fp32 | AMP | AMP speed-up | zoo s/iter | fp32 / zoo "
-                  "| infer s/img | zoo infer | peak RSS MiB | zoo train MiB |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines = ["| backbone | train s/iter fp32 | AMP | AMP speed-up | zoo s/iter | fp32 / zoo "
+                 "| infer s/img | zoo infer | peak RSS MiB | zoo train MiB |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for b in doc["backbones"]:
         fp, amp, z = b.get("fp32") or {}, b.get("amp") or {}, b.get("zoo") or {}
         t, ta, tz = fp.get("s_per_iter"), amp.get("s_per_iter"), z.get("train_s_per_iter")
@@ -317,8 +328,15 @@ def render(doc: dict) -> str:
             f"| {_f(t / ta, 2) + 'x' if t and ta else '-'} | {_f(tz)} "
             f"| {_f(t / tz, 2) + 'x' if t and tz else '-'} | {_f(fp.get('infer_s_per_image'))} "
             f"| {_f(z.get('infer_s_per_image'))} {mem}| {_mb(z.get('train_mem_mb'))} |")
+    return lines
+
+
+def _packing_table(doc: dict) -> list[str]:
+    """How the packing levels were run, and their figures (in the packing precision)."""
+    summ, gpu = doc["summary"], doc["env"]["device"] == "cuda"
+    per = "GPU" if gpu else "CPU"
     pb = display_name(doc["plan"].get("pack_backbone") or "r50_fpn")
-    lines += [
+    lines = [
         "", f"Packing ({summ['pack_precision']}): k runs per {per} at once"
         f"{', each holding one of GPUs x k slots (`benchmark/training/gpus.py`)' if gpu else ''}: at k > 1, "
         f"{pb} with seeds 0..k-1 (equal runs, started together), each trained long enough to run "
@@ -352,6 +370,13 @@ def render(doc: dict) -> str:
             f"| {lv['wall_s']:.0f}{' (cut short)' if lv.get('cut_short') else ''} "
             f"| {_mb(r['peak_mb'])} | {_mb(lv.get('gpu_mem_max_mb'))} "
             f"| {_f(lv.get('gpu_util_median'))} | {_f(r['grid_min'])} | {_f(r['runs_per_hour'])} |")
+    return lines
+
+
+def _problems(doc: dict) -> list[str]:
+    """Each failed run, each level's error, and CUDA runs without a recorded GPU slot."""
+    gpu = doc["env"]["device"] == "cuda"
+    lines = []
     for lv in doc["levels"]:
         for run in lv.get("runs", []):
             if not run["ok"]:
@@ -362,9 +387,16 @@ def render(doc: dict) -> str:
         unslotted = [r["backbone"] for r in lv.get("runs", []) if r["ok"] and r["gpu"] is None]
         if gpu and unslotted:  # under joblib on CUDA every run records its slot's GPU
             lines.append(f"\n{lv['precision']} k={lv['k']}: no env.gpu_slot in {', '.join(unslotted)}")
+    return lines
+
+
+def _verdict(doc: dict) -> list[str]:
+    """The grid's time one after another and packed, the best packing against the target."""
+    summ = doc["summary"]
+    per = "GPU" if doc["env"]["device"] == "cuda" else "CPU"
     n = sum(bool(b.get("fp32") or b.get("amp")) for b in doc["backbones"])
     what = "all nine backbones" if n == 9 else "NOT the full grid"
-    lines += ["", f"Sweep of the {n} backbone(s) above x {summ['iters']} iterations ({what}):", ""]
+    lines = ["", f"Sweep of the {n} backbone(s) above x {summ['iters']} iterations ({what}):", ""]
     for prec, v in summ["sequential"].items():
         lines.append(f"- one after another, {prec}: {_f(v)} min")
     for r in summ["levels"]:
@@ -381,7 +413,7 @@ def render(doc: dict) -> str:
                      f"jobs_per_gpu={summ['best_k']}{amp}'`")
     if doc["skipped"]:
         lines += ["", "Skipped or cut short: " + "; ".join(doc["skipped"])]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def backbone_rows(levels: Sequence[dict], backbones: Sequence[str], zoo: dict,
@@ -621,7 +653,7 @@ def _on_signal(signum, frame) -> None:
     STOP.set()
 
 
-def main(argv: list[str] | None = None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU (CI)")
     ap.add_argument("--out", type=Path, default=None,
@@ -648,9 +680,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-images", type=int, default=TEST_IMAGES)
     ap.add_argument("--work", type=Path, default=None, help="keep the runs in a folder in DIR")
     ap.add_argument("overrides", nargs="*", help="more Hydra overrides for every run")
-    args = ap.parse_args(argv)
+    return ap
 
-    t0 = time.perf_counter()
+
+def make_plan(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """GPU_PLAN (DRY_PLAN with --dry-run) with the options given; a bad one ends in ap.error."""
     plan = dict(DRY_PLAN if args.dry_run else GPU_PLAN)
     for key in ("size", "slices", "solver", "iters", "budget_s", "pack_train_s", "pack_backbone"):
         if getattr(args, key) is not None:
@@ -663,9 +697,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--pack-backbone {plan['pack_backbone']!r}: choose from {GRID9}")
     if args.levels:
         plan["levels"] = sorted({int(x) for x in args.levels.split(",")} | {1})
-    overrides = list(args.overrides) + (["cudnn_benchmark=true"] if args.cudnn_benchmark else [])
-    out = args.out or REPO / ("work/gpu_check_dry" if args.dry_run else "perf/gpu")
+    return plan
 
+
+def usable_device(dry_run: bool) -> str | None:
+    """The device to measure on: cuda, or cpu for a dry run; None (and why, said) with a GPU
+    that torch cannot use, or without CUDA for the full-size check."""
     from benchmark.training.config import resolve_device
     from contracts.errors import ConfigError
 
@@ -673,9 +710,100 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device("auto")
     except ConfigError as e:  # a GPU that torch cannot use: say so, measure nothing
         _say(str(e))
-        return 2
-    if not args.dry_run and device != "cuda":
+        return None
+    if not dry_run and device != "cuda":
         _say("no CUDA device: the full-size check on a CPU takes hours; use --dry-run")
+        return None
+    return device
+
+
+def fresh_dirs(out: Path, keep_in: Path | None) -> tuple[Path, Path]:
+    """(``out``/runs, emptied: the previous check's runs go to runs.previous, kept once and
+    never mixed with these; a new work folder, in ``keep_in`` where given, else a temp one)."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs_out = out / "runs"
+    if runs_out.exists():
+        shutil.rmtree(out / "runs.previous", ignore_errors=True)
+        os.replace(runs_out, out / "runs.previous")
+    if keep_in:  # kept; a fresh folder in it each time (a sweep resumes finished runs)
+        keep_in.mkdir(parents=True, exist_ok=True)
+    return runs_out, Path(tempfile.mkdtemp(prefix="lungbench-gpu-check-", dir=keep_in))
+
+
+def skip_reason(left: float, k: int, last: float | None) -> str | None:
+    """Why a level with ``left`` seconds of budget is not run (None: it is): stopped, too
+    little time, or at k > 1 less than the last packing level took (``last``)."""
+    if not (STOP.is_set() or left < 10 or (k > 1 and last and left < last)):
+        return None
+    if STOP.is_set():
+        return "stopped (SIGTERM)"
+    return f"time budget ({max(0, left):.0f} s left" + (f", ~{last:.0f} s needed)"
+                                                        if k > 1 and last else ")")
+
+
+def level_runs(lv: dict, doc: dict, pack_iters: int | None) -> tuple[list[str], int | None, int]:
+    """(backbones, seeds, iterations) of level ``lv``: at k = 1 the plan's backbones; packed,
+    ``lv["slots"]`` equal runs of the pack backbone, started together, long enough to train
+    alongside each other (``pack_iters``, else its k = 1 speed)."""
+    plan = doc["plan"]
+    if lv["k"] == 1:
+        return plan["backbones"], None, plan["iters"]
+    pb = display_name(plan["pack_backbone"])
+    alone = next((r["s_per_iter"] for a in doc["levels"] if a["k"] == 1 and
+                  a["precision"] == lv["precision"] for r in a.get("runs", [])
+                  if r["ok"] and r["backbone"] == pb), None)
+    return ([plan["pack_backbone"]], lv["slots"],
+            pack_iters or pack_iterations(alone, plan["pack_train_s"], plan["iters"]))
+
+
+def measure_level(lv: dict, cmd: list[str], work: Path, runs_out: Path, left: float,
+                  env: dict) -> list[dict]:
+    """Run level ``lv``'s sweep ``cmd``, keep its files under ``runs_out`` and record its runs
+    in ``lv``; returns their result.json contents."""
+    name = f"{lv['precision']}_k{lv['k']}"
+    sweep_dir, log = work / "sweeps" / name, work / f"{name}.log"
+    lv.update(run_level(cmd, sweep_dir, log, left, env))
+    if lv["rc"] and not lv["cut_short"]:
+        print(log.read_text(errors="replace")[-2000:], flush=True)  # the sweep's own words
+    keep_level(sweep_dir, log, runs_out / name)
+    results = lv.pop("results")
+    lv["runs"] = [run_facts(r) for r in results]
+    return results
+
+
+def new_doc(args: argparse.Namespace, argv: list[str], plan: dict, env: dict,
+            overrides: list[str], pack: str) -> dict[str, Any]:
+    """gpu_check.json before any level: what is measured, how, on what."""
+    return {"schema": 3, "dry_run": args.dry_run, "finished": False, "written_after": None,
+            "stopped": None, "command": " ".join(["perf/gpu_check.sh", *argv]),
+            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "plan": plan, "env": env, "weights": args.weights, "overrides": overrides,
+            "pack": pack, "sweep_iters": args.sweep_iters, "test_images": args.test_images,
+            "levels": [], "skipped": []}
+
+
+def exit_status(doc: dict) -> int:
+    """143 when stopped by a signal; 1 when a level was skipped, cut short or failed; else 0."""
+    if STOP.is_set():
+        return 143
+    bad = [f"{lv['precision']} k={lv['k']}" for lv in doc["levels"]
+           if lv.get("skipped") or lv.get("cut_short") or lv.get("error")
+           or any(not r["ok"] for r in lv.get("runs", []))]
+    if bad:
+        _say("FAILED or not measured: " + ", ".join(bad))
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = arg_parser()
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    plan = make_plan(ap, args)
+    overrides = list(args.overrides) + (["cudnn_benchmark=true"] if args.cudnn_benchmark else [])
+    out = args.out or REPO / ("work/gpu_check_dry" if args.dry_run else "perf/gpu")
+
+    device = usable_device(args.dry_run)
+    if device is None:
         return 2
     if args.pack_precision == "amp" and device != "cuda":
         ap.error("--pack-precision amp needs CUDA")
@@ -686,23 +814,9 @@ def main(argv: list[str] | None = None) -> int:
     levels = [("fp32", 1)] + ([("amp", 1)] if device == "cuda" else [])
     levels += [(pack, k) for k in plan["levels"] if k > 1]
 
-    out.mkdir(parents=True, exist_ok=True)
-    runs_out = out / "runs"
-    if runs_out.exists():  # the previous check's runs: kept once, never mixed with these
-        shutil.rmtree(out / "runs.previous", ignore_errors=True)
-        os.replace(runs_out, out / "runs.previous")
-    if args.work:  # kept; a fresh folder in it each time (a sweep resumes finished runs)
-        args.work.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="lungbench-gpu-check-", dir=args.work))
+    runs_out, work = fresh_dirs(out, args.work)
     env = dict(os.environ, PYTHONUNBUFFERED="1", LUNGBENCH_GPU_SLOTS=str(work / "slots"))
-    doc: dict[str, Any] = {
-        "schema": 3, "dry_run": args.dry_run, "finished": False, "written_after": None,
-        "stopped": None,
-        "command": " ".join(["perf/gpu_check.sh", *(sys.argv[1:] if argv is None else argv)]),
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "plan": plan, "env": env_machine, "weights": args.weights, "overrides": overrides,
-        "pack": pack, "sweep_iters": args.sweep_iters, "test_images": args.test_images,
-        "levels": [], "skipped": []}
+    doc = new_doc(args, sys.argv[1:] if argv is None else argv, plan, env_machine, overrides, pack)
     zoo = load_zoo()
     ok: dict = {}  # the first ok result.json: settings
     old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -717,35 +831,18 @@ def main(argv: list[str] | None = None) -> int:
             lv: dict[str, Any] = {"precision": prec, "k": k, "slots": k * max(1, gpus)}
             doc["levels"].append(lv)
             left = plan["budget_s"] - (time.perf_counter() - t0) - GRACE_S
-            if STOP.is_set() or left < 10 or (k > 1 and last and left < last):
-                lv["skipped"] = ("stopped (SIGTERM)" if STOP.is_set() else
-                                 f"time budget ({max(0, left):.0f} s left"
-                                 + (f", ~{last:.0f} s needed)" if k > 1 and last else ")"))
+            if skipped := skip_reason(left, k, last):
+                lv["skipped"] = skipped
                 doc["skipped"].append(f"{prec} k={k}")
                 continue
-            if k == 1:
-                backbones, seeds, iters = plan["backbones"], None, plan["iters"]
-            else:  # equal runs started together, long enough to train alongside each other
-                pb = display_name(plan["pack_backbone"])
-                alone = next((r["s_per_iter"] for a in doc["levels"] if a["k"] == 1 and
-                              a["precision"] == prec for r in a.get("runs", [])
-                              if r["ok"] and r["backbone"] == pb), None)
-                backbones, seeds = [plan["pack_backbone"]], lv["slots"]
-                iters = args.pack_iters or pack_iterations(alone, plan["pack_train_s"], plan["iters"])
-            lv["iters"] = iters
-            sweep_dir = work / "sweeps" / f"{prec}_k{k}"
-            cmd = sweep_command(k, prec, iters=iters, solver=plan["solver"], weights=args.weights,
-                                backbones=backbones, dataset=dataset, sweep_dir=sweep_dir,
-                                device=device, seeds=seeds, overrides=overrides)
+            backbones, seeds, lv["iters"] = level_runs(lv, doc, args.pack_iters)
+            cmd = sweep_command(k, prec, iters=lv["iters"], solver=plan["solver"],
+                                weights=args.weights, backbones=backbones, dataset=dataset,
+                                sweep_dir=work / "sweeps" / f"{prec}_k{k}", device=device,
+                                seeds=seeds, overrides=overrides)
             _say(f"{prec} k={k}: " + " ".join(cmd[2:]))
-            log = work / f"{prec}_k{k}.log"
-            lv.update(run_level(cmd, sweep_dir, log, left, env))
-            if lv["rc"] and not lv["cut_short"]:
-                print(log.read_text(errors="replace")[-2000:], flush=True)  # the sweep's own words
-            keep_level(sweep_dir, log, runs_out / f"{prec}_k{k}")
-            results = lv.pop("results")
+            results = measure_level(lv, cmd, work, runs_out, left, env)
             ok = ok or next((r for r in results if r.get("status") == "ok"), {})
-            lv["runs"] = [run_facts(r) for r in results]
             if lv["cut_short"]:
                 doc["skipped"].append(f"{prec} k={k} cut short ({lv['cut_short']})")
             # a packing level's wall: what the next (larger) one needs at least; the k = 1 sweeps
@@ -769,14 +866,7 @@ def main(argv: list[str] | None = None) -> int:
         md = write_report(doc, out, t0, ok, zoo)  # also after an error: what was measured
     print(md)
     _say(f"wrote {out / 'gpu_check.md'}, gpu_check.json and runs/ in {doc['wall_s']:.0f} s")
-    if STOP.is_set():
-        return 143
-    bad = [f"{lv['precision']} k={lv['k']}" for lv in doc["levels"]
-           if lv.get("skipped") or lv.get("cut_short") or lv.get("error")
-           or any(not r["ok"] for r in lv.get("runs", []))]
-    if bad:
-        _say("FAILED or not measured: " + ", ".join(bad))
-    return 1 if bad else 0
+    return exit_status(doc)
 
 
 if __name__ == "__main__":
