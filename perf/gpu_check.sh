@@ -42,11 +42,12 @@ missing=$("$PY" -m perf.bundle missing)
 if [ -n "$missing" ]; then
   echo "gpu_check: $PY lacks: $missing"
   todo=$([ -d .whl ] && "$PY" - .whl <<'EOF'
-import importlib.metadata as m, pathlib, sys
+import pathlib, sys
+from importlib import metadata
 def have(name):
     try:
-        return bool(m.distribution(name))
-    except m.PackageNotFoundError:
+        return bool(metadata.distribution(name))
+    except metadata.PackageNotFoundError:
         return False
 print(" ".join(str(w) for w in sorted(pathlib.Path(sys.argv[1]).glob("*.whl"))
                if not have(w.name.split("-")[0])))
