@@ -2,8 +2,7 @@
 
     python -m benchmark.predict --run <run dir> --input <NIfTI file or folder> --out <dir>
 
-What it does and the files it writes: ``benchmark.evaluation.apply``.
-"""
+What it does and writes: ``benchmark.evaluation.apply``."""
 
 from __future__ import annotations
 

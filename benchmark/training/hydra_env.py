@@ -47,10 +47,9 @@ def experiment_choice(cfg: DictConfig) -> str | None:
 
 
 def fork_under_joblib() -> None:
-    """Under the joblib launcher, make fork the start method again where the platform has it.
-
-    loky makes its own start method the default in its workers, and torch's DataLoader then
-    fails to start its workers with it (hydra#964); fork is what a plain process uses on Linux."""
+    """Under the joblib launcher, fork as the start method again where the platform has it: loky
+    makes its own the default in its workers, and torch's DataLoader then fails to start its
+    workers with it (hydra#964); fork is what a plain process uses on Linux."""
     if joblib_launcher() and FORK:
         multiprocessing.set_start_method("fork", force=True)
 

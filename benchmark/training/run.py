@@ -70,8 +70,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> int:
 
 
 def read_inputs(config: dict) -> tuple[Dataset | Exception, dict | None]:
-    """The run's dataset, read once (or why it cannot be read: the run then fails at its dataset
-    check, with that reason), and the fingerprint of its split (None where it cannot be had)."""
+    """(the run's dataset, read once, or why it cannot be read: the run then fails at its dataset
+    check; the fingerprint of its split, None where it cannot be had)."""
     split = config["split"]
     try:
         dataset = read_dataset(config["dataset_dir"])
@@ -113,8 +113,7 @@ def refusal(run_dir: Path, config: dict, fingerprint: dict | None) -> int | None
 
 
 def run_reading(cfg: DictConfig, run_dir: Path, config: dict) -> int:
-    """The run, holding its folder and reading its dataset: refused, skipped, or run and
-    recorded (module doc)."""
+    """The run, holding its folder and its dataset: refused, skipped, or run and recorded."""
     dataset, fingerprint = read_inputs(config)
     refused = refusal(run_dir, config, fingerprint)
     if refused is not None:
@@ -139,8 +138,9 @@ def run_reading(cfg: DictConfig, run_dir: Path, config: dict) -> int:
     return 1
 
 
-def describe(cfg: DictConfig, config: dict) -> dict:
-    """The fields that say what the run is (every result has them, ok or failed)."""
+def started(cfg: DictConfig, config: dict, ident: dict) -> dict:
+    """The result written as the run starts: what the run is (every result has it, ok or failed)
+    and failed / Unfinished, so a run killed by SIGKILL or the OOM killer still shows up as failed."""
     bb, s = cfg.backbone, cfg.solver
     amp = amp_choice(cfg)
     return {
@@ -156,13 +156,6 @@ def describe(cfg: DictConfig, config: dict) -> dict:
                     "fold": cfg.split.fold, "n_train_images": None, "n_test_images": None,
                     "image_size": None},
         "seed": cfg.seed,
-    }
-
-
-def started(cfg: DictConfig, config: dict, ident: dict) -> dict:
-    """The result written as the run starts: failed / Unfinished, so a run killed by SIGKILL or
-    the kernel's OOM killer still shows up as failed."""
-    return describe(cfg, config) | {
         "status": "failed",
         "error": {"type": "Unfinished", "where": "started", "traceback": None,
                   "message": "the run started but never finished: killed (SIGKILL, the OOM "
@@ -203,10 +196,9 @@ def attempt(cfg: DictConfig, run_dir: Path, res: dict, dataset: Dataset | Except
 
 
 def record_failure(e: Exception, res: dict, where: str) -> BaseException | None:
-    """``res`` failed with ``e`` at ``where``, logged in full unless a clear message says it
-    all. Returns the interrupt ``e`` was raised while handling, if any: Ctrl-C / SIGTERM, then a
-    hook failed while detectron2 cleaned up (after_train runs in a finally): the interrupt is
-    what happened."""
+    """``res`` failed with ``e`` at ``where`` (logged in full unless its message says it all).
+    Returns the interrupt ``e`` was raised while handling, if any (a hook failed while
+    detectron2 cleaned up after Ctrl-C / SIGTERM): the interrupt is what happened."""
     stop = interrupt_behind(e)
     if stop is None:
         if isinstance(e, expected_errors()):

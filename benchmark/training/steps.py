@@ -1,8 +1,6 @@
-"""The steps of one run between its start and its result: check the dataset, the device and
-the weights, build the detectron2 config, train and predict (``benchmark.training.worker``),
-score. ``execute`` records what each step returns in the run's result as it goes, so a failure
-still records everything learned before it.
-"""
+"""The steps of one run: check the dataset, device and weights, build the detectron2 config,
+train and predict (``benchmark.training.worker``), score; each records what it learns in the
+run's result as it goes, so a failure still records everything learned before it."""
 
 from __future__ import annotations
 
@@ -42,9 +40,9 @@ def check_dataset(cfg: DictConfig, dataset: Dataset | Exception, res: dict) -> t
     return train, test
 
 
-def check_device(cfg: DictConfig, res: dict) -> str:
-    """The device the run trains on ("cpu" or "cuda"), the terminal and the CPU threads shared
-    with the runs held at once, the ``env`` and AMP recorded. ConfigError for an impossible one."""
+def check_device(cfg: DictConfig, res: dict) -> tuple[str, int]:
+    """(device "cpu" or "cuda", inference batch size); the terminal and CPU threads shared with
+    the runs held at once, ``env`` and AMP recorded. ConfigError for an impossible choice."""
     import torch
 
     from benchmark.training.logs import share_terminal
@@ -58,16 +56,11 @@ def check_device(cfg: DictConfig, res: dict) -> str:
     res["env"] = environment(device) | ({"gpu_slot": res["env"]["gpu_slot"]}
                                         if res["env"].get("gpu_slot") is not None else {})
     res["solver"]["amp"] = config.resolve_switch("amp", config.amp_choice(cfg), device)
-    return device
-
-
-def check_gpus(cfg: DictConfig, device: str) -> None:
-    """num_gpus fits the batch and, with CUDA, the devices there are (ConfigError if not)."""
-    import torch
-
+    infer_batch = config.resolve_infer_batch(cfg.infer_batch_size, device)
     config.check_num_gpus(cfg.num_gpus, cfg.solver.ims_per_batch)
     if cfg.num_gpus > 1 and device == "cuda" and torch.cuda.device_count() < cfg.num_gpus:
         raise ConfigError(f"num_gpus={cfg.num_gpus} but {torch.cuda.device_count()} CUDA devices")
+    return device, infer_batch
 
 
 def check_weights(cfg: DictConfig, run_dir: Path, res: dict) -> str:
@@ -87,8 +80,9 @@ def build_config(cfg: DictConfig, res: dict, progress, splits: tuple[Split, Spli
     """The run's detectron2 config; with ``solver.budget`` its MAX_ITER (and what scales with
     it) bought by that many training TFLOPs (benchmark.training.budget), else the FLOPs its
     iterations cost where ``measure.flops`` (so reports can tell unequal budgets), in
-    res["solver"]."""
+    res["solver"]; written to ``d2/config.yaml``, detectron2's INFO chatter routed to its log."""
     from benchmark.training.budget import iterations, train_flops_per_iter
+    from benchmark.training.logs import route_logs
 
     train, test = splits
     kwargs = dict(train_name=train.name, test_name=test.name, output_dir=str(d2_dir),
@@ -107,18 +101,12 @@ def build_config(cfg: DictConfig, res: dict, progress, splits: tuple[Split, Spli
             res["solver"].update(train_flops_per_iter(d2cfg, train.image_hw))
         except Exception as e:  # noqa: BLE001 - a count is a measurement, not the run
             res["notes"].append(f"training FLOPs not counted: {type(e).__name__}: {e}")
-    return d2cfg
-
-
-def write_d2_dir(d2cfg, d2_dir: Path, res: dict) -> None:
-    """``d2/config.yaml`` and the log file detectron2's INFO chatter goes to, as artifacts."""
-    from benchmark.training.logs import route_logs
-
     d2_dir.mkdir(parents=True, exist_ok=True)
     (d2_dir / "config.yaml").write_text(d2cfg.dump())
     res["artifacts"]["log"] = f"{D2_DIR}/{route_logs(d2_dir).name}"
     res["artifacts"].update(config_yaml=f"{D2_DIR}/config.yaml", tensorboard=D2_DIR,
                             metrics_log=METRICS_LOG)
+    return d2cfg
 
 
 def train(cfg: DictConfig, job: WorkerJob, device: str, res: dict, progress) -> dict:
@@ -173,15 +161,12 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, dataset: Dataset | Except
     progress.where = "check dataset"
     train_split, test_split = check_dataset(cfg, dataset, res)
     progress.where = "check device"
-    device = check_device(cfg, res)
-    infer_batch = config.resolve_infer_batch(cfg.infer_batch_size, device)
-    check_gpus(cfg, device)
+    device, infer_batch = check_device(cfg, res)
     progress.where = "check weights"
     weights_file = check_weights(cfg, run_dir, res)
     progress.where = "build config"
     d2_dir = run_dir / D2_DIR
     d2cfg = build_config(cfg, res, progress, (train_split, test_split), d2_dir, weights_file, device)
-    write_d2_dir(d2cfg, d2_dir, res)
     job = WorkerJob(d2cfg, dataset, str(cfg.split.scheme), int(cfg.split.fold), test_split.name, str(run_dir),
                     bool(cfg.measure.flops), int(cfg.seed), infer_batch, res["identity"]["hash"],
                     res["backbone"], float(cfg.dice_score_thresh))

@@ -1,10 +1,5 @@
-"""The process that trains: train, predict the test split, score it in 3-D and measure
-(rank r of a multi-process launch, ``benchmark.training.ddp``, or the run's own process).
-
-What the worker writes in the run folder (paths relative to it): detectron2's output in
-``D2_DIR``, the test predictions in ``PREDICTIONS``, and under a multi-process launch rank 0's
-facts in ``WORKER_OUT``.
-"""
+"""The process that trains, predicts the test split, scores it in 3-D and measures: the run's
+own, or rank r of a multi-process launch (``benchmark.training.ddp``). Run-folder paths below."""
 
 from __future__ import annotations
 
@@ -24,9 +19,9 @@ WORKER_OUT = f"{D2_DIR}/lungbench_worker.json"  # rank 0's facts when training r
 
 @dataclass(frozen=True)
 class WorkerJob:
-    """What the worker needs, picklable for spawned processes: the detectron2 config, the run's
-    dataset (read once; a spawned process registers its splits from it), the split, and the
-    run's settings."""
+    """What the worker needs, picklable for spawned processes (which register the splits from
+    the run's Dataset). ``identity``: the hash every checkpoint carries; ``label``: the
+    progress bar's name (None: no bar); ``flops``: count the inference GFLOPs."""
 
     d2cfg: Any
     dataset: Dataset
@@ -34,12 +29,12 @@ class WorkerJob:
     fold: int
     test_name: str
     run_dir: str
-    flops: bool               # count the inference GFLOPs
+    flops: bool
     seed: int
     infer_batch: int = 1
-    identity: str | None = None  # the run's identity hash, written into every checkpoint
-    label: str | None = None     # the progress bar's name (None: no bar)
-    score_thresh: float = 0.5    # the Dice score threshold (3-D metrics)
+    identity: str | None = None
+    label: str | None = None
+    score_thresh: float = 0.5  # Dice's, also the 3-D metrics'
 
 
 def gpu_memory_sections(train: dict | None, infer: dict | None) -> dict:
@@ -57,8 +52,7 @@ def gpu_memory_sections(train: dict | None, infer: dict | None) -> dict:
 
 
 def start_process(job: WorkerJob) -> None:
-    """Seed, cuDNN and memory counters of this process; a spawned process (world size > 1)
-    also registers the splits and routes its logs where the run's go."""
+    """Seed, cuDNN, memory counters; a spawned process also registers the splits and logs."""
     import torch
     from detectron2.utils import comm
     from detectron2.utils.env import seed_all_rng
