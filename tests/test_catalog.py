@@ -103,7 +103,7 @@ def test_every_package_uses_the_catalog():
     assert converters.instances.CLASSES == [{"id": c.id, "name": c.name, "label_value": c.id}
                                             for c in catalog.CLASSES]
     assert converters.case.CLASS_NAMES == catalog.NAME_BY_ID
-    assert benchmark.training.config.CLASSES == contracts.result.CLASSES == reports.plots.CLASS_NAMES == names
+    assert benchmark.training.config.CLASSES == contracts.result.CLASS_NAMES == reports.plots.CLASS_NAMES == names
     assert (contracts.result.TRUNKS, contracts.result.HEADS) == (catalog.TRUNKS, catalog.HEADS)
     assert (reports.plots.TRUNKS, reports.plots.HEADS) == (catalog.TRUNKS, catalog.HEADS)
     assert reports.groups.BACKBONES == catalog.BACKBONES
