@@ -18,7 +18,6 @@ upstream detectron2 can install it instead (docs/install.md); the harness only n
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import shutil
@@ -27,6 +26,8 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from contracts.fsutil import sha256_file
 
 SDIST_URL = (
     "https://files.pythonhosted.org/packages/60/26/"
@@ -86,14 +87,6 @@ def default_cache() -> Path:
     return Path(root)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_sdist(cache: Path) -> Path:
     """Download the sdist once (pooch: resume-free but hash-checked, atomic)."""
     import pooch
@@ -138,7 +131,7 @@ def build_wheel(cache: Path, python: str = sys.executable) -> Path:
     if wheel.exists():
         return wheel
     sdist = fetch_sdist(cache)
-    if sha256(sdist) != SDIST_SHA256:  # pooch checks too; keep the contract explicit
+    if sha256_file(sdist) != SDIST_SHA256:  # pooch checks too; keep the contract explicit
         sdist.unlink()
         raise RuntimeError(f"{sdist}: sha256 mismatch, deleted; run again to re-download")
     with tempfile.TemporaryDirectory(prefix="d2build-") as tmp:

@@ -51,7 +51,7 @@ def test_a_budget_is_positive():
 
 @pytest.mark.slow
 def test_a_run_records_its_budget_and_trains_what_it_buys(tmp_path, tiny_dataset, monkeypatch):
-    from contracts import result as R
+    from contracts.result import read_result
     from benchmark.training.config import compose
     from benchmark.training.run import run
 
@@ -59,7 +59,7 @@ def test_a_run_records_its_budget_and_trains_what_it_buys(tmp_path, tiny_dataset
     cfg = compose([f"dataset_dir={tiny_dataset}", "solver.budget=0.08", "measure.flops=false",
                    "infer_batch_size=1"])
     assert run(cfg, tmp_path / "run") == 0
-    res = R.read_result(tmp_path / "run").data
+    res = read_result(tmp_path / "run").data
     s = res["solver"]
     assert s["budget_tflop"] == 0.08 and s["max_iter"] == iterations(0.08, s["train_flops_per_iter"])
     assert 1 < s["max_iter"] < 20  # the smoke solver's 20 iterations are not what ran

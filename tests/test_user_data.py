@@ -311,7 +311,7 @@ def test_symlinked_output_is_written_through(tiny_raw, tmp_path):
 # ----------------------------------------------------------------------------- 10, 11: runs not mixed
 def _finished_run(run_dir: Path, dataset: Path, overrides: list[str]) -> dict:
     """A finished run's result.json as the run writes it (its identity from this dataset)."""
-    from contracts import result as R
+    from contracts.result import write_result
     from contracts.dataset import fingerprint as dataset_fingerprint
     from contracts.identity import identity
     from benchmark.training.config import compose, run_config
@@ -320,8 +320,8 @@ def _finished_run(run_dir: Path, dataset: Path, overrides: list[str]) -> dict:
     config = run_config(cfg)
     fp = dataset_fingerprint(dataset, cfg.split.scheme, cfg.split.fold)
     claim(run_dir, "run", "RUN_DIR")
-    R.write_result(run_dir, {"status": "ok", "error": None, "config": config,
-                             "identity": identity(config, fp)})
+    write_result(run_dir, {"status": "ok", "error": None, "config": config,
+                           "identity": identity(config, fp)})
     return cfg
 
 

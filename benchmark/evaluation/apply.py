@@ -261,8 +261,6 @@ def save_atomic(img, path: str | os.PathLike) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- OUT
-
 
 def volumes_csv(rows: list[dict]) -> str:
     """volumes.csv of ``rows`` (VOLUME_COLUMNS; None is an empty cell)."""
