@@ -91,7 +91,6 @@ def test_synthetic_results_take_in_zoo_from_the_configs():
 # ----------------------------------------------------------------------------- other packages
 def test_every_package_uses_the_catalog():
     import benchmark.evaluation.metrics
-    import benchmark.training.config
     import contracts.result
     import converters.case
     import converters.instances
@@ -103,7 +102,7 @@ def test_every_package_uses_the_catalog():
     assert converters.instances.CLASSES == [{"id": c.id, "name": c.name, "label_value": c.id}
                                             for c in catalog.CLASSES]
     assert converters.case.CLASS_NAMES == catalog.NAME_BY_ID
-    assert benchmark.training.config.CLASSES == contracts.result.CLASS_NAMES == reports.plots.CLASS_NAMES == names
+    assert contracts.result.CLASS_NAMES == reports.plots.CLASS_NAMES == names
     assert (contracts.result.TRUNKS, contracts.result.HEADS) == (catalog.TRUNKS, catalog.HEADS)
     assert (reports.plots.TRUNKS, reports.plots.HEADS) == (catalog.TRUNKS, catalog.HEADS)
     assert reports.groups.BACKBONES == catalog.BACKBONES

@@ -25,8 +25,6 @@ from contracts.fsutil import sanitize
 
 DETECTRON2_PREFIX = "detectron2://"
 DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
-#: Class names in category-id order (contracts.catalog); detectron2's contiguous ids 0, 1, 2.
-CLASSES = CLASS_NAMES
 
 
 class WeightsUnavailable(RuntimeError):
@@ -314,7 +312,7 @@ def d2_deltas(cfg: DictConfig, *, base, train_name: str, test_name: str, output_
         ("MODEL.PIXEL_STD", [float(x) for x in bb.pixel_std]),
         ("MODEL.WEIGHTS", weights_file),
         ("MODEL.DEVICE", device),
-        ("MODEL.ROI_HEADS.NUM_CLASSES", len(CLASSES)),
+        ("MODEL.ROI_HEADS.NUM_CLASSES", len(CLASS_NAMES)),
         ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", float(cfg.score_thresh)),
         # RLE masks from the converter; never a label-keeping flip (our mapper does the swap flip)
         ("INPUT.MASK_FORMAT", "bitmask"),
