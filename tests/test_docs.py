@@ -491,8 +491,10 @@ def test_changelog_states_the_result_schema():
 
 
 def test_readme_stays_short():
+    """What a newcomer reads first: the commands, how to read the report and the architecture
+    (about ten minutes); the rest belongs in docs/."""
     n = len((REPO / "README.md").read_text().splitlines())
-    assert n <= 180, f"README.md has {n} lines; move details into docs/"
+    assert n <= 210, f"README.md has {n} lines; move details into docs/"
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/index.md"])
