@@ -570,7 +570,9 @@ def keep_level(sweep_dir: Path, log: Path, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for path in [sweep_dir / "sweep.json", *sorted(sweep_dir.rglob("result.json"))]:
+    from contracts import result, sweep
+
+    for path in [sweep_dir / sweep.FILENAME, *sorted(sweep_dir.rglob(result.FILENAME))]:
         if path.is_file():
             target = tmp / path.relative_to(sweep_dir)
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,7 @@ def all_imports(tree: ast.Module, rel: str) -> set[str]:
 
 
 def test_each_contract_file_is_named_and_versioned_in_one_module():
-    trees = sources()
+    trees = sources(PACKAGES + ("perf",))
     where: dict[str, set[str]] = {name: set() for name in CONTRACT_FILES}
     for rel, tree in trees.items():
         for node in ast.walk(tree):
