@@ -65,14 +65,6 @@ CLASS_LABELS: dict[str, str] = {c.name: c.label for c in CLASSES}
 CLASS_COLOURS: dict[str, str] = {c.name: c.colour for c in CLASSES}
 
 
-def by_name(name: str) -> Class:
-    """The class called ``name``; KeyError for any other name."""
-    for c in CLASSES:
-        if c.name == name:
-            return c
-    raise KeyError(f"no class {name!r}; the classes are {CLASS_NAMES}")
-
-
 def coco_categories() -> list[dict]:
     """The ``categories`` list of a COCO instances file (a fresh list each call)."""
     return [{"id": c.id, "name": c.name, "supercategory": c.supercategory} for c in CLASSES]

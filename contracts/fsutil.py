@@ -66,10 +66,6 @@ class OutputBusy(Exception):
 
 
 # --------------------------------------------------------------------------- hashing
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -112,9 +108,7 @@ def sanitize(obj: Any) -> Any:
         return [sanitize(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, int):
+    if obj is None or isinstance(obj, (str, int)):  # bool is an int
         return obj
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
@@ -172,19 +166,17 @@ def read_marker(folder: str | os.PathLike) -> dict | None:
 
 
 def write_marker(folder: str | os.PathLike, kind: str, config_hash: str | None = None,
-                 files: Iterable[str] | None = None, **extra) -> dict:
+                 files: Iterable[str] | None = None) -> None:
     """Write ``folder``'s owner marker (atomically). ``files``: relative paths lungbench wrote
     there, for folders it replaces wholesale (anything else found there later is foreign)."""
     marker = {"tool": "lungbench", "schema": MARKER_SCHEMA, "kind": kind,
               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "host": socket.gethostname(), "pid": os.getpid(), "config_hash": config_hash,
-              **extra}
+              "host": socket.gethostname(), "pid": os.getpid(), "config_hash": config_hash}
     if files is not None:
         marker["files"] = sorted(files)
     elif (owns := owned_names(kind)) is not None:
         marker["owns"] = list(owns)
     write_text(Path(folder) / MARKER, json.dumps(marker, indent=1) + "\n")
-    return marker
 
 
 def _is_empty_dir(folder: Path) -> bool:
@@ -233,15 +225,10 @@ def stray_files(folder: Path, marker: dict | None = None) -> list[str]:
     for p in sorted(folder.iterdir()):
         if p.name == MARKER or p.name in owns or _lungbench_name(p.name):
             continue
-        if p.is_dir() and not p.is_symlink():
-            inner = read_marker(p)
-            if inner is not None:
-                out += [f"{p.name}/{q}" for q in stray_files(p, inner)]
-                continue
-            rest = list_files(p)
-            out += [f"{p.name}/{q}" for q in rest]
-            continue
-        out.append(p.name)
+        if p.is_dir() and not p.is_symlink():  # unmarked: all of it; marked: its own strays
+            out += [f"{p.name}/{q}" for q in stray_files(p)]
+        else:
+            out.append(p.name)
     return out
 
 
@@ -431,25 +418,19 @@ def _side_name(final: Path, tag: str) -> Path:
     return final.with_name(f".{final.name}.{tag}-{os.getpid()}-{secrets.token_hex(3)}")
 
 
-def remove_stale_temps(final: Path) -> list[Path]:
+def remove_stale_temps(final: Path) -> None:
     """Delete lungbench's own temp/backup folders of ``final`` left by processes that died.
 
     Only hidden folders with lungbench's temp or backup name *and* a lungbench marker are
     removed (a user's ``covid.old-2020`` is never looked at); those of a live process stay.
-    Returns what was removed.
     """
     final = resolve_output(final)
-    removed: list[Path] = []
-    if not final.parent.is_dir():
-        return removed
     for tag in (TMP_TAG, OLD_TAG):
         for p in final.parent.glob(f".{final.name}.{tag}-*-*"):
             pid = p.name[len(final.name) + len(tag) + 3:].split("-")[0]
             if (pid.isdigit() and not _pid_alive(int(pid)) and p.is_dir() and not p.is_symlink()
                     and read_marker(p) is not None):
                 shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
-    return removed
 
 
 def make_temp_dir(final: Path, kind: str, config_hash: str | None = None) -> Path:
@@ -460,9 +441,9 @@ def make_temp_dir(final: Path, kind: str, config_hash: str | None = None) -> Pat
     return tmp
 
 
-def seal(tmp: Path, kind: str, config_hash: str | None = None, **extra) -> dict:
+def seal(tmp: Path, kind: str, config_hash: str | None = None) -> None:
     """Record every file now in ``tmp`` in its marker (what a later rebuild may replace)."""
-    return write_marker(tmp, kind, config_hash, files=list_files(tmp), **extra)
+    write_marker(tmp, kind, config_hash, files=list_files(tmp))
 
 
 def replace_dir(tmp: Path, final: Path, kind: str, what: str = "output") -> None:

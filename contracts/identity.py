@@ -41,11 +41,6 @@ def _under(key: str, names: tuple[str, ...]) -> bool:
     return any(key == h or key.startswith(h + ".") for h in names)
 
 
-def material_diff(old: Any, new: Any) -> list[str]:
-    """config_diff without the HARMLESS keys."""
-    return [k for k in config_diff(old, new) if not _under(k, HARMLESS)]
-
-
 def _material(config: dict, drop: tuple[str, ...]) -> dict:
     def walk(d: Any, prefix: str) -> Any:
         if not isinstance(d, dict):
@@ -74,7 +69,7 @@ def stale_reasons(prev: dict, config: dict, fingerprint: dict | None) -> list[st
 
     Config keys that differ (beyond HARMLESS; where the dataset lies does not count), and
     ``dataset`` when the data differ or the result does not record which data it used."""
-    diff = [k for k in material_diff(prev.get("config"), config) if k != "dataset_dir"]
+    diff = [k for k in config_diff(prev.get("config"), config) if not _under(k, HARMLESS + ("dataset_dir",))]
     old_fp = (prev.get("identity") or {}).get("dataset")
     if old_fp is None or old_fp != fingerprint:
         diff.append("dataset (rebuilt or another one)" if old_fp else

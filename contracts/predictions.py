@@ -1,4 +1,4 @@
-"""predictions.json: what made a ``make predict`` output folder (writer: benchmark.predict).
+"""predictions.json: what made a ``make predict`` output folder (writer: benchmark.evaluation.apply).
 
 ``<OUT>/predictions.json`` sits beside the label volumes (``<case>.nii.gz``) and volumes.csv:
 the run folder and its identity hash, the backbone, the score threshold, the conversion settings

@@ -22,7 +22,7 @@ from contracts.fsutil import write_json
 
 SCHEMA = 4
 # 2: adds ``identity`` {hash, group, dataset fingerprint} (contracts.identity)
-# 3: adds ``conversion`` (how new volumes are prepared: benchmark.predict) and, in an ok
+# 3: adds ``conversion`` (how new volumes are prepared: benchmark.evaluation.apply) and, in an ok
 #    result, ``metrics.volume3d`` (3-D Dice and NSD per test case on whole volumes, null when
 #    the source volumes were not there) with each case's ``dice3d``/``nsd3d`` in ``per_case``
 # 4: 3-D metrics also on the lungs as labelled (``dice3d_labelled``/``nsd3d_labelled``: labels

@@ -1,4 +1,4 @@
-"""sweep.json: a sweep's plan and how its runs ended (writer: benchmark.sweep; read here only).
+"""sweep.json: a sweep's plan and how its runs ended (writer: benchmark.sweeping.runner; read here only).
 
 ``<sweep dir>/sweep.json`` lists every run the sweep planned, in order, whether or not it wrote
 a result.json: ``label`` (its folder name), ``run_dir`` (relative to the sweep dir), the Hydra
@@ -34,12 +34,10 @@ def write_plan(sweep_dir: str | os.PathLike, runs: list[dict[str, Any]], *, over
                hydra_exit_code: int | None, summary: str) -> Path:
     """``<sweep_dir>/sweep.json`` (temp file, then rename): ``runs`` are dicts with RUN_KEYS
     (``run_dir`` relative to the sweep dir). Returns its path."""
-    out = Path(sweep_dir) / FILENAME
-    out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"schema": SCHEMA, "sweep_dir": str(sweep_dir), "overrides": list(overrides),
            "hydra_exit_code": hydra_exit_code, "summary": summary,
            "runs": [{k: r.get(k) for k in RUN_KEYS} for r in runs]}
-    return write_text(out, json.dumps(doc, indent=1) + "\n")
+    return write_text(Path(sweep_dir) / FILENAME, json.dumps(doc, indent=1) + "\n")
 
 
 def read_plan(sweep_dir: str | os.PathLike) -> list[dict[str, Any]] | None:
