@@ -1,4 +1,4 @@
-"""Oracle tests for benchmark/metrics.py on tiny hand-built COCO data.
+"""Oracle tests for benchmark/evaluation/metrics.py on tiny hand-built COCO data.
 
 Geometry (32 x 32 slices, radiological display: the patient's left lung on the image
 right): every lung is a rectangle 10 px wide, every infection component a rectangle
@@ -222,31 +222,37 @@ def test_unreadable_gt_names_the_file(tmp_path):
 # ---------------------------------------------------------------------------- volumes
 
 
-def test_semantic_volumes_stack_by_slice_index(gt):
-    vols = {c: (g, p) for c, g, p in metrics.semantic_volumes(gt, _as_predictions(gt["annotations"]))}
-    assert sorted(vols) == ["case_a", "case_b"]
-    g, p = vols["case_a"]
-    assert g["left_lung"].shape == (3, H, W) and g["left_lung"].dtype == bool
-    # slice order: lung heights 20, 20, 16 rows for slice_index 10, 13, 16
-    assert g["left_lung"].sum(axis=(1, 2)).tolist() == [20 * LUNG_W, 20 * LUNG_W, 16 * LUNG_W]
-    assert g["infection"].sum(axis=(1, 2)).tolist() == [2 * 4 * INF_W, 4 * INF_W, 0]
-    for name in g:
-        assert np.array_equal(g[name], p[name])
+def test_voxel_counts_cover_the_test_slices(gt):
+    c = metrics.voxel_counts(gt, _as_predictions(gt["annotations"]))
+    assert sorted(c) == ["case_a", "case_b"]
+    # case_a: lung heights 20, 20, 16 rows; infection 2, 1 and 0 rectangles of 4 rows
+    assert c["case_a"]["left_lung"] == {"gt": 56 * LUNG_W, "pred": 56 * LUNG_W, "inter": 56 * LUNG_W}
+    assert c["case_a"]["infection"]["gt"] == 3 * 4 * INF_W
+    assert c["case_a"]["lung"]["gt"] == 2 * 56 * LUNG_W  # the infection lies inside the lungs
 
 
-def test_score_threshold_drops_low_scores(gt):
-    vols = {c: (g, p) for c, g, p in metrics.semantic_volumes(gt, _as_predictions(gt["annotations"], 0.3), 0.5)}
-    assert not any(p[name].any() for _, p in vols.values() for name in p)
+def test_score_threshold_applies_to_dice_not_ap(gt):
+    m = metrics.evaluate(gt, _as_predictions(gt["annotations"], 0.3), score_thresh=0.5)
+    assert m["dice"]["mean"] == {"left_lung": 0.0, "right_lung": 0.0, "infection": 0.0}
+    assert m["segm"]["AP"] == 100.0  # AP ranks every detection
 
 
-def test_dice_of_ground_truth_is_one(gt_path, gt):
-    d = metrics.dice_per_case(gt_path, _as_predictions(gt["annotations"]))
-    assert d["mean"] == {"left_lung": 1.0, "right_lung": 1.0, "infection": 1.0}
-    assert set(d["per_case"]) == {"case_a", "case_b"}
+def test_ground_truth_as_prediction_scores_dice_1_and_ap_100(gt_path, gt, tmp_path):
+    preds_path = tmp_path / "coco_instances_results.json"
+    preds_path.write_text(json.dumps(_as_predictions(gt["annotations"])))
+    m = metrics.evaluate(gt_path, preds_path, score_thresh=0.5)
+    assert set(m) == {"segm", "bbox", "dice", "infection_burden_abs_error", "per_case"}
+    for t in ("segm", "bbox"):
+        assert set(m[t]) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}
+        assert m[t]["AP"] == 100.0
+    assert m["dice"]["mean"] == {"left_lung": 1.0, "right_lung": 1.0, "infection": 1.0}
+    assert set(m["dice"]["per_case"]) == {"case_a", "case_b"}
+    assert m["infection_burden_abs_error"] == {"per_case": {"case_a": 0.0, "case_b": 0.0}, "mean": 0.0}
+    json.dumps(m, allow_nan=False)  # NaN-free: writable as strict JSON
 
 
 def test_dice_of_shifted_prediction_is_known(gt):
-    d = metrics.dice_per_case(gt, _shifted(gt, 2))
+    d = metrics.evaluate(gt, _shifted(gt, 2))["dice"]
     for case in ("case_a", "case_b"):
         assert d["per_case"][case]["left_lung"] == pytest.approx((LUNG_W - 2) / LUNG_W)
         assert d["per_case"][case]["right_lung"] == pytest.approx((LUNG_W - 2) / LUNG_W)
@@ -257,9 +263,9 @@ def test_dice_of_shifted_prediction_is_known(gt):
 def test_dice_both_empty_is_one_and_missing_is_zero(gt):
     no_inf = copy.deepcopy(gt)
     no_inf["annotations"] = [a for a in no_inf["annotations"] if a["category_id"] != 3]
-    d = metrics.dice_per_case(no_inf, _as_predictions(no_inf["annotations"]))
+    d = metrics.evaluate(no_inf, _as_predictions(no_inf["annotations"]))["dice"]
     assert d["mean"]["infection"] == 1.0  # nothing there, nothing predicted
-    d = metrics.dice_per_case(gt, _as_predictions(no_inf["annotations"]))
+    d = metrics.evaluate(gt, _as_predictions(no_inf["annotations"]))["dice"]
     assert d["mean"]["infection"] == 0.0  # infection there, none predicted
 
 
@@ -270,18 +276,20 @@ def _gt_burden(case: str) -> float:
     return 100.0 * inf / lung
 
 
+def _burden_error(gt: dict, preds: list[dict]) -> dict:
+    return metrics.evaluate(gt, preds)["infection_burden_abs_error"]
+
+
 def test_burden_error(gt):
-    perfect = metrics.infection_burden_error(gt, _as_predictions(gt["annotations"]))
-    assert perfect == {"per_case": {"case_a": 0.0, "case_b": 0.0}, "mean": 0.0}
     # shifting everything together keeps volumes: Dice drops, burden does not move
-    assert metrics.infection_burden_error(gt, _shifted(gt, 2))["mean"] == pytest.approx(0.0)
+    assert _burden_error(gt, _shifted(gt, 2))["mean"] == pytest.approx(0.0)
     lungs_only = [a for a in gt["annotations"] if a["category_id"] != 3]
-    e = metrics.infection_burden_error(gt, _as_predictions(lungs_only))
+    e = _burden_error(gt, _as_predictions(lungs_only))
     for case in CASES:
         assert e["per_case"][case] == pytest.approx(_gt_burden(case))
     assert e["mean"] == pytest.approx((_gt_burden("case_a") + _gt_burden("case_b")) / 2)
     # no lung predicted at all: the burden is undefined, not 0
-    assert metrics.infection_burden_error(gt, [])["per_case"] == {"case_a": None, "case_b": None}
+    assert _burden_error(gt, [])["per_case"] == {"case_a": None, "case_b": None}
 
 
 def test_burden_counts_infection_outside_lung_labels(gt):
@@ -302,19 +310,6 @@ def test_burden_counts_infection_outside_lung_labels(gt):
     c_full = metrics.voxel_counts(gt, [])
     for case in CASES:
         assert c[case]["lung"]["gt"] == c_full[case]["lung"]["gt"]
-
-
-def test_evaluate_returns_the_metrics_section(gt_path, gt, tmp_path):
-    preds_path = tmp_path / "coco_instances_results.json"
-    preds_path.write_text(json.dumps(_as_predictions(gt["annotations"])))
-    m = metrics.evaluate(gt_path, preds_path, score_thresh=0.5)
-    assert set(m) == {"segm", "bbox", "dice", "infection_burden_abs_error", "per_case"}
-    for t in ("segm", "bbox"):
-        assert set(m[t]) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}
-        assert m[t]["AP"] == 100.0
-    assert m["dice"]["mean"]["infection"] == 1.0
-    assert m["infection_burden_abs_error"]["mean"] == 0.0
-    json.dumps(m, allow_nan=False)  # NaN-free: writable as strict JSON
 
 
 def test_size_ranges_use_mask_area_for_segm_and_box_area_for_bbox():

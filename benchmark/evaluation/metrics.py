@@ -289,16 +289,6 @@ def false_positives_per_case(
     return counts
 
 
-def _per_case(segm_ap: Mapping[str, Mapping[str, float | None]], dice: Mapping[str, Mapping[str, float]],
-              fp: Mapping[str, Mapping[str, Mapping[str, int | None]]] | None = None) -> dict:
-    """``{case: {"segm_AP": {class: AP}, "dice": {class: d}, "fp_no_gt": ..., "fp_no_gt_any": ...}}``
-    over the cases of any (``fp``: false_positives_per_case)."""
-    fp = fp or {}
-    return {case: {"segm_AP": dict(segm_ap.get(case, {})), "dice": dict(dice.get(case, {})),
-                   **{k: dict(v) for k, v in fp.get(case, {}).items()}}
-            for case in sorted(set(segm_ap) | set(dice) | set(fp))}
-
-
 # ---------------------------------------------------------------------------- volumes
 
 
@@ -328,13 +318,14 @@ def _union(rles: list[dict], h: int, w: int) -> np.ndarray:
         return mask_util.decode(rle).astype(bool)
 
 
-def _iter_cases(
+def _iter_slices(
     gt: dict, predictions: Sequence[Mapping], score_thresh: float
-) -> Iterator[tuple[str, list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]]]:
-    """Yield ``(case_id, slices)`` per case (sorted), slices ordered by ``slice_index``.
+) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Yield ``(case_id, gt_masks, pred_masks)`` per test slice, cases in sorted order.
 
-    Each slice is ``(gt_masks, pred_masks)``, each ``{class name: bool (H, W)}``; masks
-    are decoded lazily per case so a whole test split never sits in memory at once.
+    Each mask dict is ``{class name: bool (H, W)}``, a class mask being the union of its
+    instances (predictions count when ``score >= score_thresh``); masks are decoded one slice
+    at a time so a whole test split never sits in memory at once.
     """
     if not 0.0 <= score_thresh <= 1.0:
         raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
@@ -357,14 +348,13 @@ def _iter_cases(
         by_case[str(im["case_id"])].append(im)
 
     for case_id in sorted(by_case):
-        images = sorted(by_case[case_id], key=lambda im: im["slice_index"])
+        images = by_case[case_id]
         idx = [im["slice_index"] for im in images]
         if len(set(idx)) != len(idx):
             raise ValueError(f"case {case_id}: duplicate slice_index values")
         shapes = {(im["height"], im["width"]) for im in images}
         if len(shapes) != 1:
             raise ValueError(f"case {case_id}: slices of different sizes {sorted(shapes)}")
-        slices = []
         for im in images:
             h, w = im["height"], im["width"]
             masks = []
@@ -374,58 +364,35 @@ def _iter_cases(
                     where = f"{what} on image {im['id']} ({im.get('file_name')})"
                     rles[cat_name[a["category_id"]]].append(_to_rle(a["segmentation"], h, w, where))
                 masks.append({name: _union(r, h, w) for name, r in rles.items()})
-            slices.append((masks[0], masks[1]))
-        yield case_id, slices
-
-
-def semantic_volumes(
-    gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], score_thresh: float = 0.5
-) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
-    """Rebuild per-case semantic masks from instances; yields one case at a time.
-
-    Yields ``(case_id, gt_volumes, pred_volumes)`` in sorted case order, each volume dict
-    ``{class name: bool array (S, H, W)}`` with S the case's test slices stacked by
-    ``slice_index`` (only the slices present in ``gt``: the converter keeps lung slices,
-    so volumes cover those). A class mask is the union of its instances; predictions
-    count when ``score >= score_thresh``. Use ``dict((c, (g, p)) for c, g, p in ...)``
-    to hold them all.
-    """
-    gt = load_gt(gt)
-    for case_id, slices in _iter_cases(gt, predictions, score_thresh):
-        vols = []
-        for side in (0, 1):
-            vols.append({name: np.stack([s[side][name] for s in slices]) for name in slices[0][side]})
-        yield case_id, vols[0], vols[1]
+            yield case_id, masks[0], masks[1]
 
 
 def voxel_counts(
     gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], score_thresh: float = 0.5
 ) -> dict[str, dict[str, dict[str, int]]]:
-    """Per case, per class: ``{"gt", "pred", "inter"}`` voxel counts (additive over slices).
+    """Per case, per class: ``{"gt", "pred", "inter"}`` voxel counts over the case's test slices
+    (only the slices in ``gt``: the converter keeps lung slices, so volumes cover those).
 
-    An extra entry ``"lung"`` counts the lung region, the union of left lung, right lung
-    and infection masks (see :func:`infection_burden_error` for why the union).
+    An extra entry ``"lung"`` counts the lung region, the union of left lung, right lung and
+    infection masks: that equals left + right when the lung masks already contain the
+    infection (Zenodo ``Lung_Mask``), and stays right when infection voxels carry their own
+    label instead of a lung label (the combined ``Lung_and_Infection_Mask``).
     """
     gt = load_gt(gt)
     out: dict[str, dict[str, dict[str, int]]] = {}
-    for case_id, slices in _iter_cases(gt, predictions, score_thresh):
-        counts: dict[str, dict[str, int]] = defaultdict(lambda: {"gt": 0, "pred": 0, "inter": 0})
-        for g, p in slices:
-            region_g = np.zeros_like(next(iter(g.values())))
-            region_p = np.zeros_like(region_g)
-            for name in g:
-                c = counts[name]
-                c["gt"] += int(g[name].sum())
-                c["pred"] += int(p[name].sum())
-                c["inter"] += int(np.logical_and(g[name], p[name]).sum())
-                if name in LUNG_CLASSES or name == INFECTION_CLASS:
-                    region_g |= g[name]
-                    region_p |= p[name]
-            c = counts["lung"]
-            c["gt"] += int(region_g.sum())
-            c["pred"] += int(region_p.sum())
-            c["inter"] += int(np.logical_and(region_g, region_p).sum())
-        out[case_id] = dict(counts)
+    for case_id, g, p in _iter_slices(gt, predictions, score_thresh):
+        counts = out.setdefault(case_id, {})
+        region_g = np.zeros_like(next(iter(g.values())))
+        region_p = np.zeros_like(region_g)
+        for name in g:
+            if name in LUNG_CLASSES or name == INFECTION_CLASS:
+                region_g |= g[name]
+                region_p |= p[name]
+        for name, gm, pm in [(n, g[n], p[n]) for n in g] + [("lung", region_g, region_p)]:
+            c = counts.setdefault(name, {"gt": 0, "pred": 0, "inter": 0})
+            c["gt"] += int(gm.sum())
+            c["pred"] += int(pm.sum())
+            c["inter"] += int(np.logical_and(gm, pm).sum())
     return out
 
 
@@ -442,53 +409,14 @@ def _dice_from_counts(counts: Mapping[str, Mapping[str, Mapping[str, int]]], cla
     return {"per_case": per_case, "mean": mean}
 
 
-def _burden(c: Mapping[str, int], infection: Mapping[str, int], side: str) -> float | None:
-    return None if c[side] == 0 else 100.0 * infection[side] / c[side]
-
-
 def _burden_from_counts(counts: Mapping[str, Mapping[str, Mapping[str, int]]]) -> dict:
     per_case: dict[str, float | None] = {}
     for case, c in counts.items():
-        b_gt = _burden(c["lung"], c[INFECTION_CLASS], "gt")
-        b_pred = _burden(c["lung"], c[INFECTION_CLASS], "pred")
-        per_case[case] = None if (b_gt is None or b_pred is None) else abs(b_pred - b_gt)
+        lung, inf = c["lung"], c[INFECTION_CLASS]
+        per_case[case] = (abs(100.0 * inf["pred"] / lung["pred"] - 100.0 * inf["gt"] / lung["gt"])
+                          if lung["gt"] and lung["pred"] else None)
     defined = [v for v in per_case.values() if v is not None]
     return {"per_case": per_case, "mean": float(np.mean(defined)) if defined else None}
-
-
-def _class_names(gt: dict) -> list[str]:
-    return [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
-
-
-def dice_per_case(
-    gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], score_thresh: float = 0.5
-) -> dict:
-    """Volumetric Dice per case and class: ``{"per_case": {case: {class: d}}, "mean": {class: d}}``.
-
-    Dice = 2|G ∩ P| / (|G| + |P|) in [0, 1] over the case's stacked test slices (see
-    :func:`semantic_volumes`). By convention Dice is 1.0 when ground truth and prediction
-    are both empty. ``mean`` is the unweighted mean over cases (as the Dice-based
-    literature reports it).
-    """
-    gt = load_gt(gt)
-    return _dice_from_counts(voxel_counts(gt, predictions, score_thresh), _class_names(gt))
-
-
-def infection_burden_error(
-    gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], score_thresh: float = 0.5
-) -> dict:
-    """Absolute error of the infection burden per case: ``{"per_case": {case: pp}, "mean": pp}``.
-
-    Burden = infection voxels / lung voxels * 100 (percent of lung infected); the error is
-    |predicted - ground-truth burden| in percentage points. The lung volume is the union
-    of the left-lung, right-lung and infection masks: that equals left + right when the
-    lung masks already contain the infection (Zenodo ``Lung_Mask``), and stays right when
-    infection voxels carry their own label instead of a lung label (the combined
-    ``Lung_and_Infection_Mask``). A case whose predicted lung is empty has an undefined
-    burden: its error is ``None`` and it is left out of the mean.
-    """
-    gt = load_gt(gt)
-    return _burden_from_counts(voxel_counts(gt, predictions, score_thresh))
 
 
 # ---------------------------------------------------------------------------- all of it
@@ -500,10 +428,22 @@ def evaluate(
     score_thresh: float = 0.5,
     backend: str = "auto",
 ) -> dict:
-    """The ``metrics`` section of result.json: segm and bbox AP, Dice, infection burden error,
-    and ``per_case``: per test case the segm AP and the Dice per class (see
-    :func:`segm_ap_per_case`), the unit the report's paired comparisons are made on, and the
-    false positives on a case without that class (:func:`false_positives_per_case`).
+    """The ``metrics`` section of result.json.
+
+    - ``segm``, ``bbox``: :func:`coco_metrics`.
+    - ``dice``: volumetric Dice per case and class, ``{"per_case": {case: {class: d}}, "mean":
+      {class: d}}``: 2|G ∩ P| / (|G| + |P|) in [0, 1] over the voxels of :func:`voxel_counts`,
+      1.0 when ground truth and prediction are both empty; ``mean`` is the unweighted mean
+      over cases (as the Dice-based literature reports it).
+    - ``infection_burden_abs_error``: ``{"per_case": {case: pp}, "mean": pp}``. Burden =
+      infection voxels / lung voxels * 100 (percent of lung infected, the lung region of
+      :func:`voxel_counts`); the error is |predicted - ground-truth burden| in percentage
+      points. A case whose lung is empty has an undefined burden: its error is ``None`` and
+      it is left out of the mean.
+    - ``per_case``: per test case ``{"segm_AP": {class: AP}, "dice": {class: d}, "fp_no_gt",
+      "fp_no_gt_any"}``: its segm AP (:func:`segm_ap_per_case`), its Dice, the unit the
+      report's paired comparisons are made on, and the false positives on a case without that
+      class (:func:`false_positives_per_case`).
 
     ``predictions`` is the list of COCO result dicts or the path of a COCO results JSON
     (detectron2's ``coco_instances_results.json``). ``score_thresh`` applies to the
@@ -516,12 +456,15 @@ def evaluate(
             raise ValueError(f"{path}: a COCO results JSON holds a list of predictions, "
                              f"not {type(predictions).__name__}")
     counts = voxel_counts(gt, predictions, score_thresh)
-    dice = _dice_from_counts(counts, _class_names(gt))
+    dice = _dice_from_counts(counts, [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])])
+    segm_ap = segm_ap_per_case(gt, predictions, backend)
+    fp = false_positives_per_case(gt, predictions, score_thresh)
     return {
         "segm": coco_metrics(gt, predictions, "segm", backend),
         "bbox": coco_metrics(gt, predictions, "bbox", backend),
         "dice": dice,
         "infection_burden_abs_error": _burden_from_counts(counts),
-        "per_case": _per_case(segm_ap_per_case(gt, predictions, backend), dice["per_case"],
-                              false_positives_per_case(gt, predictions, score_thresh)),
+        "per_case": {case: {"segm_AP": dict(segm_ap.get(case, {})), "dice": dict(dice["per_case"].get(case, {})),
+                            **{k: dict(v) for k, v in fp.get(case, {}).items()}}
+                     for case in sorted(set(segm_ap) | set(dice["per_case"]) | set(fp))},
     }
