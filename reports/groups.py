@@ -52,10 +52,7 @@ def schedule_order(s: object) -> tuple[int, str]:
 
 def norm(v: Any) -> Any:
     """Grouping value: NaN and None both become None."""
-    try:
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-    except TypeError:
-        return v
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
 def ok_rows(rows: pd.DataFrame) -> pd.DataFrame:

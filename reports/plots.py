@@ -278,12 +278,9 @@ def read_metrics_log(path: Path) -> dict[str, np.ndarray]:
     rows = []
     with open(path) as f:
         for line in f:
-            line = line.strip()
-            if not line:
-                continue
             try:
                 d = json.loads(line)
-            except ValueError:
+            except ValueError:  # a blank or torn line
                 continue
             if isinstance(d, dict) and "total_loss" in d and "iteration" in d:
                 rows.append(d)

@@ -192,10 +192,9 @@ def _runs_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def render(*, sweep_dir: str, groups: Groups, t3: pd.DataFrame, winners: list[dict[str, Any]],
            failed: pd.DataFrame, missing: list[dict[str, Any]], plots: list[Plot], notes: list[str],
-           files: list[str], planned: int | None = None, leak: pd.DataFrame | None = None,
-           volume3d: pd.DataFrame | None = None, volume3d_verdicts: list[str] | None = None,
-           method: list[str] | None = None, volume3d_settings: list[str] | None = None,
-           false_positives: pd.DataFrame | None = None) -> str:
+           files: list[str], planned: int | None, leak: pd.DataFrame, volume3d: pd.DataFrame,
+           volume3d_verdicts: list[str], method: list[str], volume3d_settings: list[str],
+           false_positives: pd.DataFrame) -> str:
     """The whole page as one string (``planned``: the number of runs in the sweep's plan,
     None without one: then the runs found are what is expected)."""
     paper = load_paper()
@@ -205,7 +204,7 @@ def render(*, sweep_dir: str, groups: Groups, t3: pd.DataFrame, winners: list[di
     parts += _leak_section(leak)
     parts += _table3_section(t3, paper)
     parts.append(_false_positive_section(false_positives))
-    parts.append(_volume3d_section(volume3d, volume3d_verdicts or [], volume3d_settings))
+    parts.append(_volume3d_section(volume3d, volume3d_verdicts, volume3d_settings))
     parts += _failures_section(failed, missing)
     parts += _plots_section(plots)
     parts += _per_class_section(groups, paper)
@@ -259,7 +258,7 @@ def _head(sweep_dir: str, df: pd.DataFrame, notes: list[str], n_missing: int, pl
     return parts
 
 
-def _winner_cards(winners: list[dict[str, Any]], method: list[str] | None) -> list[str]:
+def _winner_cards(winners: list[dict[str, Any]], method: list[str]) -> list[str]:
     """One card per class (and the mean): the leading group and what the paired tests say."""
     parts = ["<h2>Best per class (paired test over cases)</h2><div class='cards'>"]
     for w in winners:
@@ -273,27 +272,23 @@ def _winner_cards(winners: list[dict[str, Any]], method: list[str] | None) -> li
                          f"<div class='who'>-</div><div class='val'>segm AP 0.00 for every group</div>"
                          f"<div class='more'>{escape(TIED_ZERO)}</div></div>")
             continue
-        verdict = w.get("verdict")
-        if verdict:
-            lead = "" if w.get("significant") else "highest mean, not a winner: "
-            more = escape(lead + verdict)
-        else:
-            more = (f"ahead of {escape(w['runner_up'])} by {w['margin']:.2f} AP" if w["runner_up"] else "the only one")
+        lead = "" if w["significant"] else "highest mean, not a winner: "
+        more = escape(lead + w["verdict"])  # tables.winners: every winner has the tests' verdict
         parts.append(f"<div class='card' style='--c:{color}'><div class='what'>{escape(w['what'])}</div>"
                      f"<div class='who'>{escape(w['winner'])}</div>"
                      f"<div class='val'>segm AP {escape(fmt_pm(w['AP'], w['std'], w['n']))}</div>"
                      f"<div class='more'>{more}</div></div>")
     parts.append("</div>")
     parts.append("<details id='method'><summary>What the verdicts mean, and which family each correction "
-                 "covers</summary><ul>" + "".join(f"<li>{escape(m)}</li>" for m in method or [])
+                 "covers</summary><ul>" + "".join(f"<li>{escape(m)}</li>" for m in method)
                  + f"<li>pairwise.csv states the selection on every row (<code>selection</code>: "
                    f"{escape(SELECTION)}); verdicts.csv holds one verdict per metric and class.</li></ul></details>")
     return parts
 
 
-def _leak_section(leak: pd.DataFrame | None) -> list[str]:
+def _leak_section(leak: pd.DataFrame) -> list[str]:
     """The measured leak of a slice split (reports.stats.leak); nothing without one."""
-    if leak is None or leak.empty:
+    if leak.empty:
         return []
     parts = ["<h2 id='leak'>The leak: slices of one patient in train and test</h2>"]
     parts.append("<p>The same backbone trained and tested on the same folds, split by patient "
@@ -376,11 +371,11 @@ def _per_class_section(groups: Groups, paper: dict[str, Any]) -> list[str]:
     return parts
 
 
-def _volume3d_section(t: pd.DataFrame | None, verdicts: list[str], settings: list[str] | None = None) -> str:
+def _volume3d_section(t: pd.DataFrame, verdicts: list[str], settings: list[str]) -> str:
     """Dice and NSD per patient on whole volumes, on both lung definitions, the published
     numbers beside the lungs as labelled only (reports.volume3d)."""
     head = "<h2 id='volume3d'>3-D on whole volumes: Dice and surface Dice per patient</h2>"
-    if t is None or t.empty:
+    if t.empty:
         return (head + "<p id='volume3d-none'>No run holds 3-D metrics: runs of result.json schema &lt; 3, "
                 "or the source volumes the dataset was converted from were not there when they were "
                 "evaluated (each run's notes say which).</p>")
@@ -419,9 +414,9 @@ def _volume3d_section(t: pd.DataFrame | None, verdicts: list[str], settings: lis
     return "\n".join(parts)
 
 
-def _false_positive_section(fp: pd.DataFrame | None) -> str:
+def _false_positive_section(fp: pd.DataFrame) -> str:
     """The false positives per-case AP cannot see (reports.tables.false_positives)."""
-    if fp is None or fp.empty:
+    if fp.empty:
         return ""
     shown = pd.DataFrame({
         "backbone": fp["group"], "class": fp["class"].map(lambda c: CLASS_LABELS.get(c, c)),

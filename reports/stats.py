@@ -394,18 +394,16 @@ def method_lines(comparison: Comparison | None = None) -> list[str]:
     ]
 
 
-def rank_first_frequency(per_case: pd.DataFrame, metric: str = PRIMARY, n: int = RANK_RESAMPLES,
-                         seed: int = SEED) -> tuple[pd.Series, int]:
-    """How often each group ranks first on the mean over classes when the cases are
-    resampled with replacement (``n`` times, fixed ``seed``); ties split the count.
+def rank_first_frequency(per_case: pd.DataFrame) -> tuple[pd.Series, int]:
+    """How often each group ranks first on the mean PRIMARY over classes when the cases are
+    resampled with replacement (RANK_RESAMPLES times, fixed SEED); ties split the count.
     Uses the cases every group has; returns (share per group, number of those cases)."""
-    mat = case_matrix(per_case, metric, MEAN).dropna(axis=1, how="all").dropna(axis=0, how="any")
+    mat = case_matrix(per_case, PRIMARY, MEAN).dropna(axis=1, how="all").dropna(axis=0, how="any")
     if mat.shape[1] == 0 or mat.shape[0] == 0:
         return pd.Series(dtype=float), 0
     vals = mat.to_numpy()
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, vals.shape[0], size=(n, vals.shape[0]))
-    means = vals[idx].mean(axis=1)  # (n, groups)
+    idx = np.random.default_rng(SEED).integers(0, vals.shape[0], size=(RANK_RESAMPLES, vals.shape[0]))
+    means = vals[idx].mean(axis=1)  # (resamples, groups)
     top = np.isclose(means, means.max(axis=1, keepdims=True), rtol=0, atol=1e-9)
     share = (top / top.sum(axis=1, keepdims=True)).mean(axis=0)
     return pd.Series(share, index=list(mat.columns)), int(vals.shape[0])
@@ -416,9 +414,9 @@ LEAK_COLUMNS = ["backbone", "class", "n_cases", "patient_kfold", "slice_random",
 LEAK_SPLITS = ("patient_kfold", "slice_random")
 
 
-def leak(groups: Groups, pc: pd.DataFrame, metric: str = PRIMARY) -> pd.DataFrame:
+def leak(groups: Groups, pc: pd.DataFrame) -> pd.DataFrame:
     """The leak of a slice-level split, measured: for every backbone (and schedule) with runs on
-    both ``patient_kfold`` and ``slice_random``, the per-case ``metric`` under each and their
+    both ``patient_kfold`` and ``slice_random``, the per-case PRIMARY metric under each and their
     paired gap (slice_random - patient_kfold) with a 95% bootstrap CI and a one-sided Wilcoxon
     p-value of a positive gap (the leak's direction),
     per class and for the mean over the classes. A case's value under slice_random is the mean
@@ -437,7 +435,7 @@ def leak(groups: Groups, pc: pd.DataFrame, metric: str = PRIMARY) -> pd.DataFram
         if set(p) != set(LEAK_SPLITS) or pc.empty:
             continue
         for target in (*CLASS_NAMES, MEAN):
-            mat = case_matrix(pc, metric, target)
+            mat = case_matrix(pc, PRIMARY, target)
             if not {p["patient_kfold"], p["slice_random"]} <= set(mat.columns):
                 continue
             both = mat[[p["patient_kfold"], p["slice_random"]]].dropna()

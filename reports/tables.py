@@ -404,7 +404,7 @@ def table3_display(t3: pd.DataFrame) -> pd.DataFrame:
     base = [group_label({k: norm(r[k]) for k in ["backbone", "schedule", *extra]})
             for _, r in t3.iterrows()]
     named = "group" in t3.columns and any(norm(g) is not None and g != b for g, b in zip(t3["group"], base))
-    out = pd.DataFrame({
+    return pd.DataFrame({
         "Backbone": t3["backbone"],
         "Schedule": [fmt(s) for s in t3["schedule"]],
         **{c: [fmt(v) for v in t3[c]] for c in extra},
@@ -419,7 +419,6 @@ def table3_display(t3: pd.DataFrame) -> pd.DataFrame:
            if "mean_verdict" in t3.columns else {}),
         "Note": [fmt(v) for v in t3["note"]],
     })
-    return out
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -432,7 +431,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join([head, sep, *body]) + "\n"
 
 
-def table3_markdown(t3: pd.DataFrame, notes: list[str], method: list[str] | None = None) -> str:
+def table3_markdown(t3: pd.DataFrame, notes: list[str], method: list[str]) -> str:
     """table3.md: the table, then the assumptions behind the paper comparison, what the paired
     tests do (``method``: reports.stats.method_lines) and any notes."""
     paper = load_paper()
@@ -440,7 +439,7 @@ def table3_markdown(t3: pd.DataFrame, notes: list[str], method: list[str] | None
              to_markdown(table3_display(t3)), "Assumptions:", ""]
     lines += [f"- {a}" for a in paper["assumptions"]]
     lines += ["", "Paired tests (columns 'Paired test'; pairwise.csv, verdicts.csv, per_case.csv):", ""]
-    lines += [f"- {m}" for m in (method or [])]
+    lines += [f"- {m}" for m in method]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -55,16 +55,12 @@ REFERENCES = {
 }
 
 
-def _refs() -> dict[str, Any]:
-    return json.loads(FACTS.read_text()).get("reference_results", {})
-
-
 def reference_rows() -> list[dict[str, Any]]:
     """The published numbers as rows of COLUMNS (percent; no interval: only means are published),
     on the definition they were scored on: the lungs as labelled (``*_labelled``)."""
-    rows = []
+    rows, refs = [], json.loads(FACTS.read_text()).get("reference_results", {})
     for key, why in REFERENCES.items():
-        ref = _refs().get(key)
+        ref = refs.get(key)
         if not ref:
             continue
         label = ref.get("label", key)
@@ -154,7 +150,7 @@ def verdict_lines(comparison: stats.Comparison) -> list[str]:
 
 
 def _values(df: pd.DataFrame, col: str) -> list[Any]:
-    if df is None or df.empty or col not in df.columns:
+    if df.empty or col not in df.columns:
         return []
     return sorted({v for v in df[col] if isinstance(v, (int, float, str)) and not (isinstance(v, float) and math.isnan(v))},
                   key=str)
