@@ -63,7 +63,7 @@ def test_ground_truth_through_the_writer_gives_the_source_masks(tmp_path, axcode
         labels, mask, img = _oracle_round_trip(raw, ds, cid)
         assert labels.shape == mask.shape and labels.dtype == np.uint8
         assert np.array_equal(labels, mask), f"{axcodes} {cid}: {np.count_nonzero(labels != mask)} voxels differ"
-        out = save_atomic(label_image(labels, img.affine, like=img), tmp_path / f"{cid}.nii.gz")
+        out = save_atomic(label_image(labels, img), tmp_path / f"{cid}.nii.gz")
         back = nib.load(str(out))
         assert np.array_equal(np.asarray(back.dataobj), mask)
         assert np.allclose(back.affine, img.affine) and back.get_data_dtype() == np.uint8
@@ -120,7 +120,7 @@ def test_a_predicted_left_lung_lands_on_the_patients_left(tmp_path, axcodes):
     path = raw / phantom.IMAGE_DIR / "phantom_000.nii.gz"
     pred = Predictor(model=_HalvesModel(), mapper=_Mapper(), windows=[(-1250.0, 250.0)], score_thresh=0.5,
                      batch_size=3)
-    labels, vol, _ = predict_file(pred, path)
+    labels, vol = predict_file(pred, path)
     assert labels.shape == np.asarray(nib.load(str(path)).dataobj).shape
     world_x = {}
     for v in (1, 2, 3):
@@ -143,11 +143,11 @@ def test_the_label_file_keeps_the_inputs_header(tmp_path):
     nib.save(src, str(tmp_path / "in.nii.gz"))
     like = nib.load(str(tmp_path / "in.nii.gz"))
     labels = np.random.default_rng(0).integers(0, 4, (6, 5, 4)).astype(np.uint8)
-    back = nib.load(str(save_atomic(label_image(labels, like.affine, like=like), tmp_path / "out.nii.gz")))
+    back = nib.load(str(save_atomic(label_image(labels, like), tmp_path / "out.nii.gz")))
     assert np.array_equal(np.asarray(back.dataobj), labels) and back.get_data_dtype() == np.uint8
     assert np.allclose(back.get_sform(), like.get_sform()) and np.allclose(back.get_qform(), like.get_qform())
     assert int(back.header["sform_code"]) == 2 and int(back.header["qform_code"]) == 1
-    t = volume_table(labels, np.sqrt((aff[:3, :3] ** 2).sum(0)), voxel_mm3=abs(np.linalg.det(aff[:3, :3])))
+    t = volume_table(labels, aff)
     assert t["infection_ml"] == pytest.approx(round(int((labels == 3).sum()) * 0.7 * 0.7 * 2.5 / 1000, 3))
 
 
@@ -216,8 +216,8 @@ def test_volume_table_by_hand():
     lab[12:20, :, :] = 1        # left lung: 320 voxels
     lab[10:12, :, :] = 3        # infection between them, nearer the left lung at x = 11
     lab[18:20, 0:5, :] = 3      # infection inside the left lung: 2*5*4 = 40 voxels
-    spacing = np.array([2.0, 2.0, 5.0])  # 20 mm^3 = 0.02 ml per voxel
-    t = volume_table(lab, spacing)
+    affine = np.diag([2.0, 2.0, 5.0, 1.0])  # 20 mm^3 = 0.02 ml per voxel
+    t = volume_table(lab, affine)
     # x = 10: the right lung (x = 7) is 3 voxels away, the left (x = 12) 2: left; x = 11 likewise
     inf_left = 2 * 10 * 4 + 40
     assert t["infection_ml"] == pytest.approx((80 + 40) * 0.02)
@@ -228,7 +228,7 @@ def test_volume_table_by_hand():
     assert t["burden_left_pct"] == pytest.approx(round(100 * inf_left / (280 + inf_left), 4))
     assert t["burden_right_pct"] == 0.0
     assert t["burden_pct"] == pytest.approx(round(100 * inf_left / (280 + inf_left + 320), 4))
-    assert volume_table(np.zeros((3, 3, 3), np.uint8), spacing)["burden_pct"] is None
+    assert volume_table(np.zeros((3, 3, 3), np.uint8), affine)["burden_pct"] is None
 
 
 # ------------------------------------------------------------------ NSD and Dice by hand

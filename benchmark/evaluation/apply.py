@@ -49,7 +49,6 @@ VOLUME_COLUMNS = ["case", "file", "left_lung_ml", "right_lung_ml", "lungs_ml", "
                   "burden_pct"]
 
 
-
 class PredictError(Exception):
     """A run that cannot predict, or a bad OUT: ``path`` and the problem, with what to do."""
 
@@ -192,22 +191,22 @@ def read_input(path: Path, max_voxels: int = MAX_VOXELS):
     return vol, data
 
 
-def predict_file(predictor: Predictor, path: Path, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, Any, np.ndarray]:
-    """(labels in the input's voxel grid, the input Volume, voxel spacing in mm) of one file."""
+def predict_file(predictor: Predictor, path: Path, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, Any]:
+    """(labels in the input's voxel grid, the input Volume) of one file."""
     vol, data = read_input(path, max_voxels)
     img_ras, _, _ = canonical(data, vol.affine)
     pred = predictor.predict_volume(img_ras, is_prewindowed(data), desc=case_name(path))
-    return from_canonical(pred, vol.affine), vol, spacing_of(vol.affine)
+    return from_canonical(pred, vol.affine), vol
 
 
-def volume_table(labels: np.ndarray, spacing: np.ndarray, voxel_mm3: float | None = None) -> dict[str, float | None]:
-    """Volumes (ml) and infection burden (%) of one label volume: each lung with its infection,
-    both lungs, the infection overall and within each lung, and burden per lung and overall
-    (infection / lung volume x 100; None for a lung of volume 0). ``voxel_mm3``: a voxel's
-    volume, |det| of the affine's 3x3 part (differs from the product of ``spacing`` for a
-    sheared grid); default that product."""
-    ml = (float(np.prod(spacing)) if voxel_mm3 is None else float(voxel_mm3)) / 1000.0
-    left, right = whole_lungs(labels, spacing)
+def volume_table(labels: np.ndarray, affine: np.ndarray) -> dict[str, float | None]:
+    """Volumes (ml) and infection burden (%) of one label volume on the voxel grid of ``affine``
+    (mm): each lung with its infection, both lungs, the infection overall and within each lung,
+    and burden per lung and overall (infection / lung volume x 100; None for a lung of volume 0).
+    A voxel's volume is |det| of the affine's 3x3 part (not the product of the spacing, which
+    differs for a sheared grid)."""
+    ml = abs(float(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
+    left, right = whole_lungs(labels, spacing_of(affine))
     infection = labels == INFECT
     n_left, n_right = int(left.sum()), int(right.sum())
     inf_left, inf_right = int((left & infection).sum()), int((right & infection).sum())
@@ -223,21 +222,13 @@ def volume_table(labels: np.ndarray, spacing: np.ndarray, voxel_mm3: float | Non
             "burden_pct": pct(inf_left + inf_right, n_left + n_right)}
 
 
-def label_image(labels: np.ndarray, affine: np.ndarray, like=None):
-    """A NIfTI-1 image of ``labels`` (uint8, no intensity scaling) on ``affine``. With ``like``
-    (the input image whose grid ``labels`` is on) its header is kept: qform, sform and their
-    codes exactly as the input has them (sheared grids included), units, pixdim; else
-    both transforms are ``affine`` with code 1 (scanner)."""
+def label_image(labels: np.ndarray, like):
+    """A NIfTI-1 image of ``labels`` (uint8, no intensity scaling) on the grid of ``like``, the
+    input image: its header is kept, qform, sform and their codes exactly as the input has them
+    (sheared grids included), units, pixdim."""
     import nibabel as nib
 
-    data = np.asarray(labels, dtype=np.uint8)
-    if like is not None:
-        img = nib.Nifti1Image(data, like.affine, header=like.header.copy())
-    else:
-        img = nib.Nifti1Image(data, np.asarray(affine, float))
-        img.header.set_xyzt_units("mm")
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
+    img = nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), like.affine, header=like.header.copy())
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"], img.header["cal_max"] = 0, 3
@@ -259,7 +250,6 @@ def save_atomic(img, path: str | os.PathLike) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
 
 
 def volumes_csv(rows: list[dict]) -> str:
@@ -296,12 +286,11 @@ def _apply_reading(run_dir: str | Path, files: list[Path], out: Path, device: st
     rows = []
     with fsutil.output_lock(out, "OUT"), fsutil.atomic_dir(out, PRED_KIND, "OUT") as tmp:
         for p in tqdm(files, desc=f"predict {res.get('backbone')}", unit="volume", disable=None):
-            labels, vol, spacing = predict_file(predictor, p, max_voxels)
+            labels, vol = predict_file(predictor, p, max_voxels)
             cid = case_name(p)
             # the input's own header: its qform/sform (and codes) describe this grid exactly
-            save_atomic(label_image(labels, vol.affine, like=nib.load(str(p))), tmp / f"{cid}.nii.gz")
-            rows.append({"case": cid, "file": str(p.resolve()),
-                         **volume_table(labels, spacing, voxel_mm3=abs(float(np.linalg.det(vol.affine[:3, :3]))))})
+            save_atomic(label_image(labels, nib.load(str(p))), tmp / f"{cid}.nii.gz")
+            rows.append({"case": cid, "file": str(p.resolve()), **volume_table(labels, vol.affine)})
         fsutil.write_text(tmp / VOLUMES_CSV, volumes_csv(rows))
         write_predictions(tmp, run_dir=str(Path(run_dir).resolve()), backbone=res.get("backbone"),
                           identity=(res.get("identity") or {}).get("hash"),

@@ -142,24 +142,20 @@ class Predictor:
 
     def _run(self, img_ras: np.ndarray, prewindowed: bool, todo: list[int], outs: list[np.ndarray],
              thresholds: list[float], desc: str | None) -> None:
-        import torch
         from tqdm import tqdm
 
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad(), tqdm(total=len(todo), desc=desc or "slices", unit="slice", leave=False,
-                                       disable=None) as bar:
-                for start in range(0, len(todo), self.batch_size):
-                    ks = todo[start:start + self.batch_size]
-                    outputs = self._forward([self._input(img_ras, k, prewindowed) for k in ks])
-                    for k, o in zip(ks, outputs):
-                        inst = o["instances"].to("cpu")
-                        masks, scores = inst.pred_masks.numpy(), inst.scores.numpy()
-                        classes = LABEL_OF_CONTIGUOUS[inst.pred_classes.numpy()]
-                        for out, t in zip(outs, thresholds):
-                            out[:, :, k] = undisplay_slice(labels_from_instances(masks, classes, scores, t))
-                    bar.update(len(ks))
-        finally:
-            self.model.train(was_training)
+        from benchmark.training.engine import evaluating
+
+        with evaluating(self.model), tqdm(total=len(todo), desc=desc or "slices", unit="slice", leave=False,
+                                          disable=None) as bar:
+            for start in range(0, len(todo), self.batch_size):
+                ks = todo[start:start + self.batch_size]
+                outputs = self._forward([self._input(img_ras, k, prewindowed) for k in ks])
+                for k, o in zip(ks, outputs):
+                    inst = o["instances"].to("cpu")
+                    masks, scores = inst.pred_masks.numpy(), inst.scores.numpy()
+                    classes = LABEL_OF_CONTIGUOUS[inst.pred_classes.numpy()]
+                    for out, t in zip(outs, thresholds):
+                        out[:, :, k] = undisplay_slice(labels_from_instances(masks, classes, scores, t))
+                bar.update(len(ks))
 

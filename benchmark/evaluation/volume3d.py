@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 
 #: NSD tolerance per class, mm (the benchmark's: 1 mm lungs, 3 mm infection)
 TOLERANCE_MM = {LUNG_CLASSES[0]: 1.0, LUNG_CLASSES[1]: 1.0, INFECTION_CLASS: 3.0}
-#: Lung definitions: "whole" (with the infection), "labelled" (labels 1 / 2 as they are)
-LUNG_DEFINITIONS = ("whole", "labelled")
 #: The per-case keys ``volume_metrics`` writes, in order
 METRIC_KEYS = ("dice3d", "nsd3d", "dice3d_labelled", "nsd3d_labelled", "dice3d_all")
 
@@ -115,16 +113,10 @@ def whole_lungs(labels: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np
     return left, right
 
 
-
-def class_masks(labels: np.ndarray, spacing, lungs: str = "whole") -> dict[str, np.ndarray]:
-    """{class name: bool volume}: each lung (``lungs``: "whole", with its infection; "labelled",
+def class_masks(labels: np.ndarray, spacing, whole: bool = True) -> dict[str, np.ndarray]:
+    """{class name: bool volume}: each lung (``whole``: with its infection, ``whole_lungs``; else
     label 1 / 2 as it is), and the infection."""
-    if lungs == "whole":
-        left, right = whole_lungs(labels, np.asarray(spacing, float))
-    elif lungs == "labelled":
-        left, right = labels == LEFT, labels == RIGHT
-    else:
-        raise ValueError(f"lungs must be one of {LUNG_DEFINITIONS}, got {lungs!r}")
+    left, right = whole_lungs(labels, np.asarray(spacing, float)) if whole else (labels == LEFT, labels == RIGHT)
     return {LUNG_CLASSES[0]: left, LUNG_CLASSES[1]: right, INFECTION_CLASS: labels == INFECT}
 
 
@@ -138,8 +130,8 @@ def volume_metrics(gt_labels: np.ndarray, pred_labels: np.ndarray, spacing,
             raise ValueError(f"ground truth {gt_labels.shape} and {name} {p.shape} differ in shape")
     out: dict[str, dict[str, float]] = {}
     inf_nsd = None
-    for lungs, suffix in (("whole", ""), ("labelled", "_labelled")):
-        g, p = class_masks(gt_labels, spacing, lungs), class_masks(pred_labels, spacing, lungs)
+    for whole, suffix in ((True, ""), (False, "_labelled")):
+        g, p = class_masks(gt_labels, spacing, whole), class_masks(pred_labels, spacing, whole)
         out[f"dice3d{suffix}"] = {c: dice(g[c], p[c]) for c in g}
         n = {c: nsd(g[c], p[c], spacing, TOLERANCE_MM[c]) for c in g
              if not (c == INFECTION_CLASS and inf_nsd is not None)}

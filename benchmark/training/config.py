@@ -95,9 +95,9 @@ def _norm_from_file(cfg: DictConfig) -> None:
     w = cfg.weights
     if not w.get("path") or w.get("norm") in (None, "FrozenBN", "BN", "SyncBN"):
         return
-    from benchmark.training.weights import trained_norm
+    from benchmark.training.weights import trained_with_bn
 
-    if trained_norm(Path(str(w.path)).expanduser()) == "BN":
+    if trained_with_bn(Path(str(w.path)).expanduser()):
         for key in ("norm", "freeze_at", "recipe"):
             if key in w:
                 OmegaConf.update(cfg, f"weights.{key}", None)

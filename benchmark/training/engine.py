@@ -9,6 +9,7 @@ resume) is detectron2's own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import resource
@@ -16,6 +17,7 @@ import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
@@ -201,8 +203,6 @@ def run_training(d2cfg, progress: Progress, identity: str | None = None,
     (train_started_at/_finished_at, UTC ISO: when runs packed on one GPU trained at once), the
     trained model, and notes: what the initial weights did not cover (re-initialised or fresh
     layers)."""
-    from detectron2.utils import comm
-
     from benchmark.training.weights import load_initial_weights, read_notes, write_notes
 
     Trainer.progress, Trainer.identity, Trainer.label = progress, identity, label
@@ -255,6 +255,18 @@ def same_size_batches(loader, batch_size: int):
         yield buf
 
 
+@contextlib.contextmanager
+def evaluating(model) -> Iterator[None]:
+    """``model`` in eval mode and without gradients inside the block; its mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def forward_or_one_by_one(model, inputs: list[dict]) -> tuple[list[dict], bool]:
     """``model(inputs)``; if that runs out of GPU memory, the images again one at a time.
     Returns (outputs, whether it ran out). A single image that runs out raises.
@@ -292,30 +304,25 @@ def predict_split(model, d2cfg, dataset_name: str, out_json: Path, progress: Pro
     cuda = next(model.parameters()).is_cuda
     preds, times, sizes, image_ids = [], [], [], []
     oom_batches = 0
-    was_training = model.training
-    model.eval()
     t_all = time.perf_counter()
-    try:
-        with torch.no_grad(), tqdm(total=len(loader), desc="inference", unit="img", leave=False, disable=None) as bar:
-            for inputs in same_size_batches(loader, batch_size):
-                progress.where = f"inference image {bar.n}"
-                t0 = time.perf_counter()
-                # C4 heads push every image's proposals through res5 at once: a batch can need
-                # more than training did, and a packed GPU may not have it
-                outputs, oom = forward_or_one_by_one(model, inputs)
-                oom_batches += oom
-                if cuda:
-                    torch.cuda.synchronize()
-                times.append((time.perf_counter() - t0) / len(inputs))
-                sizes.append(len(inputs))
-                for inp, out in zip(inputs, outputs):
-                    image_ids.append(inp["image_id"])
-                    for p in instances_to_coco_json(out["instances"].to("cpu"), inp["image_id"]):
-                        p["category_id"] = to_dataset_id[p["category_id"]]
-                        preds.append(p)
-                bar.update(len(inputs))
-    finally:
-        model.train(was_training)
+    with evaluating(model), tqdm(total=len(loader), desc="inference", unit="img", leave=False, disable=None) as bar:
+        for inputs in same_size_batches(loader, batch_size):
+            progress.where = f"inference image {bar.n}"
+            t0 = time.perf_counter()
+            # C4 heads push every image's proposals through res5 at once: a batch can need
+            # more than training did, and a packed GPU may not have it
+            outputs, oom = forward_or_one_by_one(model, inputs)
+            oom_batches += oom
+            if cuda:
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) / len(inputs))
+            sizes.append(len(inputs))
+            for inp, out in zip(inputs, outputs):
+                image_ids.append(inp["image_id"])
+                for p in instances_to_coco_json(out["instances"].to("cpu"), inp["image_id"]):
+                    p["category_id"] = to_dataset_id[p["category_id"]]
+                    preds.append(p)
+            bar.update(len(inputs))
     write_json(out_json, preds)
     return {"predictions": preds, "infer_times": times, "infer_batches": sizes,
             "image_ids": image_ids, "oom_batches": oom_batches, "eval_wall_s": time.perf_counter() - t_all}
@@ -349,25 +356,19 @@ def count_gflops(model, image_bgr) -> float:
     from fvcore.nn import FlopCountAnalysis
 
     image = torch.as_tensor(image_bgr.transpose(2, 0, 1).copy()).to(next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            flops = FlopCountAnalysis(_FlatInference(model), (image,))
-            flops.unsupported_ops_warnings(False)
-            flops.uncalled_modules_warnings(False)
-            flops.tracer_warnings("none")
-            return flops.total() / 1e9
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        flops = FlopCountAnalysis(_FlatInference(model), (image,))
+        flops.unsupported_ops_warnings(False)
+        flops.uncalled_modules_warnings(False)
+        flops.tracer_warnings("none")
+        return flops.total() / 1e9
 
 
 def reset_peak_memory() -> bool:
     """Start the peak-memory counters afresh for this run (a Hydra multirun runs many runs in
     one process, whose lifetime peak would otherwise leak into later runs). Returns whether
     the RSS peak (Linux VmHWM) could be reset."""
-    if torch.cuda.is_initialized():  # else nothing has used the GPU yet: nothing to reset
-        torch.cuda.reset_peak_memory_stats()
+    reset_gpu_peaks()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
         return True
@@ -388,7 +389,7 @@ def gpu_peaks() -> dict | None:
 
 def reset_gpu_peaks() -> None:
     """Start the GPU peaks afresh (between training and inference: each has its own)."""
-    if torch.cuda.is_initialized():
+    if torch.cuda.is_initialized():  # else nothing has used the GPU yet: nothing to reset
         torch.cuda.reset_peak_memory_stats()
 
 

@@ -249,18 +249,14 @@ def read_notes(output_dir: str | Path) -> list[str]:
     return [str(n) for n in notes] if isinstance(notes, list) else []
 
 
-def trained_norm(path: str | Path) -> str | None:
-    """How the trunk in ``path`` was normalised: "BN" (BatchNorm statistics, or Caffe2's
-    ``*_bn_s`` blobs: zoo and ImageNet files, fine-tunes of them), "GN" (norm weights without
-    statistics: a run trained from scratch), None (no trunk norm found, or unreadable: the
-    load itself then says what is wrong)."""
+def trained_with_bn(path: str | Path) -> bool:
+    """Whether the trunk in ``path`` was trained with BatchNorm: it holds BatchNorm statistics,
+    or Caffe2's ``*_bn_s`` blobs (zoo and ImageNet files, fine-tunes of them). False for a run
+    trained from scratch (GroupNorm: norm weights without statistics), and for a file that
+    cannot be read (the load itself then says what is wrong)."""
     try:
         data = DetectionCheckpointer(torch.nn.Module())._load_file(str(path))
         keys = list((data.get("model") or {}).keys())
     except Exception:  # noqa: BLE001 - the real load reports it, with the file's name
-        return None
-    if any(k.endswith(("running_mean", "_bn_s")) for k in keys):
-        return "BN"
-    if any(k.endswith(".norm.weight") for k in keys):
-        return "GN"
-    return None
+        return False
+    return any(k.endswith(("running_mean", "_bn_s")) for k in keys)
