@@ -68,12 +68,6 @@ def _convert_command(dataset_dir: Path, manifest: dict | None = None) -> str:
             f"(python -m converters.convert data={name} data.root={root} out={dataset_dir})")
 
 
-def _rebuild(dataset_dir: Path, manifest: dict) -> str:
-    # dataset.json is intact, so the converter would call the folder up to date and skip it
-    return (f"rebuild the dataset: delete {dataset_dir}, then {_convert_command(dataset_dir, manifest)}"
-            " with the options it was built with")
-
-
 def read_dataset(dataset_dir: str | Path) -> "Dataset":
     """``<dataset_dir>/dataset.json``, read once and checked: a known schema version and the
     classes of ``contracts.catalog`` (ids and names). DatasetError names the file and the
@@ -95,10 +89,11 @@ def read_dataset(dataset_dir: str | Path) -> "Dataset":
     if not isinstance(manifest, dict):
         raise DatasetError(f"{path}: not a dataset manifest (a JSON object); convert it again: "
                            f"{_convert_command(dataset_dir)}")
+    dataset = Dataset(dataset_dir, manifest)
     schema = manifest.get("schema")
     if schema not in READABLE_SCHEMAS:
         raise DatasetError(f"{path}: schema {schema!r} is not one this lungbench reads "
-                           f"(it reads {', '.join(map(str, READABLE_SCHEMAS))}); {_rebuild(dataset_dir, manifest)}")
+                           f"(it reads {', '.join(map(str, READABLE_SCHEMAS))}); {dataset.rebuild_hint()}")
     classes = manifest.get("classes")
     try:
         got = {int(c["id"]): c["name"] for c in classes}
@@ -106,8 +101,8 @@ def read_dataset(dataset_dir: str | Path) -> "Dataset":
         got = classes
     if got != NAME_BY_ID:
         raise DatasetError(f"{path}: classes {got} differ from lungbench's {NAME_BY_ID} "
-                           f"(category id: name); {_rebuild(dataset_dir, manifest)}")
-    return Dataset(dataset_dir, manifest)
+                           f"(category id: name); {dataset.rebuild_hint()}")
+    return dataset
 
 
 def read_coco(json_file: Path) -> dict:
@@ -149,8 +144,10 @@ class Dataset:
         return self.dir / FILENAME
 
     def rebuild_hint(self) -> str:
-        """What to run to rebuild this dataset (the end of every DatasetError about it)."""
-        return _rebuild(self.dir, self.manifest)
+        """What to run to rebuild this dataset (the end of every DatasetError about it). Its
+        dataset.json is intact, so the converter would call the folder up to date and skip it."""
+        return (f"rebuild the dataset: delete {self.dir}, then {_convert_command(self.dir, self.manifest)}"
+                " with the options it was built with")
 
     def name(self, override: str | None = None) -> str:
         """``override``, else dataset.json's ``name`` (or config.data.name), else the folder's."""

@@ -30,10 +30,10 @@ import secrets
 import shutil
 import socket
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 MARKER = ".lungbench-owner.json"
 MARKER_SCHEMA = 1
@@ -179,10 +179,6 @@ def write_marker(folder: str | os.PathLike, kind: str, config_hash: str | None =
     write_text(Path(folder) / MARKER, json.dumps(marker, indent=1) + "\n")
 
 
-def _is_empty_dir(folder: Path) -> bool:
-    return folder.is_dir() and not any(folder.iterdir())
-
-
 def list_files(folder: Path) -> list[str]:
     """Every file below ``folder`` (relative, posix), links included as files, the marker not."""
     out = []
@@ -232,9 +228,9 @@ def stray_files(folder: Path, marker: dict | None = None) -> list[str]:
     return out
 
 
-def _describe(paths: list[str], most: int = 5) -> str:
-    more = f" (+{len(paths) - most} more)" if len(paths) > most else ""
-    return ", ".join(paths[:most]) + more
+def describe(items: Sequence[str], most: int = 5, sep: str = ", ") -> str:
+    """``items`` for a one-line message: the first ``most``, then how many more (``a, b (+3 more)``)."""
+    return sep.join(items[:most]) + (f" (+{len(items) - most} more)" if len(items) > most else "")
 
 
 def check_owned(folder: str | os.PathLike, kind: str, what: str, replace: bool = False) -> None:
@@ -247,7 +243,7 @@ def check_owned(folder: str | os.PathLike, kind: str, what: str, replace: bool =
     folder = Path(folder)
     if folder.is_symlink() and not folder.exists():
         raise NotOwned(folder, f"{what} is a broken symlink", "point it at a folder or remove it")
-    if not folder.exists() or _is_empty_dir(folder):
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
         return
     if not folder.is_dir():
         raise NotOwned(folder, f"{what} exists and is not a folder", f"choose another {what}")
@@ -264,7 +260,7 @@ def check_owned(folder: str | os.PathLike, kind: str, what: str, replace: bool =
         extra = foreign_files(folder, m)
         if extra:
             raise NotOwned(folder, f"{what} would be rebuilt, but it holds files lungbench did not "
-                           f"write there: {_describe(extra)}",
+                           f"write there: {describe(extra)}",
                            f"move them out first, or choose another {what}")
 
 
@@ -298,10 +294,8 @@ _HELD_LOCK_FDS: set[int] = set()
 
 def _close_inherited_locks() -> None:
     for fd in list(_HELD_LOCK_FDS):
-        try:
+        with suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     _HELD_LOCK_FDS.clear()
 
 
@@ -338,14 +332,9 @@ def _acquire(path: Path, mode: int) -> int | None:
 def _release(path: Path, fd: int) -> None:
     """Drop the lock; the last holder (it can take the lock exclusively) removes the file."""
     _HELD_LOCK_FDS.discard(fd)
-    try:
+    with suppress(OSError):  # the flock fails while other readers hold it: theirs to remove
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    except OSError:
-        pass  # other readers still hold it: theirs to remove
+        os.unlink(path)
     os.close(fd)
 
 

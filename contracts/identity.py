@@ -41,14 +41,12 @@ def _under(key: str, names: tuple[str, ...]) -> bool:
     return any(key == h or key.startswith(h + ".") for h in names)
 
 
-def _material(config: dict, drop: tuple[str, ...]) -> dict:
-    def walk(d: Any, prefix: str) -> Any:
-        if not isinstance(d, dict):
-            return d
-        return {k: walk(v, f"{prefix}{k}.") for k, v in sorted(d.items())
-                if not _under(f"{prefix}{k}", drop)}
-    # where the dataset lies is not what it is: its fingerprint says that
-    return walk(config, "")
+def _material(config: Any, drop: tuple[str, ...], prefix: str = "") -> Any:
+    """``config`` without the (dotted) keys under ``drop``, keys sorted."""
+    if not isinstance(config, dict):
+        return config
+    return {k: _material(v, drop, f"{prefix}{k}.") for k, v in sorted(config.items())
+            if not _under(f"{prefix}{k}", drop)}
 
 
 def _sha(obj: Any) -> str:
@@ -57,7 +55,7 @@ def _sha(obj: Any) -> str:
 
 def identity(config: dict, fingerprint: dict | None) -> dict:
     """``{"hash", "group", "dataset"}``: the run's identity and its group's (see module)."""
-    drop_run = HARMLESS + ("dataset_dir",)
+    drop_run = HARMLESS + ("dataset_dir",)  # where the dataset lies is not what it is: its fingerprint says that
     group_fp = {"config_hash": (fingerprint or {}).get("config_hash")}
     return {"hash": _sha({"config": _material(config, drop_run), "dataset": fingerprint}),
             "group": _sha({"config": _material(config, drop_run + REPLICATES), "dataset": group_fp}),

@@ -56,14 +56,13 @@ def schema_notes(df: pd.DataFrame, planned: int | None = None) -> list[str]:
     return [f"{n} ({k} run{'s' if k > 1 else ''})" for n, k in sorted(c.items())]
 
 
-def plan_notes(runs: SweepRuns, most: int = 5) -> list[str]:
+def plan_notes(runs: SweepRuns) -> list[str]:
     """What the plan left out: the result.json files outside it (ignored, listed)."""
     if not runs.ignored:
         return []
     paths = [p for p, _ in runs.ignored]
-    more = f" (+{len(paths) - most} more)" if len(paths) > most else ""
     return [f"ignored {len(paths)} result.json outside this sweep's plan ({sweep.FILENAME}): "
-            f"{', '.join(paths[:most])}{more}; listed in {IGNORED_NAME}"]
+            f"{fsutil.describe(paths)}; listed in {IGNORED_NAME}"]
 
 
 def require_sweep(sweep_dir: Path) -> None:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from contracts import result, sweep
 from contracts.dataset import fingerprint as dataset_fingerprint
-from contracts.fsutil import in_use
+from contracts.fsutil import describe, in_use
 from contracts.identity import identity
 
 from .groups import backbone_order, schedule_order
@@ -104,18 +104,13 @@ def latest_sweep(sweeps_root: Path) -> Path:
     sweeps_root = Path(sweeps_root)
     if not sweeps_root.is_dir():
         raise FileNotFoundError(f"sweeps root {sweeps_root} does not exist or is not a directory")
-    best: tuple[float, str] | None = None
-    for child in sorted(p for p in sweeps_root.iterdir() if p.is_dir()):
-        files = find_result_files(child)
-        if files:
-            newest = max(f.stat().st_mtime for f in files)
-            if best is None or newest > best[0]:
-                best = (newest, str(child))
-    if best is None:
-        if find_result_files(sweeps_root):
-            return sweeps_root
-        raise FileNotFoundError(f"no sweep dir with a {result.FILENAME} under {sweeps_root}")
-    return Path(best[1])
+    newest = [(max(f.stat().st_mtime for f in files), child)
+              for child in sorted(p for p in sweeps_root.iterdir() if p.is_dir()) if (files := find_result_files(child))]
+    if newest:
+        return max(newest, key=lambda t: t[0])[1]  # the first of equal times, in name order
+    if find_result_files(sweeps_root):
+        return sweeps_root
+    raise FileNotFoundError(f"no sweep dir with a {result.FILENAME} under {sweeps_root}")
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -154,8 +149,7 @@ def normalize(raw: dict[str, Any], problems: tuple[str, ...] = ()) -> tuple[dict
     r = dict(raw)
     notes: list[str] = []
     if problems:
-        more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
-        notes.append(f"does not match schema {r['schema']}: {'; '.join(problems[:2])}{more}")
+        notes.append(f"does not match schema {r['schema']}: {describe(problems, 2, '; ')}")
     if not r.get("backbone"):
         r["backbone"] = "unknown"
         notes.append("no backbone: listed as 'unknown'")

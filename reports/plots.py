@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from contracts.catalog import CLASS_COLOURS, CLASS_LABELS, CLASS_NAMES, HEADS, TRUNKS
+from contracts.fsutil import describe
 
 from . import stats
 from .groups import Groups, group_label, ok_rows
@@ -60,16 +61,22 @@ def margins(fig: Figure, nrow: int, ncol: int, *, left: float = 0.8, right: floa
             "wspace": wspace / pw, "hspace": hspace / ph}
 
 
+def bar_axes(ax: Any, ylabel: str, title: str, top: float = 105, fontsize: float = 10) -> None:
+    """The frame of a bar panel: y from 0 to ``top``, its label, a left-aligned title, grid lines
+    behind the bars."""
+    ax.set_ylim(0, top)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=fontsize, loc="left")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
 def summarize(items: list[tuple[str, str]], limit: int = 6) -> str:
     """[(who, why)] -> 'why: who, who, ... (+k more)', one clause per distinct reason."""
     by: dict[str, list[str]] = {}
     for who, why in items:
         by.setdefault(why, []).append(who)
-    out = []
-    for why, who in by.items():
-        more = f" (+{len(who) - limit} more)" if len(who) > limit else ""
-        out.append(f"{why}: {', '.join(who[:limit])}{more}")
-    return "; ".join(out)
+    return "; ".join(f"{why}: {describe(who, limit)}" for why, who in by.items())
 
 
 def per_class_bars(groups: Groups) -> Plot:
@@ -109,11 +116,7 @@ def per_class_bars(groups: Groups) -> Plot:
                         v, _ = paper_table3(str(k["backbone"]), k["schedule"])
                         if v is not None:
                             ax.plot(xs[gi], v, "x", color="black", markersize=8, mew=2, zorder=6)
-        ax.set_ylim(0, 105)
-        ax.set_ylabel(f"{task} AP")
-        ax.set_title("mask (segm) AP" if task == "segm" else "box (bbox) AP", fontsize=11, loc="left")
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
+        bar_axes(ax, f"{task} AP", "mask (segm) AP" if task == "segm" else "box (bbox) AP", fontsize=11)
     handles = [Patch(color=CLASS_COLOURS[c], label=CLASS_LABELS[c]) for c in CLASS_NAMES] + [
         Line2D([], [], marker="D", ls="", color="grey", markeredgecolor="black", label="paper Table 2 (R50-FPN)"),
         Line2D([], [], marker="x", ls="", color="black", mew=2, label="paper Table 3")]
@@ -406,11 +409,7 @@ def rank_stability(per_case: pd.DataFrame, no_test: str | None = None) -> Plot:
     for xi, v in zip(x, share.to_numpy()):
         ax.text(xi, 100 * v + 1.5, f"{100 * v:.0f}%", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, list(share.index), rotation=30, ha="right")
-    ax.set_ylim(0, 110)
-    ax.set_ylabel("ranked first (% of resamples)")
-    ax.set_title(f"{n_cases} cases", fontsize=10, loc="left")
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
+    bar_axes(ax, "ranked first (% of resamples)", f"{n_cases} cases", top=110)
     p.png = to_png(fig)
     return p
 
@@ -453,11 +452,7 @@ def volume3d_bars(t: pd.DataFrame) -> Plot:
                     r = t[(t["group"] == ref) & (t["metric"] == metric) & (t["class"] == c)]
                     if len(r):
                         ax.axhline(float(r["mean_pct"].iloc[0]), color=CLASS_COLOURS[c], ls=ls, lw=1.2, alpha=0.8)
-            ax.set_ylim(0, 105)
-            ax.set_ylabel(title)
-            ax.set_title(name, fontsize=10, loc="left")
-            ax.grid(axis="y", alpha=0.3)
-            ax.set_axisbelow(True)
+            bar_axes(ax, title, name)
         axes[1, col].set_xticks(x, groups, rotation=30, ha="right")
     handles = [Patch(color=CLASS_COLOURS[c], label=CLASS_LABELS[c]) for c in CLASS_NAMES] + [
         Line2D([], [], color="grey", ls=ls, label=ref) for ref, ls in zip(refs, ("-", ":"))]

@@ -136,17 +136,19 @@ def mean_ci(values: np.ndarray | list[float]) -> tuple[float, float, float, int]
     mean = float(v.mean())
     if n < MIN_CASES:
         return mean, math.nan, math.nan, n
-    if np.ptp(v) <= 1e-9 * max(1.0, abs(mean)):
-        return mean, mean, mean, n
-    lo, hi = _bootstrap_ci((v,), np.mean)
-    return mean, lo, hi, n
+    return mean, *_bootstrap_ci(v, (v,), np.mean), n
 
 
-def _bootstrap_ci(data: tuple, statistic, paired: bool = False) -> tuple[float, float]:
-    """scipy's 95% BCa bootstrap interval; the percentile interval where BCa is degenerate (a few
-    distinct values can leave its acceleration undefined, and scipy then answers NaN)."""
+def _bootstrap_ci(values: np.ndarray, data: tuple, statistic, paired: bool = False) -> tuple[float, float]:
+    """scipy's 95% BCa bootstrap interval of the mean of ``values`` (``statistic`` of ``data``);
+    the percentile interval where BCa is degenerate (a few distinct values can leave its
+    acceleration undefined, and scipy then answers NaN). Without spread (up to float rounding)
+    every resample has the same mean: the interval is that mean (BCa is undefined there)."""
     import warnings
 
+    mean = float(values.mean())
+    if np.ptp(values) <= 1e-9 * max(1.0, abs(mean)):
+        return mean, mean
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", sps.DegenerateDataWarning)
@@ -191,12 +193,8 @@ def paired_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     if n == 0:
         return out
     if n >= MIN_CASES:
-        if np.ptp(d) <= 1e-9 * max(1.0, abs(mean)):
-            # no spread (up to float rounding): every resample has the same mean (BCa is undefined there)
-            out["ci_low"] = out["ci_high"] = mean
-        else:
-            out["ci_low"], out["ci_high"] = _bootstrap_ci((a, b), lambda x, y, axis=-1: np.mean(x - y, axis=axis),
-                                                          paired=True)
+        out["ci_low"], out["ci_high"] = _bootstrap_ci(d, (a, b), lambda x, y, axis=-1: np.mean(x - y, axis=axis),
+                                                      paired=True)
     out["p"] = 1.0 if nonzero == 0 else float(sps.wilcoxon(d, alternative="greater").pvalue)
     return out
 
