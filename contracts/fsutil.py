@@ -66,10 +66,10 @@ class OutputBusy(Exception):
 
 
 # --------------------------------------------------------------------------- hashing
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
+        while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
 
@@ -203,7 +203,7 @@ def _lungbench_name(name: str) -> bool:
     return name.startswith(".") and any(f".{tag}" in name for tag in (LOCK_TAG, TMP_TAG, OLD_TAG))
 
 
-def stray_files(folder: Path, marker: dict | None = None) -> list[str]:
+def stray_files(folder: Path) -> list[str]:
     """What in the lungbench folder ``folder`` lungbench did not write (relative paths).
 
     A folder built whole lists its files in its marker (``files``); a folder that grows lists
@@ -211,7 +211,7 @@ def stray_files(folder: Path, marker: dict | None = None) -> list[str]:
     same way (its strays are this folder's strays); empty folders and lungbench's own lock and
     temp names are not strays. A marker with neither list owns nothing but its marker."""
     folder = Path(folder)
-    marker = read_marker(folder) if marker is None else marker
+    marker = read_marker(folder)
     if marker is None:
         return list_files(folder)
     if "files" in marker:

@@ -109,9 +109,6 @@ class Groups:
     def __iter__(self) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
         return iter(self.items)
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def with_ok_runs(self) -> list[tuple[dict[str, Any], pd.DataFrame]]:
         """(key, ok rows) of the groups with at least one ok run, in report order."""
         return [(key, ok) for key, rows in self.items if not (ok := ok_rows(rows)).empty]
