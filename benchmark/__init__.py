@@ -6,13 +6,13 @@ configs use, in the sweep's process and in every joblib worker alike."""
 from omegaconf import OmegaConf
 
 
-def concurrent_jobs(jobs_per_gpu: int, cpu_default: int = 2) -> int:
+def concurrent_jobs(jobs_per_gpu: int) -> int:
     """``${lungbench_jobs:N}``, the joblib launcher's n_jobs: every visible GPU
-    (CUDA_VISIBLE_DEVICES) x N runs, or ``cpu_default`` runs where torch sees no GPU."""
+    (CUDA_VISIBLE_DEVICES) x N runs, or 2 runs where torch sees no GPU."""
     import torch
 
     gpus = torch.cuda.device_count()
-    return gpus * int(jobs_per_gpu) if gpus else int(cpu_default)
+    return gpus * int(jobs_per_gpu) if gpus else 2
 
 
 if not OmegaConf.has_resolver("lungbench_jobs"):

@@ -67,13 +67,10 @@ PATCHES: list[tuple[str, str, str, int]] = [
     ("detectron2/data/transforms/transform.py", "Image.LINEAR", "Image.BILINEAR", 1),
     # setuptools >= 81 has no pkg_resources; the configs sit next to model_zoo.py.
     ("detectron2/model_zoo/model_zoo.py", "import pkg_resources\n", "", 1),
-    (
-        "detectron2/model_zoo/model_zoo.py",
-        'cfg_file = pkg_resources.resource_filename(\n        "detectron2.model_zoo", '
-        "os.path.join(\"configs\", config_path)\n    )",
-        'cfg_file = os.path.join(os.path.dirname(__file__), "configs", config_path)',
-        1,
-    ),
+    ("detectron2/model_zoo/model_zoo.py",
+     'cfg_file = pkg_resources.resource_filename(\n        "detectron2.model_zoo", '
+     "os.path.join(\"configs\", config_path)\n    )",
+     'cfg_file = os.path.join(os.path.dirname(__file__), "configs", config_path)', 1),
 ]
 
 # numpy >= 1.24 removed the np.bool/np.int/np.float/np.str aliases.
@@ -81,25 +78,17 @@ _NUMPY_ALIAS = re.compile(r"\bnp\.(bool|int|float|str)\b(?!_)")
 
 
 def default_cache() -> Path:
-    root = os.environ.get("LUNGBENCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lungbench"
-    )
-    return Path(root)
+    """$LUNGBENCH_CACHE, else lungbench/ in $XDG_CACHE_HOME (default ~/.cache)."""
+    return Path(os.environ.get("LUNGBENCH_CACHE")
+                or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lungbench"))
 
 
 def fetch_sdist(cache: Path) -> Path:
     """Download the sdist once (pooch: resume-free but hash-checked, atomic)."""
     import pooch
 
-    return Path(
-        pooch.retrieve(
-            SDIST_URL,
-            known_hash=f"sha256:{SDIST_SHA256}",
-            fname="pb1-detectron2-0.6.tar.gz",
-            path=cache / "downloads",
-            progressbar=False,
-        )
-    )
+    return Path(pooch.retrieve(SDIST_URL, known_hash=f"sha256:{SDIST_SHA256}", fname="pb1-detectron2-0.6.tar.gz",
+                               path=cache / "downloads", progressbar=False))
 
 
 def apply_patches(src: Path) -> None:
@@ -109,10 +98,8 @@ def apply_patches(src: Path) -> None:
         text = path.read_text()
         found = text.count(old)
         if found != count:
-            raise RuntimeError(
-                f"{path}: expected {count} occurrence(s) of {old!r}, found {found}; "
-                "is this really pb1-detectron2 0.6?"
-            )
+            raise RuntimeError(f"{path}: expected {count} occurrence(s) of {old!r}, found {found}; "
+                               "is this really pb1-detectron2 0.6?")
         path.write_text(text.replace(old, new))
     for path in (src / "detectron2").rglob("*.py"):
         text = path.read_text()
@@ -125,7 +112,7 @@ def apply_patches(src: Path) -> None:
         shutil.move(str(zoo), str(src / "configs"))
 
 
-def build_wheel(cache: Path, python: str = sys.executable) -> Path:
+def build_wheel(cache: Path) -> Path:
     """Return the cached wheel, building it first if needed."""
     wheel = cache / "wheels" / WHEEL_NAME
     if wheel.exists():
@@ -141,12 +128,8 @@ def build_wheel(cache: Path, python: str = sys.executable) -> Path:
         src = tmp / "pb1-detectron2-0.6"
         apply_patches(src)
         out = tmp / "dist"
-        env = dict(os.environ, BUILD_NIGHTLY="0", FORCE_CUDA="0")
-        subprocess.run(
-            [python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-             "-w", str(out), str(src)],
-            check=True, env=env,
-        )
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(out), str(src)], check=True, env=dict(os.environ, BUILD_NIGHTLY="0", FORCE_CUDA="0"))
         built = out / WHEEL_NAME
         if not built.exists():
             raise RuntimeError(f"pip wheel did not produce {WHEEL_NAME}: {sorted(os.listdir(out))}")
@@ -175,10 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     wheel = build_wheel(args.cache)
     print(f"detectron2 wheel: {wheel}")
     if args.install:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
-            check=True,
-        )
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
+                       check=True)
     return 0
 
 

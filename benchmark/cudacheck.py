@@ -62,9 +62,9 @@ def _version(v: str | None) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", v or ""))
 
 
-def hidden_on_purpose(environ=os.environ) -> bool:
+def hidden_on_purpose() -> bool:
     """CUDA_VISIBLE_DEVICES set to nothing (or -1): this process is meant to have no GPU."""
-    v = environ.get("CUDA_VISIBLE_DEVICES")
+    v = os.environ.get("CUDA_VISIBLE_DEVICES")
     return v is not None and v.strip() in ("", "-1")
 
 

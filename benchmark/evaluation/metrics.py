@@ -88,8 +88,7 @@ def _check_predictions(gt: dict, predictions: Sequence[Mapping], iou_type: str |
             raise ValueError(f"prediction {i}: image_id {p['image_id']} is not in the ground truth")
         if p["category_id"] not in cat_ids:
             raise ValueError(f"prediction {i}: category_id {p['category_id']} is not a ground-truth category")
-        needs = "segmentation" if iou_type in ("segm", None) else None
-        if needs and needs not in p:
+        if iou_type in ("segm", None) and "segmentation" not in p:
             raise ValueError(f"prediction {i}: missing 'segmentation' (needed for {iou_type or 'Dice'})")
         if iou_type == "bbox" and "bbox" not in p and "segmentation" not in p:
             raise ValueError(f"prediction {i}: neither 'bbox' nor 'segmentation'")
@@ -119,6 +118,14 @@ def _none_if_undefined(x: float) -> float | None:
 def _mean_defined(a: np.ndarray) -> float:
     a = a[a > -1]
     return float(a.mean()) if a.size else -1.0
+
+
+def _aps(precision: np.ndarray) -> dict[str, float | None]:
+    """AP, AP50 and AP75 (0-100, or None) of a slice of COCOeval's precision array whose first
+    axis is the IoU threshold."""
+    return {"AP": _none_if_undefined(_mean_defined(precision)),
+            "AP50": _none_if_undefined(_mean_defined(precision[_IOU50])),
+            "AP75": _none_if_undefined(_mean_defined(precision[_IOU75]))}
 
 
 def _results_for(predictions: Sequence[Mapping], iou_type: str) -> list[dict]:
@@ -183,12 +190,8 @@ def _run_cocoeval(gt: dict, results: list[dict], iou_type: str, backend: str) ->
     return precision
 
 
-def coco_metrics(
-    gt: str | os.PathLike | Mapping,
-    predictions: Sequence[Mapping],
-    iou_type: str,
-    backend: str = "auto",
-) -> dict:
+def coco_metrics(gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], iou_type: str,
+                 backend: str = "auto") -> dict:
     """COCO AP for one IoU type, overall and per class.
 
     Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class": {name: {"AP",
@@ -205,28 +208,16 @@ def coco_metrics(
     _check_predictions(gt, predictions, iou_type)
     precision = _run_cocoeval(gt, _results_for(predictions, iou_type), iou_type, _resolve_backend(backend))
     m = -1  # maxDets 100
-    out: dict[str, Any] = {
-        "AP": _none_if_undefined(_mean_defined(precision[:, :, :, 0, m])),
-        "AP50": _none_if_undefined(_mean_defined(precision[_IOU50, :, :, 0, m])),
-        "AP75": _none_if_undefined(_mean_defined(precision[_IOU75, :, :, 0, m])),
-    }
+    out: dict[str, Any] = _aps(precision[:, :, :, 0, m])
     for key in ("APs", "APm", "APl"):
         out[key] = _none_if_undefined(_mean_defined(precision[:, :, :, _AREA_INDEX[key], m]))
     cats = sorted(gt["categories"], key=lambda c: c["id"])  # COCOeval's class axis order
-    out["per_class"] = {
-        c["name"]: {
-            "AP": _none_if_undefined(_mean_defined(precision[:, :, k, 0, m])),
-            "AP50": _none_if_undefined(_mean_defined(precision[_IOU50, :, k, 0, m])),
-            "AP75": _none_if_undefined(_mean_defined(precision[_IOU75, :, k, 0, m])),
-        }
-        for k, c in enumerate(cats)
-    }
+    out["per_class"] = {c["name"]: _aps(precision[:, :, k, 0, m]) for k, c in enumerate(cats)}
     return out
 
 
-def segm_ap_per_case(
-    gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], backend: str = "auto"
-) -> dict[str, dict[str, float | None]]:
+def segm_ap_per_case(gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping],
+                     backend: str = "auto") -> dict[str, dict[str, float | None]]:
     """Mask (segm) AP per test case and class: ``{case_id: {class: AP}}``, cases sorted.
 
     The same COCOeval run as :func:`coco_metrics`, restricted to one case's images (its
@@ -254,9 +245,8 @@ def segm_ap_per_case(
     return out
 
 
-def false_positives_per_case(
-    gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], score_thresh: float = 0.5
-) -> dict[str, dict[str, dict[str, int | None]]]:
+def false_positives_per_case(gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping],
+                             score_thresh: float = 0.5) -> dict[str, dict[str, dict[str, int | None]]]:
     """Per test case, the predicted instances of each class the case has no ground truth of:
     ``{case: {"fp_no_gt": {class: n}, "fp_no_gt_any": {class: n}}}`` (``fp_no_gt``: scoring at
     least ``score_thresh``, as the masks that Dice counts; ``fp_no_gt_any``: every score). None
@@ -318,9 +308,8 @@ def _union(rles: list[dict], h: int, w: int) -> np.ndarray:
         return mask_util.decode(rle).astype(bool)
 
 
-def _iter_slices(
-    gt: dict, predictions: Sequence[Mapping], score_thresh: float
-) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+def _iter_slices(gt: dict, predictions: Sequence[Mapping],
+                 score_thresh: float) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """Yield ``(case_id, gt_masks, pred_masks)`` per test slice, cases in sorted order.
 
     Each mask dict is ``{class name: bool (H, W)}``, a class mask being the union of its
@@ -367,9 +356,8 @@ def _iter_slices(
             yield case_id, masks[0], masks[1]
 
 
-def voxel_counts(
-    gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping], score_thresh: float = 0.5
-) -> dict[str, dict[str, dict[str, int]]]:
+def voxel_counts(gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping],
+                 score_thresh: float = 0.5) -> dict[str, dict[str, dict[str, int]]]:
     """Per case, per class: ``{"gt", "pred", "inter"}`` voxel counts over the case's test slices
     (only the slices in ``gt``: the converter keeps lung slices, so volumes cover those).
 
@@ -422,12 +410,8 @@ def _burden_from_counts(counts: Mapping[str, Mapping[str, Mapping[str, int]]]) -
 # ---------------------------------------------------------------------------- all of it
 
 
-def evaluate(
-    gt_json_path: str | os.PathLike | Mapping,
-    predictions: Sequence[Mapping] | str | os.PathLike,
-    score_thresh: float = 0.5,
-    backend: str = "auto",
-) -> dict:
+def evaluate(gt_json_path: str | os.PathLike | Mapping, predictions: Sequence[Mapping] | str | os.PathLike,
+             score_thresh: float = 0.5, backend: str = "auto") -> dict:
     """The ``metrics`` section of result.json.
 
     - ``segm``, ``bbox``: :func:`coco_metrics`.

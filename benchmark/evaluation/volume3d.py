@@ -129,15 +129,12 @@ def volume_metrics(gt_labels: np.ndarray, pred_labels: np.ndarray, spacing,
         if p is not None and gt_labels.shape != p.shape:
             raise ValueError(f"ground truth {gt_labels.shape} and {name} {p.shape} differ in shape")
     out: dict[str, dict[str, float]] = {}
-    inf_nsd = None
     for whole, suffix in ((True, ""), (False, "_labelled")):
         g, p = class_masks(gt_labels, spacing, whole), class_masks(pred_labels, spacing, whole)
         out[f"dice3d{suffix}"] = {c: dice(g[c], p[c]) for c in g}
-        n = {c: nsd(g[c], p[c], spacing, TOLERANCE_MM[c]) for c in g
-             if not (c == INFECTION_CLASS and inf_nsd is not None)}
-        if inf_nsd is None:
-            inf_nsd = n[INFECTION_CLASS]
-        out[f"nsd3d{suffix}"] = {**n, INFECTION_CLASS: inf_nsd}  # infection: one definition
+        # infection has one definition: its NSD is computed once
+        out[f"nsd3d{suffix}"] = {c: out["nsd3d"][c] if not whole and c == INFECTION_CLASS
+                                 else nsd(g[c], p[c], spacing, TOLERANCE_MM[c]) for c in g}
     if pred_all is not None:
         g, p = class_masks(gt_labels, spacing), class_masks(pred_all, spacing)
         out["dice3d_all"] = {c: dice(g[c], p[c]) for c in g}
@@ -201,12 +198,11 @@ def read_case(dataset: Dataset, cid: str) -> tuple[np.ndarray, np.ndarray, np.nd
 def evaluate_volumes(model, d2cfg, dataset: Dataset, case_ids: list[str], score_thresh: float,
                      batch_size: int = 1, known: dict[str, dict[int, list[dict]]] | None = None
                      ) -> tuple[dict | None, list[str]]:
-    """Dice and NSD per test case and class on the whole source volumes (every slice, also
+    """The metrics of the module doc per test case, on the whole source volumes (every slice, also
     those the converter did not keep), predicted by ``Predictor`` (``known``: the slices the
-    run's COCO evaluation already predicted, see ``known_slices``), on both lung definitions,
-    and the whole-lung Dice of the same detections painted from every score the model returned
-    (``dice3d_all``). Returns (the ``metrics.volume3d`` section, notes); (None, [why]) when the
-    source volumes the dataset was converted from are gone or changed."""
+    run's COCO evaluation already predicted, see ``known_slices``). Returns (the
+    ``metrics.volume3d`` section, notes); (None, [why]) when the source volumes the dataset was
+    converted from are gone or changed."""
     from tqdm import tqdm
 
     predictor = Predictor.from_model(model, d2cfg, conversion_settings(dataset.manifest), score_thresh, batch_size)

@@ -31,8 +31,6 @@ from benchmark.training.config import CONF_DIR
 from contracts.fsutil import NotOwned, claim
 
 LAUNCHER_PREFIX = "lungbench_"
-
-
 OUTPUT_DIR = "${hydra.runtime.output_dir}/"
 
 

@@ -70,7 +70,7 @@ def _short(key: str) -> str:
     return key.replace("/", ".").split(".")[-1]
 
 
-def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str = CONFIG_NAME) -> SweepPlan:
+def plan_sweep(overrides: list[str]) -> SweepPlan:
     """Expand the sweep into runs without running anything (Hydra's basic sweeper semantics)."""
     # Hydra internals (see the module docstring): the same calls its multirun makes.
     from hydra import version
@@ -86,12 +86,12 @@ def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str
     from omegaconf.errors import OmegaConfBaseException
 
     version.setbase("1.3")
-    register_launchers(conf_dir)  # hydra/launcher=joblib etc.: lungbench's settings
+    register_launchers(CONF_DIR)  # hydra/launcher=joblib etc.: lungbench's settings
     GlobalHydra.instance().clear()
-    hyd = Hydra.create_main_hydra2(task_name=config_name,
-                                   config_search_path=create_config_search_path(str(conf_dir)))
+    hyd = Hydra.create_main_hydra2(task_name=CONFIG_NAME,
+                                   config_search_path=create_config_search_path(str(CONF_DIR)))
     try:
-        cfg = hyd.compose_config(config_name, list(overrides), run_mode=RunMode.MULTIRUN,
+        cfg = hyd.compose_config(CONFIG_NAME, list(overrides), run_mode=RunMode.MULTIRUN,
                                  with_log_configuration=False)
         sweeper = str(cfg.hydra.sweeper.get("_target_", ""))
         if not sweeper.endswith("BasicSweeper"):
@@ -121,7 +121,7 @@ def plan_sweep(overrides: list[str], conf_dir: Path = CONF_DIR, config_name: str
         # hydra.mode=MULTIRUN is what `-m` adds: the run returns its status instead of exiting.
         quoted = str(sweep_dir).replace("\\", "\\\\").replace("'", "\\'")  # Hydra's quoted-string escapes
         extra += [f"hydra.sweep.dir='{quoted}'", "hydra.mode=MULTIRUN"]
-        cfg = hyd.compose_config(config_name, extra, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+        cfg = hyd.compose_config(CONFIG_NAME, extra, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
 
         jobs = BasicSweeper.split_arguments(parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + extra),
                                             None)[0]

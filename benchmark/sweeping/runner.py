@@ -55,15 +55,16 @@ def read_statuses(plan: SweepPlan) -> SweepPlan:
     return plan
 
 
-def sweep_summary(runs: list[PlannedRun], max_message: int = 90) -> str:
-    """`9 runs: 8 ok, 1 failed (R50-C4: FloatingPointError: ...)` (+ `, 1 missing (X101-C4)`)."""
+def sweep_summary(runs: list[PlannedRun]) -> str:
+    """`9 runs: 8 ok, 1 failed (R50-C4: FloatingPointError: ...)` (+ `, 1 missing (X101-C4)`),
+    each error's first line cut to 90 characters."""
     ok = [r for r in runs if r.status == "ok"]
     failed = [r for r in runs if r.status == "failed"]
     missing = [r for r in runs if r.status == "missing"]
 
     def short(msg: str | None) -> str:
         first = (msg or "").strip().splitlines()[0] if (msg or "").strip() else "no error recorded"
-        return first if len(first) <= max_message else first[: max_message - 3] + "..."
+        return first if len(first) <= 90 else first[:87] + "..."
 
     line = f"{len(runs)} run{'s' if len(runs) != 1 else ''}: {len(ok)} ok"
     if failed:
@@ -87,28 +88,27 @@ def write_sweep_file(plan: SweepPlan, hydra_rc: int | None) -> Path:
 
 
 # ----------------------------------------------------------------------------- running
-def run_multirun(overrides: list[str], module: str = TRAIN_MODULE, conf_dir: Path = CONF_DIR,
-                 config_name: str = CONFIG_NAME) -> int:
-    """Hydra multirun of `<module>.main`'s task function in this process; 0, or 1 if Hydra failed.
+def run_multirun(overrides: list[str]) -> int:
+    """Hydra multirun of the train app's task function in this process; 0, or 1 if Hydra failed.
 
-    This is what `@hydra.main` does for `-m`, with the config folder given explicitly (an
-    imported app would otherwise look for a `conf` Python package). In-process, the task
-    function comes from an importable module, which the joblib and submitit launchers pickle.
+    This is what `@hydra.main` does for `-m`, with the config folder given explicitly
+    (``benchmark.sweeping.plan``'s docstring says why). In-process, the task function comes
+    from an importable module, which the joblib and submitit launchers pickle.
     """
     from hydra import version
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
 
-    app = importlib.import_module(module)
+    app = importlib.import_module(TRAIN_MODULE)
     task_function = getattr(app.main, "__wrapped__", app.main)  # the undecorated function
     version.setbase("1.3")
-    register_launchers(conf_dir)
+    register_launchers(CONF_DIR)
     GlobalHydra.instance().clear()
     try:
-        hyd = Hydra.create_main_hydra2(task_name=config_name,
-                                       config_search_path=create_config_search_path(str(conf_dir)))
-        hyd.multirun(config_name=config_name, task_function=task_function, overrides=list(overrides))
+        hyd = Hydra.create_main_hydra2(task_name=CONFIG_NAME,
+                                       config_search_path=create_config_search_path(str(CONF_DIR)))
+        hyd.multirun(config_name=CONFIG_NAME, task_function=task_function, overrides=list(overrides))
         return 0
     except SystemExit as e:  # a run that exits instead of returning: the others are summarised
         print(f"sweep: a run exited with {e.code}; the sweep stopped there", file=sys.stderr)
@@ -129,23 +129,23 @@ def claim_outputs(plan: SweepPlan) -> None:
     claim(plan.sweep_dir, SWEEP_KIND, "SWEEP_DIR (hydra.sweep.dir)")
 
 
-def sweep(overrides: list[str], module: str = TRAIN_MODULE, conf_dir: Path = CONF_DIR) -> tuple[int, SweepPlan]:
+def sweep(overrides: list[str]) -> tuple[int, SweepPlan]:
     """Plan, run, collect; (exit code, plan with statuses). Raises SweepError if unplannable,
     NotOwned if an output folder is not lungbench's, OutputBusy if the sweep is running already."""
-    plan = plan_sweep(overrides, conf_dir)
+    plan = plan_sweep(overrides)
     claim_outputs(plan)
     with output_lock(plan.sweep_dir, "SWEEP_DIR"):
-        return _sweep_locked(plan, module, conf_dir)
+        return _sweep_locked(plan)
 
 
-def _sweep_locked(plan: SweepPlan, module: str, conf_dir: Path) -> tuple[int, SweepPlan]:
+def _sweep_locked(plan: SweepPlan) -> tuple[int, SweepPlan]:
     read_statuses(plan)
     write_sweep_file(plan, None)  # the plan is on disk before any run starts (reports read it)
     done = sum(r.status == "ok" for r in plan.runs)
     print(f"sweep: {len(plan.runs)} runs in {plan.sweep_dir}"
           + (f" ({done} already ok: skipped)" if done else ""), flush=True)
     try:
-        rc = run_multirun(plan.overrides, module, conf_dir)
+        rc = run_multirun(plan.overrides)
     except KeyboardInterrupt:  # a run re-raises Ctrl-C / SIGTERM after recording it: summarise, stop
         rc = 130
     read_statuses(plan)

@@ -107,10 +107,8 @@ def zoo_config_name(cfg: DictConfig) -> str:
     """detectron2 model-zoo config of the cell, e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml."""
     bb, schedule = cfg.backbone, cfg.schedule.name
     if schedule not in bb.schedules:
-        raise ConfigError(
-            f"{bb.name} has no {schedule} config in detectron2's model zoo "
-            f"(it has {', '.join(bb.schedules)}): use schedule={bb.schedules[-1]}"
-        )
+        raise ConfigError(f"{bb.name} has no {schedule} config in detectron2's model zoo "
+                          f"(it has {', '.join(bb.schedules)}): use schedule={bb.schedules[-1]}")
     return f"{bb.zoo_config}_{schedule}.yaml"
 
 
@@ -121,16 +119,12 @@ def to_https(url: str) -> str:
     return url
 
 
-def cache_dir() -> Path:
-    """iopath's download cache (what detectron2 uses): $FVCORE_CACHE, else ~/.torch/iopath_cache."""
-    return Path(os.path.expanduser(os.getenv("FVCORE_CACHE", "~/.torch/iopath_cache")))
-
-
 def cache_path(url: str) -> Path:
-    """Where iopath caches ``url`` (HTTPURLHandler: <cache>/<url path dirname>/<file name>)."""
-    parsed = urlparse(to_https(url))
-    rel = parsed.path.lstrip("/")
-    return cache_dir() / os.path.dirname(rel) / rel.split("/")[-1]
+    """Where iopath (detectron2's downloader) caches ``url``: HTTPURLHandler's
+    <cache>/<url path dirname>/<file name>, the cache being $FVCORE_CACHE, else ~/.torch/iopath_cache."""
+    rel = urlparse(to_https(url)).path.lstrip("/")
+    cache = Path(os.path.expanduser(os.getenv("FVCORE_CACHE", "~/.torch/iopath_cache")))
+    return cache / os.path.dirname(rel) / rel.split("/")[-1]
 
 
 def resolve_weights(cfg: DictConfig) -> Weights:
@@ -334,17 +328,12 @@ def d2_deltas(cfg: DictConfig, *, base, train_name: str, test_name: str, output_
         ("SEED", int(cfg.seed)),
         ("OUTPUT_DIR", str(output_dir)),
     ]
-    if w.norm is not None:
-        ops.append(("MODEL.RESNETS.NORM", str(w.norm)))
-    if w.freeze_at is not None:
-        ops.append(("MODEL.BACKBONE.FREEZE_AT", int(w.freeze_at)))
-    if s.warmup_iters is not None:
-        ops.append(("SOLVER.WARMUP_ITERS", int(s.warmup_iters)))
-    ops += _recipe(w.get("recipe"), int(s.max_iter))
-    if s.roi_batch_size_per_image is not None:
-        ops.append(("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", int(s.roi_batch_size_per_image)))
-    if s.detections_per_image is not None:
-        ops.append(("TEST.DETECTIONS_PER_IMAGE", int(s.detections_per_image)))
+    optional = [("MODEL.RESNETS.NORM", w.norm, str), ("MODEL.BACKBONE.FREEZE_AT", w.freeze_at, int),
+                ("SOLVER.WARMUP_ITERS", s.warmup_iters, int),
+                ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", s.roi_batch_size_per_image, int),
+                ("TEST.DETECTIONS_PER_IMAGE", s.detections_per_image, int)]
+    ops += [(key, cast(v)) for key, v, cast in optional if v is not None]
+    ops += _recipe(w.get("recipe"), int(s.max_iter))  # after the solver's: the weights' recipe wins
     if s.rpn_topk is not None:
         k = s.rpn_topk
         ops += [("MODEL.RPN.PRE_NMS_TOPK_TRAIN", int(k.pre_train)),

@@ -1,11 +1,9 @@
 """The converted dataset inside detectron2: split registration and the training mapper.
 
-A converted dataset arrives as a ``contracts.dataset.Dataset`` (dataset.json read and checked
-once): a split's annotation file (COCO, RLE masks, images under ``<dataset_dir>/images``) is
-the one its ``annotation_files`` lists, so a dataset that is not what the converter wrote fails
-with the file, the problem and the command that rebuilds it.
-Category ids 1 left_lung, 2 right_lung, 3 infection
-(the patient's sides); detectron2 sees them as contiguous ids 0, 1, 2 in that order.
+A split is the COCO file (RLE masks, images under ``<dataset_dir>/images``) its
+``contracts.dataset.Dataset`` lists and checks (``register_split``). Category ids 1 left_lung,
+2 right_lung, 3 infection (the patient's sides); detectron2 sees them as contiguous ids 0, 1, 2
+in that order.
 """
 
 from __future__ import annotations
@@ -71,21 +69,10 @@ def register_split(dataset: Dataset, scheme: str, fold: int, part: str) -> Split
                   len(sizes) > 1)
     if name not in DatasetCatalog.list():
         DatasetCatalog.register(name, lambda: load_split(coco, json_file, image_root, name))
-        MetadataCatalog.get(name).set(
-            json_file=str(json_file), image_root=str(image_root), evaluator_type="coco",
-            thing_classes=list(CLASS_NAMES),
-            thing_dataset_id_to_contiguous_id={cid: i for i, cid in enumerate(NAME_BY_ID)},
-        )
+        MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root), evaluator_type="coco",
+                                      thing_classes=list(CLASS_NAMES),
+                                      thing_dataset_id_to_contiguous_id={cid: i for i, cid in enumerate(NAME_BY_ID)})
     return split
-
-
-def _lung_swap(thing_classes) -> dict[int, int]:
-    left, right = (thing_classes.index(name) for name in LUNG_CLASSES)
-    return {left: right, right: left}
-
-
-def _count_hflips(transforms) -> int:
-    return sum(isinstance(t, HFlipTransform) for t in transforms.transforms)
 
 
 class LungDatasetMapper(DatasetMapper):
@@ -100,7 +87,7 @@ class LungDatasetMapper(DatasetMapper):
     def _transform_annotations(self, dataset_dict, transforms, image_shape):
         # an odd number of horizontal flips mirrors the image: the patient's left lung is now
         # on the other side of the image, but it is still the left lung
-        if self.lung_swap and _count_hflips(transforms) % 2 == 1:
+        if self.lung_swap and sum(isinstance(t, HFlipTransform) for t in transforms.transforms) % 2 == 1:
             for anno in dataset_dict["annotations"]:
                 anno["category_id"] = self.lung_swap.get(anno["category_id"], anno["category_id"])
         super()._transform_annotations(dataset_dict, transforms, image_shape)
@@ -120,7 +107,8 @@ def build_mapper(d2cfg, is_train: bool) -> LungDatasetMapper:
     if is_train and d2cfg.LUNGBENCH.FLIP == "swap":
         kwargs["augmentations"] = list(kwargs["augmentations"]) + [
             T.RandomFlip(prob=float(d2cfg.LUNGBENCH.FLIP_PROB), horizontal=True, vertical=False)]
-        swap = _lung_swap(MetadataCatalog.get(d2cfg.DATASETS.TRAIN[0]).thing_classes)
+        left, right = (MetadataCatalog.get(d2cfg.DATASETS.TRAIN[0]).thing_classes.index(n) for n in LUNG_CLASSES)
+        swap = {left: right, right: left}
     return LungDatasetMapper(lung_swap=swap, **kwargs)
 
 

@@ -11,6 +11,7 @@ a GPU; it is not a way to train faster.
 from __future__ import annotations
 
 import datetime
+import os
 import socket
 from typing import Any, Callable
 
@@ -42,8 +43,6 @@ def _cpu_worker(rank: int, fn: Callable[..., Any], world_size: int, url: str, ar
     import torch.distributed as dist
     from detectron2.engine import defaults
     from detectron2.utils import comm
-
-    import os
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # the processes share the cores
     dist.init_process_group("gloo", init_method=url, world_size=world_size, rank=rank,

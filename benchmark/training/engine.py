@@ -1,8 +1,9 @@
 """detectron2 training, inference and measurement for one run (everything that touches torch).
 
-``Trainer`` is detectron2's ``DefaultTrainer`` with four changes: our data mapper (the
-lung-swapping flip), a checkpointer that keeps only the last checkpoint, a step timer, and
-a progress hook that tells the run where it is (for failure reports). Everything else
+``Trainer`` is detectron2's ``DefaultTrainer`` with five changes: our data mapper (the
+lung-swapping flip), a checkpointer that keeps only the last checkpoint, the run's identity in
+every checkpoint, a step timer, and a progress hook that tells the run where it is (for failure
+reports). Everything else
 (optimizer, LR schedule, writers: metrics.json and TensorBoard events in OUTPUT_DIR,
 resume) is detectron2's own.
 """
@@ -117,8 +118,7 @@ class RunIdentity:
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer + lung-swap mapper + keep-last checkpoints + step timer + the run's
-    identity in every checkpoint (see module doc)."""
+    """DefaultTrainer with the changes of the module doc."""
 
     progress: Progress | None = None  # set before construction by run_training
     identity: str | None = None       # likewise: the run's identity hash
@@ -296,8 +296,6 @@ def predict_split(model, d2cfg, dataset_name: str, out_json: Path, progress: Pro
     whole split (the caller is one process)."""
     from tqdm import tqdm
 
-    if batch_size < 1:
-        raise ValueError(f"inference batch size {batch_size}: expected >= 1")
     loader = Trainer.build_full_test_loader(d2cfg, dataset_name)
     meta = MetadataCatalog.get(dataset_name)
     to_dataset_id = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}

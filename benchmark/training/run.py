@@ -139,8 +139,8 @@ def run_reading(cfg: DictConfig, run_dir: Path, config: dict) -> int:
 
 
 def started(cfg: DictConfig, config: dict, ident: dict) -> dict:
-    """The result written as the run starts: what the run is (every result has it, ok or failed)
-    and failed / Unfinished, so a run killed by SIGKILL or the OOM killer still shows up as failed."""
+    """The result written as the run starts (module doc): what the run is (every result has it, ok
+    or failed), and failed / Unfinished."""
     bb, s = cfg.backbone, cfg.solver
     amp = amp_choice(cfg)
     return {

@@ -152,8 +152,7 @@ def record_training(cfg: DictConfig, out: dict, test: Split, infer_batch: int, r
 
 
 def execute(cfg: DictConfig, run_dir: Path, res: dict, dataset: Dataset | Exception, progress) -> None:
-    """Check inputs, train, predict, score and measure, recording each step's facts in ``res``
-    as they come (a failure still records everything learned before it)."""
+    """Check inputs, train, predict, score and measure: the steps of the module doc, in order."""
     from benchmark.evaluation.metrics import evaluate
     from benchmark.evaluation.volume3d import add_volume3d
 
