@@ -1,13 +1,12 @@
 """A finished run applied to CT volumes (``make predict``): NIfTI label volumes and volumes.csv.
 
 The run folder must hold a finished run trained with ``keep_checkpoint=true`` (its
-``d2/model_final.pth`` and ``d2/config.yaml``). Each input volume is prepared exactly as the
-run's training data were (the conversion settings the run recorded from its dataset.json:
-orientation to RAS+, radiological display, window or windows), every axial slice is
-predicted (labels, overlap rule: ``benchmark.evaluation.predictor``), and the label volume
-is written back in the input's own voxel grid and affine as ``<OUT>/<case>.nii.gz``.
-``volumes.csv`` holds per case the volume of each lung, the infection within each, and the
-burden; ``predictions.json`` says which run and settings made them.
+``d2/model_final.pth`` and ``d2/config.yaml``). Each input volume is prepared as the run's
+training data were (the conversion settings the run recorded: orientation to RAS+, radiological
+display, window or windows), predicted slice by slice (labels, overlap rule:
+``benchmark.evaluation.predictor``), and written back in its own voxel grid and affine as
+``<OUT>/<case>.nii.gz``. ``volumes.csv`` holds per case the volume of each lung, the infection
+within each, and the burden; ``predictions.json`` says which run and settings made them.
 
 Volumes are in ml (1 ml = 1000 mm^3), burden in percent of the lung volume; a lung "with its
 infection" is ``benchmark.evaluation.volume3d.whole_lungs``.

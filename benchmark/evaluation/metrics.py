@@ -109,23 +109,17 @@ def _resolve_backend(backend: str) -> str:
 # ---------------------------------------------------------------------------- COCO AP
 
 
-def _none_if_undefined(x: float) -> float | None:
-    # COCOeval marks "no ground truth here" with -1; NaN can come from empty slices.
-    x = float(x)
+def _ap(precision: np.ndarray) -> float | None:
+    """The mean of a slice of COCOeval's precision array on a 0-100 scale; None where COCO cannot
+    define it (COCOeval marks "no ground truth here" with -1; NaN can come from empty slices)."""
+    defined = precision[precision > -1]
+    x = float(defined.mean()) if defined.size else -1.0
     return None if (x < 0 or np.isnan(x)) else 100.0 * x
 
 
-def _mean_defined(a: np.ndarray) -> float:
-    a = a[a > -1]
-    return float(a.mean()) if a.size else -1.0
-
-
 def _aps(precision: np.ndarray) -> dict[str, float | None]:
-    """AP, AP50 and AP75 (0-100, or None) of a slice of COCOeval's precision array whose first
-    axis is the IoU threshold."""
-    return {"AP": _none_if_undefined(_mean_defined(precision)),
-            "AP50": _none_if_undefined(_mean_defined(precision[_IOU50])),
-            "AP75": _none_if_undefined(_mean_defined(precision[_IOU75]))}
+    """AP, AP50 and AP75 of a slice of the precision array whose first axis is the IoU threshold."""
+    return {"AP": _ap(precision), "AP50": _ap(precision[_IOU50]), "AP75": _ap(precision[_IOU75])}
 
 
 def _results_for(predictions: Sequence[Mapping], iou_type: str) -> list[dict]:
@@ -210,7 +204,7 @@ def coco_metrics(gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping]
     m = -1  # maxDets 100
     out: dict[str, Any] = _aps(precision[:, :, :, 0, m])
     for key in ("APs", "APm", "APl"):
-        out[key] = _none_if_undefined(_mean_defined(precision[:, :, :, _AREA_INDEX[key], m]))
+        out[key] = _ap(precision[:, :, :, _AREA_INDEX[key], m])
     cats = sorted(gt["categories"], key=lambda c: c["id"])  # COCOeval's class axis order
     out["per_class"] = {c["name"]: _aps(precision[:, :, k, 0, m]) for k, c in enumerate(cats)}
     return out
@@ -370,12 +364,8 @@ def voxel_counts(gt: str | os.PathLike | Mapping, predictions: Sequence[Mapping]
     out: dict[str, dict[str, dict[str, int]]] = {}
     for case_id, g, p in _iter_slices(gt, predictions, score_thresh):
         counts = out.setdefault(case_id, {})
-        region_g = np.zeros_like(next(iter(g.values())))
-        region_p = np.zeros_like(region_g)
-        for name in g:
-            if name in LUNG_CLASSES or name == INFECTION_CLASS:
-                region_g |= g[name]
-                region_p |= p[name]
+        lung = [name for name in g if name in LUNG_CLASSES or name == INFECTION_CLASS]
+        region_g, region_p = (np.logical_or.reduce([m[name] for name in lung]) for m in (g, p))
         for name, gm, pm in [(n, g[n], p[n]) for n in g] + [("lung", region_g, region_p)]:
             c = counts.setdefault(name, {"gt": 0, "pred": 0, "inter": 0})
             c["gt"] += int(gm.sum())

@@ -1,9 +1,8 @@
 """A run scored on whole volumes: Dice and normalised surface Dice (NSD) per test case and class.
 
 After training, the run predicts every slice of each test case's source volumes
-(``benchmark.evaluation.predictor``; the test slices it has just predicted are decoded, not run
-again) and scores the label volumes against the ground truth (``evaluate_run``); the result is
-result.json's ``metrics.volume3d``, with each case's numbers also in ``metrics.per_case``.
+(``benchmark.evaluation.predictor``) and scores the label volumes against the ground truth
+(``evaluate_run``): result.json's ``metrics.volume3d``, each case's numbers also in ``metrics.per_case``.
 
 The benchmark of this dataset (Ma et al. 2021) reports both per patient, NSD at 1 mm for the
 lungs and 3 mm for infection, computed with DeepMind's surface-distance code. NSD here is
@@ -20,8 +19,7 @@ infection inside them, as the benchmark's evaluation script scores ``Lung_and_In
 and so as its published numbers are). Infection is the same in both. ``dice3d_all``: whole-lung
 Dice of a second prediction, painted from every detection the model returned (no Dice score
 threshold), so a backbone whose scores are low is not 0 by the threshold alone. Inputs are
-label volumes (``benchmark.evaluation.predictor`` labels) on one voxel grid, with ``spacing``
-in mm along the array axes.
+label volumes on one voxel grid, labels and ``spacing`` as in ``benchmark.evaluation.predictor``.
 
 A lung "with its infection" (``whole_lungs``) is the lung label plus the infection voxels
 nearer to that lung than to the other one (Euclidean distance in mm from the voxel spacing),

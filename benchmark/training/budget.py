@@ -103,10 +103,10 @@ def train_flops_per_iter(d2cfg, image_hw: Sequence[int]) -> dict[str, Any]:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
-    forward = cache.get(key) if isinstance(cache, dict) else None
+    cache = cache if isinstance(cache, dict) else {}
+    forward = cache.get(key)
     if not isinstance(forward, (int, float)):
         forward = _count(c, hw)
-        cache = cache if isinstance(cache, dict) else {}
         try:
             write_text(path, json.dumps({**cache, key: forward}, indent=1, sort_keys=True) + "\n")
         except OSError:

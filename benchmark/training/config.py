@@ -32,9 +32,8 @@ class WeightsUnavailable(RuntimeError):
 
 
 class WeightsMismatch(WeightsUnavailable):
-    """The initial weights file cannot be used: it is not a checkpoint, or its trunk does not
-    fit the backbone (``benchmark.training.weights``). The message names the file and the first tensor
-    that does not fit."""
+    """The initial weights file is no checkpoint, or its trunk does not fit the backbone
+    (``benchmark.training.weights``)."""
 
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"

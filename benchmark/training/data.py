@@ -30,7 +30,6 @@ class Split:
 
     name: str
     json_file: Path
-    image_root: Path
     n_images: int
     image_hw: tuple[int, int] | None  # the most common (height, width), pixels
     mixed_sizes: bool
@@ -65,8 +64,7 @@ def register_split(dataset: Dataset, scheme: str, fold: int, part: str) -> Split
     name = f"lungbench_{scheme}_f{int(fold)}_{part}_{tag}"
     sizes = Counter((im["height"], im["width"]) for im in coco["images"])
     hw = sizes.most_common(1)[0][0]
-    split = Split(name, json_file, image_root, len(coco["images"]), (int(hw[0]), int(hw[1])),
-                  len(sizes) > 1)
+    split = Split(name, json_file, len(coco["images"]), (int(hw[0]), int(hw[1])), len(sizes) > 1)
     if name not in DatasetCatalog.list():
         DatasetCatalog.register(name, lambda: load_split(coco, json_file, image_root, name))
         MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root), evaluator_type="coco",

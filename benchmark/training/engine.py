@@ -70,8 +70,7 @@ class StepTimer(HookBase):
 
 class LastCheckpointer(hooks.PeriodicCheckpointer):
     """PeriodicCheckpointer that keeps only the newest checkpoint on disk, also across
-    resumed processes (fvcore's max_to_keep only knows the files its own process wrote).
-    Only the main process saves and prunes."""
+    resumed processes (fvcore's max_to_keep only knows the files its own process wrote)."""
 
     def after_step(self) -> None:
         # detectron2 writes checkpoints on the main process only; a rank that pruned too would

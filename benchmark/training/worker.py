@@ -126,13 +126,10 @@ def train_worker(job: WorkerJob, progress=None) -> dict:
     if pred["oom_batches"]:
         notes.append(f"{pred['oom_batches']} inference batch(es) of {job.infer_batch} ran out of GPU "
                      "memory and ran again one image at a time (infer_batch_size lower avoids it)")
-    out = {"start_iter": trained["start_iter"], "step_times": trained["step_times"],
-           "train_wall_s": trained["train_wall_s"], "infer_times": pred["infer_times"],
-           "train_started_at": trained["train_started_at"],
-           "train_finished_at": trained["train_finished_at"],
-           "image_ids": pred["image_ids"],
-           "eval_wall_s": pred["eval_wall_s"], "volume3d": volume3d, "eval3d_wall_s": eval3d_wall_s,
-           "params_m": count_params_m(model),
+    out = {**{k: trained[k] for k in ("start_iter", "step_times", "train_wall_s", "train_started_at",
+                                      "train_finished_at")},
+           **{k: pred[k] for k in ("infer_times", "image_ids", "eval_wall_s")},
+           "volume3d": volume3d, "eval3d_wall_s": eval3d_wall_s, "params_m": count_params_m(model),
            "gflops": gflops, "gflops_input_hw": hw, "notes": notes, "memory": memory}
     if comm.get_world_size() > 1:
         write_json(run_dir / WORKER_OUT, out)
