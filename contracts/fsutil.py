@@ -453,8 +453,7 @@ def replace_dir(tmp: Path, final: Path, kind: str, what: str = "output") -> None
 
 
 @contextmanager
-def atomic_dir(final: str | os.PathLike, kind: str, what: str = "output",
-               config_hash: str | None = None) -> Iterator[Path]:
+def atomic_dir(final: str | os.PathLike, kind: str, what: str = "output") -> Iterator[Path]:
     """Build a folder in a marked temp folder; on success it is sealed and becomes ``final``.
 
     Refused up front (NotOwned) when ``final`` is a folder lungbench may not replace. On any
@@ -464,10 +463,10 @@ def atomic_dir(final: str | os.PathLike, kind: str, what: str = "output",
     check_owned(final, kind, what, replace=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(final)
-    tmp = make_temp_dir(final, kind, config_hash)
+    tmp = make_temp_dir(final, kind)
     try:
         yield tmp
-        seal(tmp, kind, config_hash)
+        seal(tmp, kind)
         replace_dir(tmp, final, kind, what)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -116,14 +116,14 @@ def _num(v: Any) -> float:
         return -1.0
 
 
-def overlays(groups: Groups, sweep_dir: Path, n_slices: int = N_SLICES) -> list[Plot]:
+def overlays(groups: Groups, sweep_dir: Path) -> list[Plot]:
     """One figure per fixed slice: ground truth + one panel per backbone group."""
     sweep_dir = Path(sweep_dir)
     ann_path, chosen, notes = _choose_runs(groups, sweep_dir)
     if ann_path is None:
         return [Plot("overlay.png", "Prediction overlays", "", note=summarize(notes) or "no predictions to show")]
     coco = json.loads(Path(ann_path).read_text())
-    ids = pick_slices(coco, n_slices)
+    ids = pick_slices(coco)
     images = {im["id"]: im for im in coco["images"]}
     gt: dict[int, list[tuple[int, np.ndarray, list[float], float | None]]] = {i: [] for i in ids}
     for a in coco["annotations"]:

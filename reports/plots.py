@@ -71,12 +71,12 @@ def bar_axes(ax: Any, ylabel: str, title: str, top: float = 105, fontsize: float
     ax.set_axisbelow(True)
 
 
-def summarize(items: list[tuple[str, str]], limit: int = 6) -> str:
+def summarize(items: list[tuple[str, str]]) -> str:
     """[(who, why)] -> 'why: who, who, ... (+k more)', one clause per distinct reason."""
     by: dict[str, list[str]] = {}
     for who, why in items:
         by.setdefault(why, []).append(who)
-    return "; ".join(f"{why}: {describe(who, limit)}" for why, who in by.items())
+    return "; ".join(f"{why}: {describe(who, 6)}" for why, who in by.items())
 
 
 def per_class_bars(groups: Groups) -> Plot:

@@ -20,6 +20,8 @@ from PIL import Image
 
 DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 WINDOW = (1200, 900)
+#: a report is text, tables and plots on white: 256 colours keep it readable at a fraction of the size
+COLORS = 256
 
 
 class ScreenshotError(RuntimeError):
@@ -34,19 +36,17 @@ def find_chromium() -> str | None:
     return str(DEBIAN_CHROMIUM) if DEBIAN_CHROMIUM.is_file() else None
 
 
-def chromium_args(profile: str, window: tuple[int, int] = WINDOW) -> list[str]:
+def chromium_args(profile: str, window: tuple[int, int]) -> list[str]:
     """Flags for a headless, offline, throw-away browser (as the browser tests run it)."""
     return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
             f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}"]
 
 
-def screenshot(html: str | Path, png: str | Path, window: tuple[int, int] = WINDOW,
-               colors: int | None = 256, timeout: int = 120) -> Path:
-    """Render ``html`` in a headless chromium and write its first ``window`` of pixels to ``png``.
+def screenshot(html: str | Path, png: str | Path, window: tuple[int, int] = WINDOW) -> Path:
+    """Render ``html`` in a headless chromium and write its first ``window`` of pixels to ``png``
+    in COLORS colours.
 
-    ``colors``: reduce the picture to that many colours (a report is text, tables and plots on
-    white: 256 colours keep it readable at a fraction of the size); None keeps full colour.
     Raises FileNotFoundError for a missing page and ScreenshotError when there is no browser or
     it wrote no picture (its last output is in the message)."""
     html, png = Path(html).resolve(), Path(png)
@@ -61,13 +61,11 @@ def screenshot(html: str | Path, png: str | Path, window: tuple[int, int] = WIND
         shot = Path(work) / "shot.png"
         out = subprocess.run([browser, *chromium_args(str(Path(work) / "profile"), window),
                               f"--screenshot={shot}", html.as_uri()],
-                             capture_output=True, text=True, timeout=timeout)
+                             capture_output=True, text=True, timeout=120)
         if not shot.is_file():
             raise ScreenshotError(f"chromium wrote no screenshot of {html} (exit {out.returncode}): "
                                   f"{out.stderr[-2000:]}")
-        img = Image.open(shot).convert("RGB")
-        if colors:
-            img = img.quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+        img = Image.open(shot).convert("RGB").quantize(colors=COLORS, method=Image.Quantize.MEDIANCUT)
         tmp = png.with_name(f".{png.name}.tmp")
         img.save(tmp, format="PNG", optimize=True)
         tmp.replace(png)

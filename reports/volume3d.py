@@ -107,12 +107,10 @@ def _cell(mean: float, lo: float, hi: float) -> str:
     return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
 
 
-def wide(t: pd.DataFrame, view: str | None = None) -> pd.DataFrame:
+def wide(t: pd.DataFrame, view: str) -> pd.DataFrame:
     """One row per group (ours, then the published where the ``view`` shows them), one column
-    per metric and class: 'mean [95% CI]' in percent. ``view``: a VIEWS key (None: every metric)."""
-    if t.empty:
-        return pd.DataFrame()
-    metrics = list(METRIC_LABELS) if view is None else list(VIEWS[view][1])
+    per metric and class: 'mean [95% CI]' in percent. ``view``: a VIEWS key."""
+    metrics = list(VIEWS[view][1])
     t = t[t["metric"].isin(metrics)]
     out = []
     for group, g in t.groupby("group", sort=False):

@@ -9,7 +9,6 @@ import html as htmllib
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -20,19 +19,8 @@ from PIL import Image
 
 from contracts.catalog import BACKBONES
 from reports import build
+from reports.screenshot import DEBIAN_CHROMIUM, WINDOW, chromium_args, find_chromium
 from tests.synthetic import make_result, write_plan, write_sweep
-
-DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
-WINDOW = (1200, 900)
-
-
-def find_chromium() -> str | None:
-    """The browser: `chromium` (Debian's name) or `chromium-browser` on PATH, else Debian's path."""
-    for name in ("chromium", "chromium-browser"):
-        if found := shutil.which(name):
-            return found
-    return shutil.which(str(DEBIAN_CHROMIUM))
-
 
 CHROMIUM = find_chromium()
 
@@ -69,9 +57,7 @@ window.addEventListener('load', function () {
 def chromium(*args: str, timeout: int = 90) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-             f"--window-size={WINDOW[0]},{WINDOW[1]}", *args],
+            [CHROMIUM, *chromium_args(profile, WINDOW), *args],
             capture_output=True, text=True, timeout=timeout)
 
 

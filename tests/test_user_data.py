@@ -72,7 +72,7 @@ def sandbox(tmp_path) -> Path:
     """A folder in which `make` sees the repository but writes its default work/ locally."""
     box = tmp_path / "box"
     box.mkdir()
-    for name in ("Makefile", ".venv", "benchmark", "converters", "reports", "conf", "perf",
+    for name in ("Makefile", ".venv", "benchmark", "contracts", "converters", "reports", "conf", "perf",
                  "pyproject.toml"):
         (box / name).symlink_to(REPO / name)
     return box
