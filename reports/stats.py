@@ -32,6 +32,7 @@ averaged over them first, so every case counts once.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -144,8 +145,6 @@ def _bootstrap_ci(values: np.ndarray, data: tuple, statistic, paired: bool = Fal
     the percentile interval where BCa is degenerate (a few distinct values can leave its
     acceleration undefined, and scipy then answers NaN). Without spread (up to float rounding)
     every resample has the same mean: the interval is that mean (BCa is undefined there)."""
-    import warnings
-
     mean = float(values.mean())
     if np.ptp(values) <= 1e-9 * max(1.0, abs(mean)):
         return mean, mean
