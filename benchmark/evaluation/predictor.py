@@ -113,12 +113,11 @@ class Predictor:
         model (the same detections, kept from each threshold up)."""
         thresholds = [float(t) for t in thresholds]
         known = known or {}
-        nz = img_ras.shape[2]
         outs = [np.zeros(img_ras.shape, dtype=np.uint8) for _ in thresholds]
         for k, preds in known.items():
             for out, lab in zip(outs, self._labels_of_results(preds, img_ras.shape[1::-1], thresholds)):
                 out[:, :, k] = undisplay_slice(lab)
-        todo = [k for k in range(nz) if k not in known]
+        todo = [k for k in range(img_ras.shape[2]) if k not in known]
         if todo:
             self._run(img_ras, prewindowed, todo, outs, thresholds, desc)
         return outs

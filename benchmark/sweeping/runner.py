@@ -41,10 +41,8 @@ def read_status(run_dir: Path, config: dict | None = None,
                                   f"({', '.join(diff[:5])}{', ...' if len(diff) > 5 else ''})")
         return "ok", None
     err = res.get("error") or {}
-    if isinstance(err, dict):
-        msg = f"{err.get('type') or 'Error'}: {err.get('message') or ''}".strip().rstrip(":")
-    else:
-        msg = str(err)
+    msg = (f"{err.get('type') or 'Error'}: {err.get('message') or ''}".strip().rstrip(":")
+           if isinstance(err, dict) else str(err))
     return "failed", msg or f"status {res.get('status')!r}"
 
 

@@ -395,7 +395,7 @@ def peak_memory() -> dict:
     process's resident set (VmHWM; getrusage's lifetime peak where /proc is missing), MiB.
     DataLoader worker processes are not included."""
     # a process that never touched CUDA (a CPU run, also on a GPU machine) has no GPU peak
-    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else None
+    gpu = (gpu_peaks() or {}).get("allocated")
     rss = None
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
