@@ -20,7 +20,7 @@ from typing import Any
 from contracts.catalog import CLASS_NAMES, HEADS, TRUNKS
 from contracts.fsutil import write_json
 
-SCHEMA = 4
+SCHEMA = 5
 # 2: adds ``identity`` {hash, group, dataset fingerprint} (contracts.identity)
 # 3: adds ``conversion`` (how new volumes are prepared: benchmark.evaluation.apply) and, in an ok
 #    result, ``metrics.volume3d`` (3-D Dice and NSD per test case on whole volumes, null when
@@ -29,7 +29,8 @@ SCHEMA = 4
 #    1 / 2 without the infection, as the dataset's benchmark scores them) and the whole-lung
 #    Dice from every detection (``dice3d_all``), with ``volume3d.score_thresh_all``; per case,
 #    the false positives on a case without that class (``fp_no_gt``, ``fp_no_gt_any``)
-READABLE_SCHEMAS = (1, 2, 3, 4)
+# 5: each case's 3-D numbers only in ``metrics.per_case`` (no ``metrics.volume3d.per_case``)
+READABLE_SCHEMAS = (1, 2, 3, 4, 5)
 FILENAME = "result.json"
 STATUSES = ("ok", "failed")
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")

@@ -154,7 +154,8 @@ def test_report_3d_section_has_both_lung_definitions(smoke_sweep):
     for _, r in runs.values():
         v3d = r["metrics"]["volume3d"]
         assert v3d is not None and v3d["score_thresh"] == 0.5 and v3d["score_thresh_all"] == 0.05
-        for case in v3d["per_case"].values():
+        assert "per_case" not in v3d  # each case's numbers once, in metrics.per_case
+        for case in r["metrics"]["per_case"].values():
             assert {"dice3d", "nsd3d", "dice3d_labelled", "nsd3d_labelled", "dice3d_all"} <= set(case)
             # infection is one definition; the labelled lung is never bigger than the whole one
             assert case["nsd3d_labelled"]["infection"] == case["nsd3d"]["infection"]

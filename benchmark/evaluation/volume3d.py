@@ -2,7 +2,7 @@
 
 After training, the run predicts every slice of each test case's source volumes
 (``benchmark.evaluation.predictor``) and scores the label volumes against the ground truth
-(``evaluate_run``): result.json's ``metrics.volume3d``, each case's numbers also in ``metrics.per_case``.
+(``evaluate_run``): result.json's ``metrics.volume3d``, each case's numbers in ``metrics.per_case``.
 
 The benchmark of this dataset (Ma et al. 2021) reports both per patient, NSD at 1 mm for the
 lungs and 3 mm for infection, computed with DeepMind's surface-distance code. NSD here is
@@ -252,9 +252,12 @@ def evaluate_run(model, d2cfg, dataset: Dataset, scheme: str, fold: int, predict
 
 
 def add_volume3d(metrics: dict, volume3d: dict | None) -> dict:
-    """``metrics`` with the 3-D section (``metrics.volume3d``, None when not computed) and each
-    case's 3-D Dice and NSD beside its AP in ``metrics.per_case`` (the report tests them alike)."""
+    """``metrics`` with the 3-D section (``metrics.volume3d``: means, tolerances, thresholds;
+    None when not computed) and each case's 3-D Dice and NSD beside its AP in
+    ``metrics.per_case``, stored there only (the report tests them alike)."""
+    volume3d = None if volume3d is None else dict(volume3d)
+    per_case = (volume3d or {}).pop("per_case", None) or {}
     metrics["volume3d"] = volume3d
-    for case, m in ((volume3d or {}).get("per_case") or {}).items():
+    for case, m in per_case.items():
         metrics["per_case"].setdefault(case, {}).update(m)
     return metrics
