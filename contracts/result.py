@@ -1,4 +1,4 @@
-"""result.json (schema 4): the contract between benchmark/ (writer) and reports/ (reader).
+"""result.json (schema 5): the contract between benchmark/ (writer) and reports/ (reader).
 
 One file per run at ``<run dir>/result.json``. AP values are COCO AP on a 0-100 scale,
 Dice in [0, 1], times in seconds, memory in MiB, params in millions, FLOPs in GFLOPs

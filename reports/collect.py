@@ -160,7 +160,7 @@ def normalize(raw: dict[str, Any], problems: tuple[str, ...] = ()) -> tuple[dict
     return r, notes
 
 
-def load_run(path: Path, sweep_dir: Path) -> tuple[dict[str, Any], list[tuple[str, str, str, float]]]:
+def read_run(path: Path, sweep_dir: Path) -> tuple[dict[str, Any], list[tuple[str, str, str, float]]]:
     """One flat row from one result.json, and its per-case numbers (case, metric, class,
     value). An unreadable file, or one of a schema this version does not read, becomes a
     failed row saying why."""
@@ -199,7 +199,7 @@ def read_sweep(sweep_dir: Path) -> SweepRuns:
     files = find_result_files(sweep_dir)
     plan = sweep.read_plan(sweep_dir)
     if plan is None:
-        return _runs([load_run(f, sweep_dir) for f in files])
+        return _runs([read_run(f, sweep_dir) for f in files])
     loaded, missing, planned = [], [], set()
     fingerprints: dict[tuple, dict | None] = {}
     for run in plan:
@@ -210,7 +210,7 @@ def read_sweep(sweep_dir: Path) -> SweepRuns:
                             "group": run.get("group"), "backbone": run.get("backbone"),
                             "in_zoo": run.get("in_zoo")})
             continue
-        row, per_case = load_run(path, sweep_dir)
+        row, per_case = read_run(path, sweep_dir)
         got = row.get("identity.hash")
         if run.get("identity") and isinstance(got, str) and got and got != run["identity"]:
             row["status"], row["error_reason"] = "failed", STALE_REASON
@@ -238,7 +238,7 @@ def data_changed(row: dict[str, Any], cache: dict[tuple, dict | None]) -> bool:
 
 def _runs(loaded: list[tuple[dict[str, Any], list[tuple]]], plan: list[dict[str, Any]] | None = None,
           missing: list[dict[str, Any]] | None = None, ignored: list[tuple[str, str]] | None = None) -> SweepRuns:
-    """SweepRuns of the runs load_run read, their table sorted by backbone, schedule, fold, seed."""
+    """SweepRuns of the runs read_run read, their table sorted by backbone, schedule, fold, seed."""
     per_case = [(row["run_dir"], *r) for row, rows in loaded for r in rows]
     return SweepRuns(_frame([row for row, _ in loaded]), pd.DataFrame(per_case, columns=list(PER_CASE_COLUMNS)),
                      plan, missing or [], ignored or [])

@@ -414,8 +414,8 @@ def test_make_variables_named_in_prose_exist():
     """``DATA=phantom``, ``EXPERIMENT=leak``: a public variable, and a config that exists;
     ``LUNGBENCH_*=`` environment variables: read somewhere in the repository."""
     code = "\n".join(p.read_text(errors="replace") for pattern in ("*.py", "*.sh", "run")
-                     for folder in ("benchmark", "converters", "reports", "perf", "tests", ".ci")
-                     for p in (REPO / folder).glob(pattern))
+                     for folder in ("contracts", "benchmark", "converters", "reports", "perf", "tests", ".ci")
+                     for p in (REPO / folder).rglob(pattern) if ".venv" not in p.parts)
     bad = []
     for m in mentions():
         mv = MAKE_VAR.match(m.text) if not m.in_code_block else None

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from benchmark.evaluation.volume3d import METRIC_KEYS, dice, nsd, summarize, volume_metrics
-from benchmark.evaluation.apply import (PredictError, apply_run, label_image, load_run, predict_file,
+from benchmark.evaluation.volume3d import METRIC_KEYS, case_means, dice, nsd, volume_metrics
+from benchmark.evaluation.apply import (PredictError, apply_run, label_image, load_trained_run, predict_file,
                                         save_atomic, volume_table)
 from benchmark.evaluation.predictor import Predictor, labels_from_instances
 from benchmark.evaluation.volume3d import known_slices
@@ -159,7 +159,7 @@ def test_a_run_prepared_otherwise_is_refused(tmp_path):
     res["conversion"]["orientation"] = {"display": "rot90, as a notebook does"}
     (run / "result.json").write_text(json.dumps(res))
     with pytest.raises(PredictError, match="oriented otherwise"):
-        load_run(run)
+        load_trained_run(run)
 
 
 # ------------------------------------------------------------------ overlap rule
@@ -193,7 +193,7 @@ def test_both_lung_definitions_by_hand():
     assert m["nsd3d"]["left_lung"] == 1.0 and m["nsd3d_labelled"]["left_lung"] < 1.0
     assert m["nsd3d"]["infection"] == m["nsd3d_labelled"]["infection"] == 0.0
     assert all(v == 1.0 for v in m["dice3d_all"].values())  # the second prediction is the ground truth
-    assert set(summarize({"a": m})) == set(METRIC_KEYS)
+    assert set(case_means({"a": m})) == set(METRIC_KEYS)
 
 
 def test_overlap_rule_infection_over_lung_then_higher_score():

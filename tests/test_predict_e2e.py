@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from benchmark.evaluation.volume3d import volume_metrics
-from benchmark.evaluation.apply import VOLUME_COLUMNS, load_run
+from benchmark.evaluation.apply import VOLUME_COLUMNS, load_trained_run
 from benchmark.evaluation.volume3d import known_slices
 from benchmark.predict import main
 from contracts.dataset import read_dataset
@@ -107,7 +107,7 @@ def test_make_predict_writes_the_input_grid_and_volumes_csv(kept_run, tiny_raw, 
 
 
 def test_reusing_the_test_predictions_equals_predicting_again(kept_run, tiny_raw, tiny_dataset):
-    predictor, res = load_run(kept_run, device="cpu")
+    predictor, res = load_trained_run(kept_run, device="cpu")
     coco = json.loads(Path(res["artifacts"]["test_annotations"]).read_text())
     known = known_slices(coco, json.loads((kept_run / res["artifacts"]["predictions"]).read_text()))
     case = _test_cases(tiny_dataset)[0]
@@ -149,7 +149,7 @@ def test_a_new_volume_is_prepared_as_the_training_pngs(kept_run, tiny_raw, tmp_p
 
     ds = convert(tiny_raw, tmp_path / "ds", {"workers": 1, "multiwindow": multiwindow})
     settings = conversion_settings(read_dataset(ds).manifest)
-    trained, _ = load_run(kept_run, device="cpu")
+    trained, _ = load_trained_run(kept_run, device="cpu")
     pred = Predictor(trained.model, trained.mapper, windows_of(settings), 0.5)
     coco = json.loads((ds / "annotations" / "all.json").read_text())
     for im in coco["images"][::7]:

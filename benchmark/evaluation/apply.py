@@ -35,8 +35,8 @@ from contracts.catalog import CLASSES
 from contracts.predictions import write_predictions
 from converters.errors import ConversionError
 from converters.layout import case_id_from_name
-from converters.volume import (MAX_VOXELS, ORIENTATION, canonical, check_claims, check_finite, from_canonical,
-                               is_prewindowed, read_volume, squeeze_3d)
+from converters.volume import (MAX_VOXELS, ORIENTATION, canonical, check_finite, from_canonical, is_prewindowed,
+                               read_header, read_volume, squeeze_3d)
 
 PRED_KIND = "predictions"
 CHECKPOINT = f"{D2_DIR}/model_final.pth"
@@ -75,7 +75,7 @@ def run_conversion(res: dict, run_dir: Path) -> dict:
 # --------------------------------------------------------------------------- a run folder
 
 
-def load_run(run_dir: str | Path, device: str = "auto", batch_size: int | None = None) -> tuple[Predictor, dict]:
+def load_trained_run(run_dir: str | Path, device: str = "auto", batch_size: int | None = None) -> tuple[Predictor, dict]:
     """The Predictor of a finished run kept with its model, and the run's result.json (its
     ``conversion`` settings are the predictor's).
 
@@ -166,18 +166,12 @@ def check_affine(path: Path, affine: np.ndarray) -> None:
                               "position in space (fix the NIfTI header's qform/sform)")
 
 
-def check_headers(files: list[Path], max_voxels: int = MAX_VOXELS) -> None:
-    """Cheap pre-pass on the headers: readable, what they claim (real numbers, at most
-    ``max_voxels``, a usable slice size: converters.volume.check_claims), usable affine."""
-    import nibabel as nib
-
+def check_input_headers(files: list[Path], max_voxels: int = MAX_VOXELS) -> None:
+    """Cheap pre-pass on the headers, as the converter's (converters.volume.read_header:
+    readable, real numbers, at most ``max_voxels``, a usable slice size), and a usable affine."""
     for p in files:
-        try:
-            img = nib.load(str(p))
-        except Exception as e:  # nibabel raises several types for a bad header
-            raise ConversionError(p, f"not a readable NIfTI file ({e})") from None
-        check_affine(p, img.affine)
-        check_claims(p, img.shape, img.get_data_dtype(), img.affine, case_id_from_name(p.name), max_voxels)
+        _, affine = read_header(p, case_id_from_name(p.name), max_voxels)
+        check_affine(p, affine)
 
 
 def read_input(path: Path, max_voxels: int = MAX_VOXELS):
@@ -271,7 +265,7 @@ def apply_run(run_dir: str | Path, input_path: str | Path, out: str | Path, devi
         raise PredictError(out, f"OUT and the folder of INPUT ({src if src.is_dir() else src.parent}) overlap: "
                            "lungbench never writes where it reads; choose another OUT")
     fsutil.check_owned(out, PRED_KIND, "OUT", replace=True)
-    check_headers(files, max_voxels)
+    check_input_headers(files, max_voxels)
     with fsutil.output_lock(run_dir, "RUN (the run folder)", shared=True):  # not cleaned meanwhile
         return _apply_reading(run_dir, files, out, device, batch_size, max_voxels)
 
@@ -281,7 +275,7 @@ def _apply_reading(run_dir: str | Path, files: list[Path], out: Path, device: st
     import nibabel as nib
     from tqdm import tqdm
 
-    predictor, res = load_run(run_dir, device, batch_size)
+    predictor, res = load_trained_run(run_dir, device, batch_size)
     rows = []
     with fsutil.output_lock(out, "OUT"), fsutil.atomic_dir(out, PRED_KIND, "OUT") as tmp:
         for p in tqdm(files, desc=f"predict {res.get('backbone')}", unit="volume", disable=None):

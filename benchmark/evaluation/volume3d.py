@@ -139,7 +139,7 @@ def volume_metrics(gt_labels: np.ndarray, pred_labels: np.ndarray, spacing,
     return out
 
 
-def summarize(per_case: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float | None]]:
+def case_means(per_case: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float | None]]:
     """Mean over cases of each metric and class: ``{"dice3d": {class: mean}, "nsd3d": ...}`` for
     every key of METRIC_KEYS some case has."""
     out: dict[str, dict[str, float | None]] = {}
@@ -215,7 +215,7 @@ def evaluate_volumes(model, d2cfg, dataset: Dataset, case_ids: list[str], score_
         pred_ras, pred_all = predictor.predict_volumes(img_ras, is_prewindowed(img), (score_thresh, 0.0), desc=cid,
                                                        known=(known or {}).get(cid))
         per_case[cid] = volume_metrics(gt_ras, pred_ras, spacing_of(aff_ras), pred_all=pred_all)
-    return {"per_case": per_case, "mean": summarize(per_case), "tolerance_mm": dict(TOLERANCE_MM),
+    return {"per_case": per_case, "mean": case_means(per_case), "tolerance_mm": dict(TOLERANCE_MM),
             "n_cases": len(per_case), "slices": "every slice of each test volume",
             "lungs": "each lung with the infection nearer to it (as the release's Lung_Mask)",
             "lungs_labelled": "labels 1 and 2 as they are, without the infection (as the benchmark's "
