@@ -65,10 +65,6 @@ class Result:
     data: dict[str, Any] = field(repr=False)
     problems: tuple[str, ...] = ()
 
-    @property
-    def status(self) -> Any:
-        return self.data.get("status")
-
     def per_case_rows(self) -> list[tuple[str, str, str, float]]:
         """Every per-case number as long rows (case, metric, class, value): result.json's
         ``metrics.per_case.<case>.<metric>.<class>`` for lungbench's classes; null values
